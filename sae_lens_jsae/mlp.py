@@ -1,0 +1,221 @@
+"""The frozen MLP sublayer `f` between a JSAE's input and output spaces.
+
+TransformerLens fires `blocks.L.ln2.hook_normalized` on `x / scale`, before ln2's weight `w`
+(and bias `b` for LayerNorm). `FrozenMLP` therefore folds ln2's affine into the MLP, exactly as
+TransformerLens' `fold_ln` would, so that `FrozenMLP(hook_normalized) == hook_mlp_out`.
+
+Dense:  f(x) = φ(x W_in + b_in) W_out + b_out
+Gated:  f(x) = (σ(x W_gate + b_gate) ⊙ (x W_in + b_lin) + b_in) W_out + b_out
+(`b_gate`/`b_lin` are zero unless a LayerNorm bias was folded in; TransformerLens' GatedMLP adds
+`b_in` after the product.)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# name -> (φ, φ'); each φ is the function TransformerLens uses under that name.
+_TANH_GELU_CONSTANTS = {
+    "gelu_new": math.sqrt(2.0 / math.pi),
+    "gelu_pytorch_tanh": math.sqrt(2.0 / math.pi),
+    "gelu_fast": 0.7978845608,  # transformer_lens.utilities.activation_functions.gelu_fast
+}
+
+
+def _tanh_gelu(c: float) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    def phi(h: torch.Tensor) -> torch.Tensor:
+        return 0.5 * h * (1.0 + torch.tanh(c * (h + 0.044715 * h**3)))
+
+    def dphi(h: torch.Tensor) -> torch.Tensor:
+        t = torch.tanh(c * (h + 0.044715 * h**3))
+        return 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * h * h)
+
+    return phi, dphi
+
+
+def _erf_gelu_derivative(h: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf(h / math.sqrt(2.0))) + h * torch.exp(-0.5 * h * h) / math.sqrt(2.0 * math.pi)
+
+
+def _silu_derivative(h: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(h)
+    return s * (1.0 + h * (1.0 - s))
+
+
+ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]] = {
+    "relu": (F.relu, lambda h: (h > 0).to(h.dtype)),
+    "gelu": (F.gelu, _erf_gelu_derivative),
+    "silu": (F.silu, _silu_derivative),
+    **{name: _tanh_gelu(c) for name, c in _TANH_GELU_CONSTANTS.items()},
+}
+"""Activation functions the closed-form Jacobian supports: name -> (φ, φ')."""
+
+GATE_ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh")
+
+
+def check_activation(act_fn: str, gated: bool) -> None:
+    """Raise a ValueError naming the supported activations if `act_fn` is not one."""
+    allowed = GATE_ACTIVATIONS if gated else tuple(ACTIVATIONS)
+    if act_fn not in allowed:
+        kind = "gated" if gated else "dense"
+        raise ValueError(
+            f"Unsupported activation function {act_fn!r} for a {kind} MLP; "
+            f"the Jacobian SAE supports {', '.join(allowed)}."
+        )
+
+
+class MLPPreActivations(NamedTuple):
+    """The MLP's hidden pre-activations at an input, all the Jacobian needs besides weights."""
+
+    linear: torch.Tensor
+    """`x W_in + b` (dense: the argument of φ; gated: the linear branch u). Shape (..., d_mlp)."""
+    gate: torch.Tensor | None
+    """Gated MLPs only: `x W_gate + b_gate`, the argument of σ. Shape (..., d_mlp)."""
+
+
+class FrozenMLP(nn.Module):
+    """A copy of one block's MLP with ln2's affine folded in; weights are buffers (never trained).
+
+    The buffers are persistent, so they are saved in the SAE's safetensors and a saved JSAE is
+    self-contained.
+    """
+
+    W_in: torch.Tensor
+    b_in: torch.Tensor
+    W_out: torch.Tensor
+    b_out: torch.Tensor
+
+    def __init__(
+        self,
+        d_model: int,
+        d_mlp: int,
+        act_fn: str,
+        gated: bool,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ):
+        super().__init__()
+        check_activation(act_fn, gated)
+        self.act_fn_name = act_fn
+        self.gated = gated
+        self.act_fn, self.act_fn_derivative = ACTIVATIONS[act_fn]
+
+        def empty(*shape: int) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=dtype, device=device)
+
+        self.register_buffer("W_in", empty(d_model, d_mlp))
+        self.register_buffer("b_in", empty(d_mlp))
+        self.register_buffer("W_out", empty(d_mlp, d_model))
+        self.register_buffer("b_out", empty(d_model))
+        if gated:
+            self.register_buffer("W_gate", empty(d_model, d_mlp))
+            self.register_buffer("b_gate", empty(d_mlp))
+            self.register_buffer("b_lin", empty(d_mlp))
+
+    @property
+    def d_model(self) -> int:
+        return self.W_in.shape[0]
+
+    @property
+    def d_mlp(self) -> int:
+        return self.W_in.shape[1]
+
+    @classmethod
+    def from_hooked_transformer(cls, model: nn.Module, layer: int) -> "FrozenMLP":
+        """Copy block `layer`'s MLP out of a TransformerLens `HookedTransformer`, ln2 folded in.
+
+        The model should be loaded without weight processing (or with it: folded norms have
+        w = 1, b = 0 and the fold is then the identity).
+        """
+        cfg = model.cfg
+        name = getattr(cfg, "model_name", type(model).__name__)
+        _check_supported(cfg, name, layer)
+        block = model.blocks[layer]
+        mlp, ln2 = block.mlp, block.ln2
+        w = getattr(ln2, "w", None)
+        b = getattr(ln2, "b", None)
+        W_in = mlp.W_in.detach()
+        dtype, device = W_in.dtype, W_in.device
+        w = torch.ones(cfg.d_model, dtype=dtype, device=device) if w is None else w.detach()
+        b = torch.zeros(cfg.d_model, dtype=dtype, device=device) if b is None else b.detach()
+        frozen = cls(cfg.d_model, cfg.d_mlp, cfg.act_fn, bool(cfg.gated_mlp), dtype, device)
+        with torch.no_grad():
+            frozen.W_in.copy_(w[:, None] * W_in)
+            frozen.W_out.copy_(mlp.W_out.detach())
+            frozen.b_out.copy_(mlp.b_out.detach())
+            if cfg.gated_mlp:
+                W_gate = mlp.W_gate.detach()
+                frozen.W_gate.copy_(w[:, None] * W_gate)
+                frozen.b_gate.copy_(b @ W_gate)
+                frozen.b_lin.copy_(b @ W_in)
+                frozen.b_in.copy_(mlp.b_in.detach())
+            else:
+                frozen.b_in.copy_(mlp.b_in.detach() + b @ W_in)
+        return frozen
+
+    def pre_activations(self, x: torch.Tensor) -> MLPPreActivations:
+        """Hidden pre-activations at `x` (reused by the Jacobian: no second MLP pass)."""
+        if self.gated:
+            return MLPPreActivations(linear=x @ self.W_in + self.b_lin, gate=x @ self.W_gate + self.b_gate)
+        return MLPPreActivations(linear=x @ self.W_in + self.b_in, gate=None)
+
+    def output_from_pre_activations(self, pre: MLPPreActivations) -> torch.Tensor:
+        """`f(x)` given `pre_activations(x)`."""
+        if pre.gate is None:
+            hidden = self.act_fn(pre.linear)
+        else:
+            hidden = self.act_fn(pre.gate) * pre.linear + self.b_in
+        return hidden @ self.W_out + self.b_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`f(x)`: equals the model's `hook_mlp_out` given `ln2.hook_normalized`."""
+        return self.output_from_pre_activations(self.pre_activations(x.to(self.W_in.dtype)))
+
+    def input_weights(self) -> list[torch.Tensor]:
+        """The (d_model × d_mlp) weights directions enter through: [W_in] or [W_gate, W_in]."""
+        return [self.W_gate, self.W_in] if self.gated else [self.W_in]
+
+    def local_slopes(self, pre: MLPPreActivations) -> list[torch.Tensor]:
+        """Per-token coefficients pairing with `input_weights()` in the directional derivative.
+
+        Dense: [φ'(h)].  Gated: [σ'(g) ⊙ u, σ(g)], since
+        d f(x)[v] = ((σ'(g) ⊙ u) ⊙ (v W_gate) + σ(g) ⊙ (v W_in)) W_out.
+        """
+        if pre.gate is None:
+            return [self.act_fn_derivative(pre.linear)]
+        return [self.act_fn_derivative(pre.gate) * pre.linear, self.act_fn(pre.gate)]
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, d_mlp={self.d_mlp}, act_fn={self.act_fn_name!r}, gated={self.gated}"
+
+
+def _check_supported(cfg: object, name: str, layer: int) -> None:
+    """Raise a ValueError naming the model and the reason for MLPs the JSAE cannot wrap."""
+
+    def refuse(reason: str) -> None:
+        raise ValueError(f"Cannot build a Jacobian SAE on {name} block {layer}: {reason}.")
+
+    n_layers = getattr(cfg, "n_layers")
+    if not 0 <= layer < n_layers:
+        refuse(f"layer must be in [0, {n_layers - 1}]")
+    if getattr(cfg, "attn_only", False):
+        refuse("the model is attention-only (no MLP sublayer)")
+    if getattr(cfg, "num_experts", None):
+        refuse("mixture-of-experts MLPs are not supported")
+    act_fn = getattr(cfg, "act_fn", None)
+    if act_fn in ("solu", "solu_ln") or cfg.is_layer_norm_activation():  # type: ignore[attr-defined]
+        refuse(f"act_fn={act_fn!r} has a LayerNorm inside the MLP, which has no closed-form Jacobian here")
+    if getattr(cfg, "normalization_type", None) is None:
+        refuse("the model has no ln2, so there is no `ln2.hook_normalized` input hook")
+    if getattr(cfg, "use_normalization_before_and_after", False):
+        refuse("a norm after the MLP (ln2_post, e.g. Gemma 2) sits between the MLP and hook_mlp_out")
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    if getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES:
+        refuse("post-norm architectures apply ln2 after the MLP")
+    check_activation(act_fn, bool(getattr(cfg, "gated_mlp", False)))  # type: ignore[arg-type]

@@ -1,0 +1,499 @@
+"""The `jacobian` SAELens architecture: a pair of TopK SAEs around one frozen MLP.
+
+`JacobianSAE` / `JacobianTrainingSAE` subclass SAELens' `TopKSAE` / `TopKTrainingSAE`: their own
+`W_enc, b_enc, W_dec, b_dec` (and `encode`/`decode`/`forward`) are the *input* SAE, at
+`blocks.L.ln2.hook_normalized`, so the pair works anywhere a SAELens SAE does. The *output* SAE
+(`W_enc_out, b_enc_out, W_dec_out, b_dec_out`) reads `blocks.L.hook_mlp_out`; the `FrozenMLP`
+(`mlp.*` buffers) maps the input space to the output space. Loss (per-element means):
+
+    L = MSE(x̂, x) + output_mse_coefficient · MSE(ŷ, y) + λ_t · mean|J|,   y = f(x).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from sae_lens import TopKSAE, TopKSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
+from sae_lens.saes.sae import SAEMetadata, TrainCoefficientConfig, TrainStepInput, TrainStepOutput
+from torch import nn
+from typing_extensions import override
+
+from sae_lens_jsae.jacobian import ActiveJacobian, active_jacobian_values, chunk_tokens, mask_inactive
+from sae_lens_jsae.mlp import FrozenMLP, check_activation
+
+ARCHITECTURE = "jacobian"
+INPUT_HOOK_PATTERN = re.compile(r"^blocks\.(\d+)\.ln2\.hook_normalized$")
+OUTPUT_HOOK_PATTERN = re.compile(r"^blocks\.(\d+)\.hook_mlp_out$")
+OUTPUT_PARAMS = ("W_enc_out", "b_enc_out", "W_dec_out", "b_dec_out")
+
+
+def input_hook_name(layer: int) -> str:
+    return f"blocks.{layer}.ln2.hook_normalized"
+
+
+def output_hook_name(layer: int) -> str:
+    return f"blocks.{layer}.hook_mlp_out"
+
+
+def layer_of_input_hook(hook_name: str) -> int:
+    """The block index of an MLP-input hook; a ValueError for any other hook."""
+    match = INPUT_HOOK_PATTERN.match(hook_name or "")
+    if match is None:
+        raise ValueError(
+            f"hook_name={hook_name!r} is not an MLP input hook: a Jacobian SAE reads "
+            "'blocks.L.ln2.hook_normalized' (its output SAE reads 'blocks.L.hook_mlp_out')."
+        )
+    return int(match.group(1))
+
+
+@dataclass(kw_only=True)
+class _PairFields:
+    """Fields shared by the inference and training configs (keyword-only, all defaulted)."""
+
+    d_mlp: int = 0
+    """Hidden size of the frozen MLP; 0 until an MLP is attached (then read from it)."""
+    mlp_act_fn: str = "gelu"
+    """TransformerLens `act_fn` of the MLP (φ, or σ of the gate when `gated_mlp`)."""
+    gated_mlp: bool = False
+    """Whether the MLP is gated (Llama/SmolLM2/Gemma style)."""
+    output_hook_name: str | None = None
+    """Hook of the output SAE; None means `blocks.L.hook_mlp_out` for the input hook's block L."""
+    jacobian_chunk_bytes: int | None = 256 * 2**20
+    """Max bytes of the per-token gathered slices at once when computing J (None: no chunking)."""
+
+    def _validate_pair(self) -> None:
+        k, d_sae = getattr(self, "k"), getattr(self, "d_sae")
+        if not 0 < k <= d_sae:
+            raise ValueError(f"k={k} must be in [1, d_sae={d_sae}]: TopK picks k of the d_sae latents.")
+        if self.d_mlp < 0:
+            raise ValueError(f"d_mlp={self.d_mlp} must be >= 0 (0: read from the attached MLP).")
+        check_activation(self.mlp_act_fn, self.gated_mlp)
+        if self.output_hook_name is not None and not OUTPUT_HOOK_PATTERN.match(self.output_hook_name):
+            raise ValueError(
+                f"output_hook_name={self.output_hook_name!r} is not an MLP output hook "
+                "('blocks.L.hook_mlp_out')."
+            )
+        if getattr(self, "rescale_acts_by_decoder_norm", False):
+            raise ValueError(
+                "rescale_acts_by_decoder_norm=True is not supported: Jacobian SAEs keep unit-norm "
+                "decoder rows instead (renormalised every step)."
+            )
+        if getattr(self, "use_sparse_activations", False):
+            raise ValueError("use_sparse_activations=True is not supported by Jacobian SAEs (they decode sparsely already).")
+        if getattr(self, "normalize_activations", "none") != "none":
+            raise ValueError("normalize_activations must be 'none' for a Jacobian SAE (J is scale-dependent).")
+
+    def resolved_output_hook_name(self, input_hook: str | None) -> str | None:
+        """The output hook: the explicit one, else the MLP output of the input hook's block."""
+        if input_hook is None:
+            return self.output_hook_name
+        expected = output_hook_name(layer_of_input_hook(input_hook))
+        if self.output_hook_name is not None and self.output_hook_name != expected:
+            raise ValueError(
+                f"output_hook_name={self.output_hook_name!r} is not the MLP output of the input "
+                f"hook {input_hook!r}'s block; expected {expected!r}."
+            )
+        return expected
+
+
+@dataclass
+class JacobianSAEConfig(TopKSAEConfig, _PairFields):
+    """Inference config of a Jacobian SAE pair (SAELens architecture `"jacobian"`)."""
+
+    k: int = 32
+    apply_b_dec_to_input: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._validate_pair()
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+
+@dataclass(kw_only=True)
+class JacobianTrainingSAEConfig(TopKTrainingSAEConfig, _PairFields):
+    """Training config of a Jacobian SAE pair (SAELens architecture `"jacobian"`)."""
+
+    k: int = 32
+    jacobian_coefficient: float | None = None
+    """λ of the mean|J| penalty; None means the paper's rule 0.5·k²/d_in. 0: a plain TopK pair."""
+    jacobian_warm_up_steps: int | None = None
+    """Steps over which λ ramps linearly from 0; None: 5% of training (set by the runner), else 0."""
+    output_mse_coefficient: float = 1.0
+    """Weight of the output SAE's MSE in the loss."""
+    normalize_decoder: bool = True
+    """Renormalise decoder rows to unit norm before every step (the reference does, after each)."""
+    apply_b_dec_to_input: bool = False
+    aux_loss_coefficient: float = 0.0
+    rescale_acts_by_decoder_norm: bool = False
+    decoder_init_norm: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._validate_pair()
+        if self.jacobian_coefficient is not None and self.jacobian_coefficient < 0:
+            raise ValueError(f"jacobian_coefficient={self.jacobian_coefficient} must be >= 0 (or None for 0.5·k²/d_in).")
+        if self.aux_loss_coefficient != 0:
+            raise ValueError("aux_loss_coefficient must be 0: the Jacobian SAE loss has no AuxK term.")
+
+    @property
+    def resolved_jacobian_coefficient(self) -> float:
+        """λ, with None resolved to the paper's rule of thumb 0.5·k²/d_model."""
+        if self.jacobian_coefficient is None:
+            return 0.5 * self.k**2 / self.d_in
+        return float(self.jacobian_coefficient)
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+
+class JacobianSAEOutput(NamedTuple):
+    """Everything one pass of the pair computes on a batch of MLP inputs."""
+
+    input_latents: torch.Tensor
+    """s_x, (tokens, d_sae): the input SAE's TopK latents."""
+    input_reconstruction: torch.Tensor
+    """x̂, (tokens, d_in)."""
+    mlp_output: torch.Tensor
+    """y = f(x) on the TRUE input x, (tokens, d_in)."""
+    output_latents: torch.Tensor
+    """s_y, (tokens, d_sae): the output SAE's TopK latents of y."""
+    output_reconstruction: torch.Tensor
+    """ŷ, (tokens, d_in)."""
+
+
+class _TopK(NamedTuple):
+    dense: torch.Tensor
+    values: torch.Tensor
+    indices: torch.Tensor
+    hidden_pre: torch.Tensor
+
+
+class _JacobianPairMixin:
+    """What the inference and the training class share: output SAE, frozen MLP, Jacobian."""
+
+    cfg: Any
+    W_enc: nn.Parameter
+    b_enc: nn.Parameter
+    W_dec: nn.Parameter
+    b_dec: nn.Parameter
+    W_enc_out: nn.Parameter
+    b_enc_out: nn.Parameter
+    W_dec_out: nn.Parameter
+    b_dec_out: nn.Parameter
+    mlp: FrozenMLP | None
+    dtype: torch.dtype
+    device: torch.device
+
+    # ---- construction -------------------------------------------------------------------
+    def initialize_weights(self) -> None:
+        super().initialize_weights()  # type: ignore[misc]  # the input SAE (SAELens)
+        W_dec_out = torch.empty(self.cfg.d_sae, self.cfg.d_in, dtype=self.dtype, device=self.device)
+        nn.init.kaiming_uniform_(W_dec_out)
+        init_norm = getattr(self.cfg, "decoder_init_norm", None)
+        if init_norm is not None:
+            W_dec_out = W_dec_out / W_dec_out.norm(dim=-1, keepdim=True) * init_norm
+        self.W_dec_out = nn.Parameter(W_dec_out)
+        self.W_enc_out = nn.Parameter(W_dec_out.T.clone().contiguous())
+        self.b_enc_out = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device))
+        self.b_dec_out = nn.Parameter(torch.zeros(self.cfg.d_in, dtype=self.dtype, device=self.device))
+        self.mlp = None
+
+    def attach_mlp(self, mlp: FrozenMLP) -> None:
+        """Attach the frozen MLP. A config with d_mlp=0 adopts the MLP's shape and kind."""
+        problems = []
+        if mlp.d_model != self.cfg.d_in:
+            problems.append(f"d_model {mlp.d_model} != d_in {self.cfg.d_in}")
+        if self.cfg.d_mlp not in (0, mlp.d_mlp):
+            problems.append(f"d_mlp {mlp.d_mlp} != cfg.d_mlp {self.cfg.d_mlp}")
+        if self.cfg.d_mlp and mlp.gated != self.cfg.gated_mlp:
+            kinds = {True: "gated", False: "dense"}
+            problems.append(f"the MLP is {kinds[mlp.gated]} but cfg.gated_mlp says {kinds[self.cfg.gated_mlp]}")
+        if self.cfg.d_mlp and mlp.act_fn_name != self.cfg.mlp_act_fn:
+            problems.append(f"act_fn {mlp.act_fn_name!r} != cfg.mlp_act_fn {self.cfg.mlp_act_fn!r}")
+        if problems:
+            raise ValueError("The MLP does not fit this Jacobian SAE: " + "; ".join(problems) + ".")
+        self.cfg.d_mlp, self.cfg.gated_mlp, self.cfg.mlp_act_fn = mlp.d_mlp, mlp.gated, mlp.act_fn_name
+        self.mlp = mlp.to(device=self.device, dtype=self.dtype)
+
+    def require_mlp(self) -> FrozenMLP:
+        if self.mlp is None:
+            raise RuntimeError(
+                "This Jacobian SAE has no FrozenMLP attached, so it has no Jacobian or output target. "
+                "Build it with sae_lens_jsae.build_jacobian_sae(model, layer, d_sae, k), or call "
+                "sae.attach_mlp(FrozenMLP.from_hooked_transformer(model, layer)); to train from a "
+                "SAELens runner config use sae_lens_jsae.JacobianSAETrainingRunner (SAELens' own "
+                "LanguageModelSAETrainingRunner has no way to hand the model's MLP to the SAE)."
+            )
+        return self.mlp
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):  # type: ignore[override]
+        """As nn.Module's, creating the FrozenMLP first when the state holds `mlp.*` buffers."""
+        if "mlp.W_in" in state_dict:
+            W_in, W_out = state_dict["mlp.W_in"], state_dict["mlp.W_out"]
+            gated = "mlp.W_gate" in state_dict
+            if self.mlp is None or self.mlp.W_in.shape != W_in.shape or self.mlp.gated != gated:
+                self.mlp = FrozenMLP(W_in.shape[0], W_in.shape[1], self.cfg.mlp_act_fn, gated, W_out.dtype, W_out.device)
+                self.cfg.d_mlp, self.cfg.gated_mlp = W_in.shape[1], gated
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)  # type: ignore[misc]
+
+    # ---- the two SAEs -------------------------------------------------------------------
+    def _topk(self, hidden_pre: torch.Tensor) -> _TopK:
+        values, indices = hidden_pre.topk(self.cfg.k, dim=-1, sorted=False)
+        values = values.relu()
+        dense = torch.zeros_like(hidden_pre).scatter(-1, indices, values)
+        return _TopK(dense, values, indices, hidden_pre)
+
+    def _encode_input_topk(self, x: torch.Tensor) -> _TopK:
+        sae_in = self.process_sae_in(x)  # type: ignore[attr-defined]
+        hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)  # type: ignore[attr-defined]
+        top = self._topk(hidden_pre)
+        return top._replace(dense=self.hook_sae_acts_post(top.dense))  # type: ignore[attr-defined]
+
+    def _encode_output_topk(self, y: torch.Tensor) -> _TopK:
+        y = y.to(self.dtype)
+        if self.cfg.apply_b_dec_to_input:
+            y = y - self.b_dec_out
+        return self._topk(y @ self.W_enc_out + self.b_enc_out)
+
+    def encode_output(self, y: torch.Tensor) -> torch.Tensor:
+        """Output SAE latents s_y of MLP outputs y."""
+        return self._encode_output_topk(y).dense
+
+    def decode_output(self, latents: torch.Tensor) -> torch.Tensor:
+        """Output SAE reconstruction ŷ from latents s_y."""
+        return latents @ self.W_dec_out + self.b_dec_out
+
+    def forward_pair(self, x: torch.Tensor) -> JacobianSAEOutput:
+        """Run input SAE, frozen MLP (on the true x) and output SAE on MLP inputs x."""
+        mlp = self.require_mlp()
+        s_x = self.encode(x)  # type: ignore[attr-defined]
+        y = mlp(x.to(self.dtype))
+        s_y = self.encode_output(y)
+        return JacobianSAEOutput(s_x, self.decode(s_x), y, s_y, self.decode_output(s_y))  # type: ignore[attr-defined]
+
+    def _plain_topk_sae(self, which: str) -> TopKSAE:
+        """A SAELens TopKSAE sharing this pair's parameters (so edits and training show in both)."""
+        suffix = "" if which == "input" else "_out"
+        metadata = SAEMetadata(**self.cfg.metadata.to_dict())
+        if which == "output":
+            metadata.hook_name = self.cfg.resolved_output_hook_name(self.cfg.metadata.hook_name)
+        cfg = TopKSAEConfig(
+            d_in=self.cfg.d_in,
+            d_sae=self.cfg.d_sae,
+            k=self.cfg.k,
+            dtype=self.cfg.dtype,
+            device="meta",
+            apply_b_dec_to_input=self.cfg.apply_b_dec_to_input,
+            metadata=metadata,
+        )
+        sae = TopKSAE(cfg)
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            setattr(sae, name, getattr(self, name + suffix))
+        sae.cfg.device, sae.device, sae.dtype = str(self.device), self.device, self.dtype
+        return sae
+
+    @property
+    def input_sae(self) -> TopKSAE:
+        """The input SAE (at `ln2.hook_normalized`) as a plain SAELens `TopKSAE`, weights shared."""
+        return self._plain_topk_sae("input")
+
+    @property
+    def output_sae(self) -> TopKSAE:
+        """The output SAE (at `hook_mlp_out`) as a plain SAELens `TopKSAE`, weights shared."""
+        return self._plain_topk_sae("output")
+
+    # ---- the Jacobian -------------------------------------------------------------------
+    def _jacobian(
+        self, top_in: _TopK, top_out: _TopK, x: torch.Tensor, pre: Any = None, chunk_size: int | None = None
+    ) -> ActiveJacobian:
+        mlp = self.require_mlp()
+        if pre is None:
+            pre = mlp.pre_activations(x.to(self.dtype))
+        flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
+        if chunk_size is None:
+            chunk_size = chunk_tokens(self.cfg.jacobian_chunk_bytes, self.cfg.k, mlp.d_mlp, len(mlp.input_weights()), self.W_dec.element_size())
+        values = active_jacobian_values(
+            [self.W_dec @ W for W in mlp.input_weights()],
+            mlp.W_out @ self.W_enc_out,
+            [flat(c) for c in mlp.local_slopes(pre)],
+            flat(top_in.indices),
+            flat(top_out.indices),
+            chunk_size=chunk_size,
+        )
+        values = mask_inactive(values, flat(top_in.values), flat(top_out.values))
+        return ActiveJacobian(values, flat(top_out.indices), flat(top_in.indices))
+
+    def active_jacobian(self, x: torch.Tensor, chunk_size: int | None = None) -> ActiveJacobian:
+        """The Jacobian ∂s_y/∂s_x on each token's active latents, for MLP inputs x (..., d_in).
+
+        Rows are the output SAE's TopK latents of y = f(x), columns the input SAE's TopK latents
+        of x (φ' is evaluated at the true x, as in the reference). Differentiable w.r.t. both SAEs.
+        """
+        mlp = self.require_mlp()
+        x = x.to(self.dtype)
+        top_in = self._encode_input_topk(x)
+        pre = mlp.pre_activations(x)
+        top_out = self._encode_output_topk(mlp.output_from_pre_activations(pre))
+        return self._jacobian(top_in, top_out, x, pre, chunk_size)
+
+    # ---- SAELens contract ---------------------------------------------------------------
+    @torch.no_grad()
+    def fold_W_dec_norm(self) -> None:
+        """Fold decoder norms into the encoders of both SAEs (exact for unit-norm decoders)."""
+        self.fold_and_get_W_dec_norm()  # type: ignore[attr-defined]  # the input SAE
+        norms = self.W_dec_out.norm(dim=-1).clamp(min=1e-8)
+        self.W_dec_out.data.div_(norms[:, None])
+        self.W_enc_out.data.mul_(norms[None, :])
+        self.b_enc_out.data.mul_(norms)
+
+    @torch.no_grad()
+    def normalize_decoders(self) -> None:
+        """Rescale both decoders' rows to unit norm (the reference does this after every step)."""
+        for W in (self.W_dec, self.W_dec_out):
+            W.data.div_(W.norm(dim=-1, keepdim=True).clamp(min=1e-8))
+
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        raise NotImplementedError("Jacobian SAEs are trained on unscaled activations (normalize_activations='none').")
+
+
+class JacobianSAE(_JacobianPairMixin, TopKSAE):
+    """Inference Jacobian SAE pair. Its SAELens encode/decode/forward are the input SAE's."""
+
+    cfg: JacobianSAEConfig  # type: ignore[assignment]
+
+    def __init__(self, cfg: JacobianSAEConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)  # type: ignore[arg-type]
+
+
+class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
+    """Training Jacobian SAE pair: both SAEs trained jointly, MLP frozen."""
+
+    cfg: JacobianTrainingSAEConfig  # type: ignore[assignment]
+
+    def __init__(self, cfg: JacobianTrainingSAEConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)  # type: ignore[arg-type]
+
+    @override
+    def get_coefficients(self) -> dict[str, TrainCoefficientConfig | float]:
+        return {
+            "jacobian_coefficient": TrainCoefficientConfig(
+                value=self.cfg.resolved_jacobian_coefficient,
+                warm_up_steps=self.cfg.jacobian_warm_up_steps or 0,
+            )
+        }
+
+    @override
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        mlp = self.require_mlp()
+        if self.cfg.normalize_decoder:
+            self.normalize_decoders()
+        x = step_input.sae_in.to(self.dtype)
+        top_in = self._encode_input_topk(x)
+        # Decoding only the k active rows (embedding_bag) equals the dense product.
+        x_hat = self.hook_sae_recons(_decode_sparse(top_in, self.W_dec, self.b_dec))
+        with torch.no_grad():
+            pre = mlp.pre_activations(x)
+            y = mlp.output_from_pre_activations(pre)
+        top_out = self._encode_output_topk(y)
+        y_hat = _decode_sparse(top_out, self.W_dec_out, self.b_dec_out)
+
+        mse_in = F.mse_loss(x_hat, x)
+        mse_out = F.mse_loss(y_hat, y)
+        lam = step_input.coefficients.get("jacobian_coefficient", self.cfg.resolved_jacobian_coefficient)
+        loss = mse_in + self.cfg.output_mse_coefficient * mse_out
+        # Each reported term is weighted as in the loss, so the terms sum to `loss`.
+        losses = {"mse_loss": mse_in, "output_mse_loss": self.cfg.output_mse_coefficient * mse_out}
+        jac: ActiveJacobian | None = None
+        if lam > 0:  # λ = 0: a plain TopK pair, J is not computed (except for logging)
+            jac = self._jacobian(top_in, top_out, x, pre)
+            losses["jacobian_loss"] = lam * jac.values.abs().mean()
+            loss = loss + losses["jacobian_loss"]
+        else:
+            losses["jacobian_loss"] = loss.new_zeros(())
+        metrics: dict[str, Any] = {}
+        if step_input.is_logging_step:
+            metrics = _logging_metrics(self, top_in, top_out, x, y, y_hat, pre, jac)
+        _check_finite(losses, loss, step_input.n_training_steps)
+        return TrainStepOutput(
+            sae_in=x,
+            sae_out=x_hat,
+            feature_acts=top_in.dense,
+            hidden_pre=top_in.hidden_pre,
+            loss=loss,
+            losses=losses,
+            metrics=metrics,
+        )
+
+    @override
+    def process_state_dict_for_saving(self, state_dict: dict[str, Any]) -> None:
+        # The live weights are renormalised at the start of the next step; save them as they
+        # will be used, so a checkpoint resumes to exactly the same state.
+        if self.cfg.normalize_decoder:
+            for name in ("W_dec", "W_dec_out"):
+                W = state_dict[name]
+                state_dict[name] = W / W.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+
+    @override
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        self.process_state_dict_for_saving(state_dict)
+
+
+def _decode_sparse(top: _TopK, W_dec: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
+    shape = top.indices.shape
+    idx = top.indices.reshape(-1, shape[-1])
+    out = F.embedding_bag(idx, W_dec, per_sample_weights=top.values.reshape(-1, shape[-1]), mode="sum")
+    return out.reshape(*shape[:-1], W_dec.shape[-1]) + b_dec
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or inf; carries the step and the term."""
+
+    def __init__(self, step: int, term: str, value: float):
+        self.step, self.term, self.value = step, term, value
+        super().__init__(
+            f"Loss term {term!r} is {value} at training step {step}. Training stopped; the last "
+            "good checkpoint (if checkpointing is on) is kept. Lower the learning rate or "
+            "jacobian_coefficient, or check the activations for NaN/inf."
+        )
+
+
+def _check_finite(losses: dict[str, torch.Tensor], loss: torch.Tensor, step: int) -> None:
+    terms = torch.stack([t.detach() for t in [*losses.values(), loss]])
+    if not bool(torch.isfinite(terms).all()):  # one sync per step; cheap next to the step
+        for name, value in [*losses.items(), ("overall_loss", loss)]:
+            if not torch.isfinite(value).all():
+                raise NonFiniteLossError(step, name, float(value))
+
+
+@torch.no_grad()
+def _logging_metrics(
+    sae: JacobianTrainingSAE,
+    top_in: _TopK,
+    top_out: _TopK,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    y_hat: torch.Tensor,
+    pre: Any,
+    jac: ActiveJacobian | None,
+) -> dict[str, Any]:
+    if jac is None:
+        jac = sae._jacobian(top_in, top_out, x, pre)
+    J = jac.values.detach().abs()
+    resid_var = (y - y_hat).pow(2).sum(-1).mean()
+    total_var = (y - y.mean(0)).pow(2).sum(-1).mean()
+    return {
+        "output_explained_variance": (1 - resid_var / total_var).item(),
+        "output_l0": (top_out.dense > 0).float().sum(-1).mean().item(),
+        "jacobian_abs_mean": J.mean().item(),
+        "jacobian_count_above_0.01": (J > 0.01).float().sum((-1, -2)).mean().item(),
+    }
