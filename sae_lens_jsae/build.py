@@ -8,7 +8,7 @@ from sae_lens.saes.sae import SAEMetadata
 from torch import nn
 
 from sae_lens_jsae.mlp import FrozenMLP
-from sae_lens_jsae.sae import JacobianTrainingSAE, JacobianTrainingSAEConfig, input_hook_name, output_hook_name
+from sae_lens_jsae.sae import JacobianTrainingSAE, JacobianTrainingSAEConfig, input_hook_name
 from sae_lens_jsae.util import dtype_name
 
 
@@ -27,15 +27,10 @@ def build_jacobian_sae(model: nn.Module, layer: int, d_sae: int, k: int = 32, **
         raise ValueError(f"build_jacobian_sae: {detail}; leave these out, they are read from the model.")
     cfg.setdefault("dtype", dtype_name(mlp.W_in.dtype))
     cfg.setdefault("device", str(mlp.W_in.device))
-    metadata = SAEMetadata(
-        model_name=getattr(model.cfg, "model_name", None),
-        hook_name=input_hook_name(layer),
-        hook_layer=layer,
-        output_hook_name=output_hook_name(layer),
-    )
-    config = JacobianTrainingSAEConfig(
-        **{**cfg, **from_model}, d_sae=d_sae, k=k, output_hook_name=output_hook_name(layer), metadata=metadata
-    )
+    hook = input_hook_name(layer)
+    metadata = SAEMetadata(model_name=getattr(model.cfg, "model_name", None), hook_name=hook, hook_layer=layer)
+    config = JacobianTrainingSAEConfig(**{**cfg, **from_model}, d_sae=d_sae, k=k, metadata=metadata)
+    config.output_hook_name = config.resolved_output_hook_name(hook)  # errors on another block's hook
     sae = JacobianTrainingSAE(config)
     sae.attach_mlp(mlp)
     return sae

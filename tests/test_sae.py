@@ -1,0 +1,256 @@
+"""The `jacobian` architecture against SAELens' contract for registered SAEs."""
+
+import importlib
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import build_jsae_cfg, make_tiny_model, mlp_inputs
+from sae_lens import SAE, HookedSAETransformer, LanguageModelSAERunnerConfig, TopKSAE, TrainingSAE
+from sae_lens.registry import get_sae_class, get_sae_training_class
+from sae_lens.saes.sae import TrainStepInput
+
+import sae_lens_jsae
+from sae_lens_jsae import (
+    JacobianSAE,
+    JacobianSAEConfig,
+    JacobianTrainingSAE,
+    JacobianTrainingSAEConfig,
+    build_jacobian_sae,
+)
+
+
+@pytest.fixture
+def pair(reproducibility):
+    model = make_tiny_model("gated_silu")
+    sae = build_jacobian_sae(model, 1, d_sae=48, k=6, jacobian_coefficient=0.7)
+    with torch.no_grad():
+        sae.b_enc.add_(0.05 * torch.randn_like(sae.b_enc))
+        sae.b_dec_out.add_(0.05 * torch.randn_like(sae.b_dec_out))
+    return model, sae, mlp_inputs(model, 1, n_tokens=32)
+
+
+def step_input(x, lam=0.7, logging=False):
+    return TrainStepInput(sae_in=x, coefficients={"jacobian_coefficient": lam}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=logging)
+
+
+def test_registered_for_inference_and_training_and_import_is_idempotent():
+    assert get_sae_class("jacobian") == (JacobianSAE, JacobianSAEConfig)
+    assert get_sae_training_class("jacobian") == (JacobianTrainingSAE, JacobianTrainingSAEConfig)
+    importlib.reload(importlib.import_module("sae_lens_jsae.registration"))
+    sae_lens_jsae.register_jacobian_architecture()
+    assert get_sae_class("jacobian")[0].__name__ == "JacobianSAE"
+
+
+def test_every_config_field_has_a_default_beyond_sizes():
+    from dataclasses import MISSING, fields
+
+    for cls in (JacobianSAEConfig, JacobianTrainingSAEConfig):
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        assert required == {"d_in", "d_sae"}, cls
+    cfg = JacobianTrainingSAEConfig(d_in=64, d_sae=128)
+    assert cfg.k == 32 and cfg.resolved_jacobian_coefficient == pytest.approx(0.5 * 32**2 / 64)
+
+
+def test_from_dict_returns_plugin_class():
+    cfg = JacobianSAEConfig(d_in=16, d_sae=48, k=6)
+    sae = SAE.from_dict(cfg.to_dict())
+    assert type(sae) is JacobianSAE
+    tsae = TrainingSAE.from_dict(build_jsae_cfg().to_dict())
+    assert type(tsae) is JacobianTrainingSAE
+
+
+@pytest.mark.parametrize("saver", ["save_model", "save_inference_model"])
+def test_save_load_round_trip(pair, tmp_path, saver):
+    _, sae, x = pair
+    getattr(sae, saver)(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.json", "sae_weights.safetensors"]  # no pickles
+    assert json.loads((tmp_path / "cfg.json").read_text())["architecture"] == "jacobian"
+    loaded = SAE.load_from_disk(tmp_path)
+    assert type(loaded) is JacobianSAE
+    expected, got = sae.forward_pair(x), loaded.forward_pair(x)
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    torch.testing.assert_close(loaded.active_jacobian(x).values, sae.active_jacobian(x).values, rtol=0, atol=1e-12)
+    if saver == "save_model":
+        tloaded = TrainingSAE.load_from_disk(tmp_path)
+        assert type(tloaded) is JacobianTrainingSAE
+        assert tloaded.cfg.jacobian_coefficient == 0.7
+        torch.testing.assert_close(tloaded.active_jacobian(x).values, sae.active_jacobian(x).values, rtol=0, atol=1e-12)
+
+
+def test_config_only_sae_constructs_saves_loads_folds_but_refuses_jacobian(tmp_path):
+    sae = JacobianTrainingSAE(build_jsae_cfg())
+    x = torch.randn(5, 16)
+    assert sae(x).shape == (5, 16) and sae.encode(x).shape == (5, 48)
+    sae.save_model(tmp_path)
+    loaded = SAE.load_from_disk(tmp_path)
+    loaded.fold_W_dec_norm()
+    assert loaded.mlp is None
+    with pytest.raises(RuntimeError, match="no FrozenMLP attached.*build_jacobian_sae.*JacobianSAETrainingRunner"):
+        loaded.active_jacobian(x)
+    with pytest.raises(RuntimeError, match="JacobianSAETrainingRunner"):
+        sae.training_forward_pass(step_input(x))
+
+
+def test_input_and_output_saes_are_plain_topk_saes_sharing_weights(pair, tmp_path):
+    _, sae, x = pair
+    out = sae.forward_pair(x)
+    inp, outp = sae.input_sae, sae.output_sae
+    assert type(inp) is TopKSAE and type(outp) is TopKSAE
+    assert inp.cfg.metadata.hook_name == "blocks.1.ln2.hook_normalized"
+    assert outp.cfg.metadata.hook_name == "blocks.1.hook_mlp_out"
+    torch.testing.assert_close(inp.encode(x), out.input_latents)
+    torch.testing.assert_close(inp.decode(out.input_latents), out.input_reconstruction)
+    torch.testing.assert_close(outp.encode(out.mlp_output), out.output_latents)
+    torch.testing.assert_close(outp(out.mlp_output), out.output_reconstruction)
+    assert inp.W_dec is sae.W_dec and outp.W_enc is sae.W_enc_out
+    # loadable by SAELens alone, in a process that never imports sae_lens_jsae
+    outp.save_model(tmp_path / "out")
+    torch.save(out.mlp_output, tmp_path / "y.pt")
+    code = (
+        "import sys, torch; from sae_lens import SAE; "
+        f"s = SAE.load_from_disk(r'{tmp_path / 'out'}'); y = torch.load(r'{tmp_path / 'y.pt'}'); "
+        "assert 'sae_lens_jsae' not in sys.modules; print(type(s).__name__); "
+        f"torch.save(s(y), r'{tmp_path / 'yhat.pt'}')"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "TopKSAE"
+    torch.testing.assert_close(torch.load(tmp_path / "yhat.pt"), out.output_reconstruction)
+
+
+def test_attaches_to_hooked_sae_transformer(pair):
+    model, sae, _ = pair
+    tokens = torch.randint(0, 64, (2, 8))
+    ht = HookedSAETransformer(model.cfg)
+    ht.load_state_dict(model.state_dict())
+    clean = ht(tokens)
+    ht.add_sae(sae.input_sae)
+    ht.add_sae(sae.output_sae)
+    _, cache = ht.run_with_cache(tokens)
+    assert "blocks.1.ln2.hook_normalized.hook_sae_acts_post" in cache
+    assert "blocks.1.hook_mlp_out.hook_sae_acts_post" in cache
+    assert not torch.allclose(ht(tokens), clean)
+    ht.reset_saes()
+    ht.add_sae(sae)  # the pair itself acts as its input SAE
+    assert "blocks.1.ln2.hook_normalized.hook_sae_acts_post" in ht.run_with_cache(tokens)[1]
+
+
+def test_runner_config_accepts_jacobian_sae_config():
+    cfg = LanguageModelSAERunnerConfig(
+        sae=build_jsae_cfg(),
+        model_name="tiny",
+        hook_name="blocks.1.ln2.hook_normalized",
+        dataset_path="unused",
+        training_tokens=1000,
+    )
+    assert isinstance(cfg.sae, JacobianTrainingSAEConfig)
+    assert cfg.get_training_sae_cfg_dict()["architecture"] == "jacobian"
+
+
+def test_loss_terms_match_hand_computation(pair):
+    _, sae, x = pair
+    out = sae.training_forward_pass(step_input(x, lam=0.7))
+    ref = sae.forward_pair(x)
+    jac = sae.active_jacobian(x)
+    mse_in = ((ref.input_reconstruction - x) ** 2).mean()
+    mse_out = ((ref.output_reconstruction - ref.mlp_output) ** 2).mean()
+    torch.testing.assert_close(out.losses["mse_loss"], mse_in)
+    torch.testing.assert_close(out.losses["output_mse_loss"], 1.0 * mse_out)
+    torch.testing.assert_close(out.losses["jacobian_loss"], 0.7 * jac.values.abs().mean())
+    torch.testing.assert_close(out.loss, mse_in + mse_out + 0.7 * jac.values.abs().mean())
+
+
+def test_lambda_zero_is_a_plain_topk_pair(pair):
+    _, sae, x = pair
+    out = sae.training_forward_pass(step_input(x, lam=0.0))
+    assert out.losses["jacobian_loss"] == 0
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad()
+    inp, outp = sae.input_sae, sae.output_sae
+    y = sae.mlp(x)
+    (F.mse_loss(inp(x), x) + F.mse_loss(outp(y), y)).backward()
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name], rtol=1e-10, atol=1e-14)
+
+
+def test_warm_up_through_get_coefficients():
+    sae = JacobianTrainingSAE(build_jsae_cfg(jacobian_coefficient=2.0, jacobian_warm_up_steps=10))
+    coeff = sae.get_coefficients()["jacobian_coefficient"]
+    assert coeff.value == 2.0 and coeff.warm_up_steps == 10
+    default = JacobianTrainingSAE(build_jsae_cfg(k=8)).get_coefficients()["jacobian_coefficient"]
+    assert default.value == pytest.approx(0.5 * 8**2 / 16)
+
+
+def test_logging_metrics(pair):
+    _, sae, x = pair
+    metrics = sae.training_forward_pass(step_input(x, lam=0.0, logging=True)).metrics
+    assert set(metrics) >= {"output_explained_variance", "output_l0", "jacobian_abs_mean", "jacobian_count_above_0.01"}
+    assert 0 < metrics["output_l0"] <= 6
+
+
+def test_fold_and_moves(pair):
+    _, sae, x = pair
+    before = sae.forward_pair(x)
+    sae.fold_W_dec_norm()
+    for a, b in zip(before, sae.forward_pair(x)):
+        torch.testing.assert_close(a, b)
+    sae32 = sae.to(torch.float32)
+    assert sae32.mlp.W_in.dtype == torch.float32 and sae32.cfg.dtype == "float32"
+    assert sae32.active_jacobian(x.float()).values.dtype == torch.float32
+
+
+def test_nan_loss_names_step_and_term(pair):
+    _, sae, x = pair
+    x = x.clone()
+    x[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="'mse_loss'.*step 0"):
+        sae.training_forward_pass(step_input(x))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"d_in": 17}, r"d_in=17 \(the model has 16\)"),
+        ({"k": 49}, r"k=49 must be in \[1, d_sae=48\]"),
+        ({"gated_mlp": False}, "gated_mlp=False"),
+        ({"output_hook_name": "blocks.0.hook_mlp_out"}, "expected 'blocks.1.hook_mlp_out'"),
+        ({"output_hook_name": "blocks.1.hook_resid_post"}, "not an MLP output hook"),
+    ],
+)
+def test_build_errors(kwargs, match):
+    model = make_tiny_model("gated_silu")
+    with pytest.raises(ValueError, match=match):
+        build_jacobian_sae(model, 1, **{"d_sae": 48, "k": 6, **kwargs})
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="Unsupported activation function 'swish'"):
+        build_jsae_cfg(mlp_act_fn="swish")
+    with pytest.raises(ValueError, match="k=0"):
+        build_jsae_cfg(k=0)
+
+
+def test_attach_mlp_rejects_mismatch():
+    from sae_lens_jsae import FrozenMLP
+
+    mlp = FrozenMLP.from_hooked_transformer(make_tiny_model("gated_silu"), 0)
+    with pytest.raises(ValueError, match="the MLP is gated but cfg.gated_mlp says dense"):
+        JacobianTrainingSAE(build_jsae_cfg(mlp_act_fn="silu")).attach_mlp(mlp)
+    with pytest.raises(ValueError, match="d_model 16 != d_in 8"):
+        JacobianTrainingSAE(build_jsae_cfg(d_in=8, d_mlp=0)).attach_mlp(mlp)
+    sae = JacobianTrainingSAE(build_jsae_cfg(d_mlp=0))  # unknown MLP: adopts it
+    sae.attach_mlp(mlp)
+    assert sae.cfg.gated_mlp and sae.cfg.d_mlp == 24 and sae.cfg.mlp_act_fn == "silu"
+
+
+def test_layer_hook_validation():
+    from sae_lens_jsae.sae import layer_of_input_hook
+
+    assert layer_of_input_hook("blocks.3.ln2.hook_normalized") == 3
+    with pytest.raises(ValueError, match="not an MLP input hook"):
+        layer_of_input_hook("blocks.3.hook_resid_pre")
