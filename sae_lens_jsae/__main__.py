@@ -1,0 +1,5 @@
+import sys
+
+from sae_lens_jsae.cli import main
+
+sys.exit(main())

@@ -1,0 +1,38 @@
+"""`jsae` command line: thin sub-commands that parse, call the library and print.
+
+Each sub-command lives beside the code it drives; this file only wires them together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+# Each entry: (name, module, help). The module defines `add_arguments(parser)` and `run(args)`.
+SUBCOMMANDS: list[tuple[str, str, str]] = [
+    # -- sub-commands (one line each; keep this list sorted by workflow) --
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="jsae", description="Jacobian sparse autoencoders on SAELens.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name, help_text in SUBCOMMANDS:
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int | None] = args._run
+    return int(run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
