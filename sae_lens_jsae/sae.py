@@ -374,6 +374,18 @@ class JacobianSAE(_JacobianPairMixin, TopKSAE):
     def __init__(self, cfg: JacobianSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)  # type: ignore[arg-type]
 
+    @classmethod
+    def from_pretrained(cls, release: str, sae_id: str | None = None, *args: Any, **kwargs: Any) -> "JacobianSAE":  # type: ignore[override]
+        """Load a pair from a Hub repo ("org/name"), the HF cache (offline too) or a local dir.
+
+        `JacobianSAE.from_pretrained(repo_id, sae_id=None, *, revision=None, device="cpu",
+        dtype=None)`; SAELens' positional order (device, dtype, force_download) also works.
+        See `sae_lens_jsae.hub.load_jsae`.
+        """
+        from sae_lens_jsae.hub import load_jsae
+
+        return load_jsae(release, sae_id, *args, **kwargs)
+
 
 class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
     """Training Jacobian SAE pair: both SAEs trained jointly, MLP frozen."""

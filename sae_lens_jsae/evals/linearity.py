@@ -1,0 +1,244 @@
+"""Linearity of the JSAE's computation in its own basis (the paper's Section 5 check).
+
+For a token with input latents s_x and active input latent j, vary s_x[j] over
+`factors · s_x[j]` (default 0..2× in `n_grid` points), decode with the other latents fixed,
+apply the MLP, and read the output SAE's pre-activations on the token's active output set K2
+(TopK of the true y = f(x), held fixed) through a ReLU. Each (j, i ∈ K2) curve is classified as
+
+  * linear: a least-squares line fits it within `tol · max|curve|` everywhere;
+  * JumpReLU-like: not linear, but zero (within the same tolerance) on a prefix of the grid
+    and linear on the rest; by symmetry a zero *suffix* (a decreasing ReLU) also counts;
+  * other: anything else.
+
+The ablation check: the change of s_y[i] when s_x[j] is removed (factor 1 → 0 on the same
+curve) against J_ij · s_x[j]; the fraction within `ablation_tol` (absolute) is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+
+from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, mlp_inputs_of
+
+LINEAR, JUMPRELU, OTHER = 0, 1, 2
+CLASS_NAMES = ("linear", "jumprelu", "other")
+
+
+def _max_line_residual(grid: torch.Tensor, curves: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Max |residual| of a weighted least-squares line fit, over the points with weight 1.
+
+    grid (G,), curves (N, G), weights (P, G) 0/1 masks -> (N, P).
+    """
+    w = weights[None]  # (1, P, G)
+    c = curves[:, None, :]  # (N, 1, G)
+    n = w.sum(-1).clamp_min(1)
+    g_mean = (w * grid).sum(-1) / n  # (1, P)
+    c_mean = (w * c).sum(-1) / n  # (N, P)
+    dg = grid - g_mean[..., None]
+    var = (w * dg * dg).sum(-1)
+    slope = (w * dg * (c - c_mean[..., None])).sum(-1) / var.clamp_min(1e-300)
+    fit = c_mean[..., None] + slope[..., None] * dg
+    return ((c - fit).abs() * w).amax(-1)
+
+
+@torch.no_grad()
+def classify_curves(grid: torch.Tensor, curves: torch.Tensor, tol: float = 1e-2, chunk: int = 65536) -> torch.Tensor:
+    """Label each curve (N, G) sampled at `grid` (G,) as LINEAR (0), JUMPRELU (1) or OTHER (2).
+
+    Tolerances are relative to each curve's max |value| (a curve that is all zero is linear).
+    """
+    grid = grid.to(torch.float64)
+    G = grid.shape[0]
+    if G < 3:
+        raise ValueError("need at least 3 grid points to tell lines from kinks")
+    idx = torch.arange(G)
+    # split p: zero on [0, p) and a line on [p, G) (needs >= 2 points); or line on [0, G-p'), zero after
+    prefixes = torch.arange(1, G - 1)
+    line_after = (idx[None] >= prefixes[:, None]).to(torch.float64)  # (P, G)
+    line_before = line_after.flip(-1)
+    labels = torch.empty(curves.shape[0], dtype=torch.long)
+    for s in range(0, curves.shape[0], chunk):
+        c = curves[s : s + chunk].to(torch.float64)
+        atol = tol * c.abs().amax(-1).clamp_min(1e-30)  # (N,)
+        linear = _max_line_residual(grid, c, torch.ones(1, G, dtype=torch.float64))[:, 0] <= atol
+        jump = torch.zeros_like(linear)
+        for line_w in (line_after, line_before):
+            zero_ok = ((c[:, None, :].abs() * (1 - line_w)[None]).amax(-1) <= atol[:, None])  # (N, P)
+            line_ok = _max_line_residual(grid, c, line_w) <= atol[:, None]
+            jump |= (zero_ok & line_ok).any(-1)
+        lab = torch.full_like(linear, OTHER, dtype=torch.long)
+        lab[jump] = JUMPRELU
+        lab[linear] = LINEAR
+        labels[s : s + chunk] = lab
+    return labels
+
+
+@dataclass
+class LinearityResult:
+    """Curve classes and the ablation check over sampled tokens."""
+
+    n_tokens: int
+    """Tokens sampled."""
+    n_curves: int
+    """(token, active input latent j, active output latent i) curves classified."""
+    linear: float
+    """Fraction of curves fit by a line."""
+    jumprelu: float
+    """Fraction of curves that are zero on a prefix (or suffix) and linear elsewhere."""
+    other: float
+    """Fraction of the remaining curves."""
+    n_pairs: int
+    """(token, i, j) pairs in the ablation check (= n_curves)."""
+    ablation_on_line: float
+    """Fraction of pairs with |Δs_y[i] − J_ij·s_x[j]| <= ablation_tol when s_x[j] is removed."""
+    tol: float
+    """Relative tolerance of the classification."""
+    ablation_tol: float
+    """Absolute tolerance of the ablation check."""
+    n_grid: int
+    """Grid points per curve."""
+    max_factor: float
+    """The grid runs over s_x[j] · [0, max_factor]."""
+    around: str
+    """'reconstruction' (decode s_x) or 'input' (the true x plus the change along W_dec[j])."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LinearityResult":
+        return cls(**d)
+
+
+@torch.no_grad()
+def scan_curves(
+    sae, x: torch.Tensor, *, n_grid: int = 21, max_factor: float = 2.0, around: Literal["reconstruction", "input"] = "reconstruction"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scan each active input latent of each token in x (T, d_in).
+
+    Returns (factors (G,), curves (T, k_in, k_out, G), delta (T, k_out, k_in), predicted (T, k_out, k_in)),
+    where curves[t, j, i] is s_y[K2_i] along s_x[K1_j]·factors, delta the change of s_y[i] from
+    removing s_x[j] and predicted = J_ij · s_x[j]. Inactive (ReLU-clipped) latents give NaN curves.
+    """
+    if n_grid % 2 == 0:
+        n_grid += 1  # keep factor 1 (the token's own value) on the grid
+    mlp = sae.require_mlp()
+    x = x.to(sae.dtype)
+    top_in = sae._encode_input_topk(x)
+    jac = sae.active_jacobian(x)
+    y = mlp(x)
+    top_out = sae._encode_output_topk(y)
+    factors = torch.linspace(0, max_factor, n_grid, dtype=sae.dtype, device=sae.device)
+    one = int(torch.argmin((factors - 1).abs()))
+    base = sae.decode(top_in.dense) if around == "reconstruction" else x
+    v = top_in.values  # (T, k_in)
+    W = sae.W_dec[top_in.indices]  # (T, k_in, d)
+    # x(t, j, g) = base_t + (factor_g − 1) · v_tj · W_dec[K1_tj]
+    xs = base[:, None, None, :] + ((factors - 1)[None, None, :, None] * v[:, :, None, None]) * W[:, :, None, :]
+    ys = mlp(xs)  # (T, k_in, G, d)
+    Wout = sae.W_enc_out[:, top_out.indices]  # (d, T, k_out)
+    if sae.cfg.apply_b_dec_to_input:
+        ys = ys - sae.b_dec_out
+    pre = torch.einsum("tjgd,dti->tjig", ys, Wout) + sae.b_enc_out[top_out.indices][:, None, :, None]
+    curves = pre.relu()
+    active = (v > 0)[:, :, None, None] & (top_out.values > 0)[:, None, :, None]
+    curves = torch.where(active, curves, torch.full_like(curves, float("nan")))
+    delta = (curves[..., one] - curves[..., 0]).transpose(1, 2)  # (T, k_out, k_in)
+    predicted = jac.values * v[:, None, :]
+    return factors, curves, delta, predicted
+
+
+def linearity_of_inputs(
+    sae,
+    x: torch.Tensor,
+    *,
+    n_grid: int = 21,
+    max_factor: float = 2.0,
+    tol: float = 1e-2,
+    ablation_tol: float = 0.1,
+    around: Literal["reconstruction", "input"] = "reconstruction",
+    chunk_tokens: int = 16,
+) -> LinearityResult:
+    """`LinearityResult` over MLP inputs x (T, d_in), `chunk_tokens` tokens at a time."""
+    counts = torch.zeros(3, dtype=torch.long)
+    on_line = n_pairs = 0
+    n_grid_used = n_grid + (n_grid % 2 == 0)
+    for s in range(0, x.shape[0], chunk_tokens):
+        factors, curves, delta, predicted = scan_curves(sae, x[s : s + chunk_tokens], n_grid=n_grid, max_factor=max_factor, around=around)
+        flat = curves.reshape(-1, curves.shape[-1])
+        flat = flat[~flat.isnan().any(-1)]
+        counts += torch.bincount(classify_curves(factors, flat, tol), minlength=3)
+        ok = ~delta.isnan()
+        on_line += int(((delta - predicted).abs()[ok] <= ablation_tol).sum())
+        n_pairs += int(ok.sum())
+    n = int(counts.sum())
+    fr = (counts.double() / max(n, 1)).tolist()
+    return LinearityResult(
+        n_tokens=int(x.shape[0]), n_curves=n, linear=fr[0], jumprelu=fr[1], other=fr[2], n_pairs=n_pairs,
+        ablation_on_line=on_line / max(n_pairs, 1), tol=tol, ablation_tol=ablation_tol, n_grid=n_grid_used,
+        max_factor=max_factor, around=around,
+    )
+
+
+@torch.no_grad()
+def linearity(
+    model,
+    sae,
+    tokens: TokenSource,
+    *,
+    n_tokens: int = 512,
+    n_grid: int = 21,
+    max_factor: float = 2.0,
+    tol: float = 1e-2,
+    ablation_tol: float = 0.1,
+    around: Literal["reconstruction", "input"] = "reconstruction",
+    skip_first_position: bool = True,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> LinearityResult:
+    """Linearity fractions and the ablation check on `n_tokens` tokens sampled from `tokens`.
+
+    Tokens are sampled uniformly (seeded) from the first 4·n_tokens positions the model sees
+    (sequence position 0, usually BOS, is skipped when `skip_first_position`).
+    """
+    pool = []
+    n_pool = 0
+    for batch in iter_token_batches(tokens, batch_size, None, desc=None):
+        acts = mlp_inputs_of(model, sae, batch).reshape(batch.shape[0], batch.shape[1], -1)
+        if skip_first_position and acts.shape[1] > 1:
+            acts = acts[:, 1:]
+        acts = acts.reshape(-1, acts.shape[-1])
+        pool.append(acts)
+        n_pool += acts.shape[0]
+        if n_pool >= 4 * n_tokens:
+            break
+    xs = torch.cat(pool)
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(xs.shape[0], generator=gen)[:n_tokens]
+    x = xs[pick.to(xs.device)]
+    result = None
+    parts = []
+    from tqdm.auto import tqdm
+
+    step = 64
+    for s in tqdm(range(0, x.shape[0], step), desc="Linearity", disable=not progress, leave=False):
+        parts.append(linearity_of_inputs(sae, x[s : s + step], n_grid=n_grid, max_factor=max_factor, tol=tol, ablation_tol=ablation_tol, around=around))
+    result = merge_linearity(parts)
+    return result
+
+
+def merge_linearity(parts: list[LinearityResult]) -> LinearityResult:
+    """Combine results over disjoint token sets (same settings)."""
+    n = sum(p.n_curves for p in parts)
+    pairs = sum(p.n_pairs for p in parts)
+    frac = lambda name: sum(getattr(p, name) * p.n_curves for p in parts) / max(n, 1)  # noqa: E731
+    first = parts[0]
+    return LinearityResult(
+        n_tokens=sum(p.n_tokens for p in parts), n_curves=n, linear=frac("linear"), jumprelu=frac("jumprelu"), other=frac("other"),
+        n_pairs=pairs, ablation_on_line=sum(p.ablation_on_line * p.n_pairs for p in parts) / max(pairs, 1),
+        tol=first.tol, ablation_tol=first.ablation_tol, n_grid=first.n_grid, max_factor=first.max_factor, around=first.around,
+    )
