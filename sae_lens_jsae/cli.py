@@ -12,6 +12,7 @@ from typing import Callable
 # Each entry: (name, module, help). The module defines `add_arguments(parser)` and `run(args)`.
 SUBCOMMANDS: list[tuple[str, str, str]] = [
     # -- sub-commands (one line each; keep this list sorted by workflow) --
+    ("train", "sae_lens_jsae.cli_train", "Train a JSAE (or a sweep of them) from a YAML run config."),
     ("push", "sae_lens_jsae.cli_push", "Upload a JSAE's inference files and a model card to the Hub."),
     ("export-saelens", "sae_lens_jsae.cli_export", "Write a JSAE as two plain SAELens TopK SAE folders."),
     ("convert-reference", "sae_lens_jsae.cli_convert", "Convert the authors' reference artifact into a JSAE folder."),

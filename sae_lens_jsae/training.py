@@ -308,3 +308,60 @@ def latest_checkpoint(checkpoint_root: str | Path) -> Path | None:
 def _samples_of(checkpoint: Path) -> int:
     digits = checkpoint.name.rsplit("_", 1)[-1]
     return int(digits) if digits.isdigit() else -1
+
+
+def train_sweep(
+    cfg: LanguageModelSAERunnerConfig[JacobianTrainingSAEConfig],
+    key: str,
+    values: list[Any],
+    options: RunOptions | None = None,
+    override_dataset: Any = None,
+    override_model: Any = None,
+) -> dict[str, JacobianTrainingSAE]:
+    """Train one JSAE per value of the SAE config field `key` (e.g. `jacobian_coefficient`,
+    0 being the plain-pair baseline) from ONE activation stream: the LLM runs once per batch.
+
+    All pairs start from the same initialisation (same seed). Each is saved under
+    `<output_path>/<key>=<value>/` and logs to `<output_path>/<key>=<value>/train_log.jsonl`.
+    """
+    from dataclasses import fields, replace
+
+    from sae_lens.training.multi_sae_trainer import MultiSAETrainer
+
+    valid = {f.name for f in fields(JacobianTrainingSAEConfig)}
+    if key not in valid:
+        raise ValueError(f"Cannot sweep {key!r}: not a JacobianTrainingSAEConfig field ({', '.join(sorted(valid))}).")
+    runner = JacobianSAETrainingRunner(cfg, options, override_dataset=override_dataset, override_model=override_model)
+    runner._set_sae_metadata()
+    out_root = Path(cfg.output_path or ".")
+    saes: dict[str, JacobianTrainingSAE] = {}
+    for value in values:
+        seed_everything(cfg.seed)
+        sae = JacobianTrainingSAE(replace(cfg.sae, **{key: value}, metadata=runner.sae.cfg.metadata))
+        sae.attach_mlp(runner.sae.mlp)  # type: ignore[arg-type]
+        saes[f"{key}={value}"] = sae.to(cfg.device)
+    stream = runner.make_stream()
+    trainer_cfg = cfg.to_sae_trainer_config()
+    multi = MultiSAETrainer(
+        cfg=trainer_cfg,
+        saes=saes,  # type: ignore[arg-type]
+        hook_names={name: cfg.hook_name for name in saes},
+        data_provider=({cfg.hook_name: batch} for batch in stream),  # type: ignore[arg-type]
+    )
+    # MultiSAETrainer drives one SAETrainer per SAE through public seams; use ours instead.
+    per_sae_cfg = replace(trainer_cfg, n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False)
+    multi.trainers = {
+        name: JacobianSAETrainer(
+            cfg=per_sae_cfg,
+            sae=sae,
+            data_provider=iter(()),
+            log_path=out_root / name / LOG_FILENAME,
+            log_every_n_steps=runner.options.log_every_n_steps,
+            name=name,
+        )
+        for name, sae in saes.items()
+    }
+    multi.fit()
+    for name, sae in saes.items():
+        runner.save_final_sae(sae=sae, output_path=str(out_root / name), log_feature_sparsity=multi.trainers[name].log_feature_sparsity)
+    return saes

@@ -1,0 +1,82 @@
+"""YAML run configs: `runner:` (SAELens' LanguageModelSAERunnerConfig), `sae:`
+(JacobianTrainingSAEConfig) and top-level `RunOptions` fields. Every default lives in those
+dataclasses; a YAML file and `--set` only override."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
+
+from sae_lens_jsae.sae import JacobianTrainingSAEConfig
+from sae_lens_jsae.training import RunOptions
+
+SECTIONS = {"sae": JacobianTrainingSAEConfig, "runner": LanguageModelSAERunnerConfig}
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply `key=value` (dotted key, YAML value) to a config tree, refusing unknown keys."""
+    if "=" not in assignment:
+        raise ValueError(f"--set expects key=value, got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    check_key(parts)
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def check_key(parts: list[str]) -> None:
+    """Raise a ValueError naming the valid keys when `parts` is not a config key."""
+    top = _field_names(RunOptions) | set(SECTIONS)
+    if parts[0] not in top:
+        raise ValueError(f"Unknown config key {'.'.join(parts)!r}; top-level keys are {sorted(top)}.")
+    if parts[0] in SECTIONS:
+        if len(parts) < 2:
+            raise ValueError(f"{parts[0]!r} is a section; set one of its fields, e.g. {parts[0]}.<field>=...")
+        cls = LoggingConfig if parts[1] == "logger" and parts[0] == "runner" and len(parts) > 2 else SECTIONS[parts[0]]
+        name = parts[2] if cls is LoggingConfig else parts[1]
+        if name not in _field_names(cls):
+            raise ValueError(f"Unknown config key {'.'.join(parts)!r}; {cls.__name__} fields are {sorted(_field_names(cls))}.")
+
+
+def _check_tree(tree: dict[str, Any]) -> None:
+    for key, value in tree.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ValueError(f"{key!r} must be a mapping of fields")
+            for sub, subvalue in value.items():
+                if sub == "logger" and key == "runner" and isinstance(subvalue, dict):
+                    for name in subvalue:
+                        check_key([key, sub, name])
+                else:
+                    check_key([key, sub])
+        else:
+            check_key([key])
+
+
+def build_run_config(tree: dict[str, Any]) -> tuple[LanguageModelSAERunnerConfig[JacobianTrainingSAEConfig], RunOptions]:
+    """Turn a config tree into SAELens' runner config (with a Jacobian SAE) and our options."""
+    _check_tree(tree)
+    runner = dict(tree.get("runner", {}))
+    if isinstance(runner.get("logger"), dict):
+        runner["logger"] = LoggingConfig(**runner["logger"])
+    sae = JacobianTrainingSAEConfig(**tree.get("sae", {}))
+    options = RunOptions(**{k: v for k, v in tree.items() if k not in SECTIONS})
+    return LanguageModelSAERunnerConfig(sae=sae, **runner), options
+
+
+def load_run_config(path: str | Path, overrides: list[str] = ()) -> tuple[LanguageModelSAERunnerConfig[JacobianTrainingSAEConfig], RunOptions]:  # type: ignore[assignment]
+    """Read a YAML run config, apply `key=value` overrides, validate and build it."""
+    tree = yaml.safe_load(Path(path).read_text()) or {}
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    return build_run_config(tree)
