@@ -16,6 +16,7 @@ from sae_lens_jsae.sae import (
     JacobianTrainingSAEConfig,
     NonFiniteLossError,
 )
+from sae_lens_jsae.hub import convert_reference, export_saelens, load_jsae, model_card, push_to_hub
 
 register_jacobian_architecture()
 
@@ -30,4 +31,9 @@ __all__ = [
     "NonFiniteLossError",
     "build_jacobian_sae",
     "register_jacobian_architecture",
+    "convert_reference",
+    "export_saelens",
+    "load_jsae",
+    "model_card",
+    "push_to_hub",
 ]

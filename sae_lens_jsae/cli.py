@@ -13,6 +13,8 @@ from typing import Callable
 SUBCOMMANDS: list[tuple[str, str, str]] = [
     # -- sub-commands (one line each; keep this list sorted by workflow) --
     ("train", "sae_lens_jsae.cli_train", "Train a JSAE (or a sweep of them) from a YAML run config."),
+    ("eval", "sae_lens_jsae.evals.cli_eval", "Evaluate a JSAE checkpoint (Jacobian sparsity, CE/KL, linearity, SAEBench core) and write report.md/html."),
+    ("saebench", "sae_lens_jsae.evals.cli_saebench", "Run SAEBench evals (core, sparse probing, absorption, jacobian_*) on JSAE pairs from a config."),
     ("push", "sae_lens_jsae.cli_push", "Upload a JSAE's inference files and a model card to the Hub."),
     ("export-saelens", "sae_lens_jsae.cli_export", "Write a JSAE as two plain SAELens TopK SAE folders."),
     ("convert-reference", "sae_lens_jsae.cli_convert", "Convert the authors' reference artifact into a JSAE folder."),

@@ -97,15 +97,15 @@ def _hub_error(repo_id: str, filename: str, revision: str | None, cache_dir: Pat
         return PretrainedNotFoundError(f"Repo {repo_id!r} was not found on the Hub (or is private: log in with `hf auth login`).")
     if isinstance(error, LocalEntryNotFoundError):
         cached = (cache_dir / f"models--{repo_id.replace('/', '--')}").is_dir()
-        state = "is not in" if cached else "is not in (nothing of this repo is in)"
+        state = f"is not in the Hugging Face cache at {cache_dir}" + ("" if cached else " (no file of this repo is)")
         if hf_constants.is_offline_mode():
             return PretrainedNotFoundError(
-                f"{where} {state} the Hugging Face cache at {cache_dir}, and this machine is offline "
+                f"{where} {state}, and this machine is offline "
                 "(HF_HUB_OFFLINE=1), so it cannot be downloaded. Download it where there is network "
                 f"(`hf download {repo_id}`) and copy the cache here or point HF_HUB_CACHE at it, or unset HF_HUB_OFFLINE."
             )
         return PretrainedNotFoundError(
-            f"{where} {state} the Hugging Face cache at {cache_dir} and the Hub could not be reached "
+            f"{where} {state}, and the Hub could not be reached "
             f"({error.__class__.__name__}). Check the network, or set HF_HUB_OFFLINE=1 to use the cache only."
         )
     return PretrainedNotFoundError(f"{where} does not exist ({error.__class__.__name__}).")
@@ -319,10 +319,41 @@ def _hf_model_id(model_name: str | None) -> str | None:
         return model_name if "/" in model_name else None
 
 
+EVAL_SUMMARY_FORMAT = "sae_lens_jsae.eval/"
+"""`format` prefix of the summary JSON that `sae_lens_jsae.evals` writes (`{label}_summary.json`)."""
+
+
+def _summary_headline(summary: Mapping[str, Any]) -> dict[str, float]:
+    """The paper's headline numbers out of an evals summary JSON."""
+    out: dict[str, float] = {}
+    sparsity = summary.get("jacobian_sparsity") or {}
+    for tau, count in zip(sparsity.get("thresholds", []), sparsity.get("mean_count_above", [])):
+        out[f"jacobian_count_above_{tau:g}"] = count  # per token, out of k²
+    picks = {
+        "jacobian_l1_l2_ratio": ("jacobian_sparsity", "l1_l2_ratio"),
+        "linear_fraction": ("linearity", "linear"),
+        "jumprelu_fraction": ("linearity", "jumprelu"),
+        "average_ce_loss_score": ("splice", "average_ce_loss_score"),
+        **{f"{w}_ce_loss_score": ("splice", w, "ce_loss_score") for w in ("input", "output", "replacement")},
+        **{f"{w}_{m}": ("core", w, m) for w in ("input", "output") for m in ("explained_variance", "l0")},
+    }
+    for name, path in picks.items():
+        value: Any = summary
+        for key in path:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = value
+    return {k: float(v) for k, v in out.items()}
+
+
 def headline_metrics(eval_json: str | Path | Mapping[str, Any], limit: int = 20) -> dict[str, float]:
-    """Numeric leaves of an eval JSON, as dotted keys: its `headline` (or `metrics`) block if it
-    has one, else the whole file; at most `limit` of them."""
+    """Headline metrics of an eval JSON. For the summary `sae_lens_jsae.evals` writes: Jacobian
+    counts per threshold, L1/L2 ratio, linearity, CE-loss scores, explained variance and L0.
+    Otherwise the numeric leaves, as dotted keys, of its `headline` (or `metrics`) block if it
+    has one, else of the whole file; at most `limit` of them."""
     data: Any = eval_json if isinstance(eval_json, Mapping) else json.loads(Path(eval_json).read_text())
+    if isinstance(data, Mapping) and str(data.get("format", "")).startswith(EVAL_SUMMARY_FORMAT):
+        return _summary_headline(data)
     block = data.get("headline", data.get("metrics", data)) if isinstance(data, Mapping) else data
     flat: dict[str, float] = {}
 
@@ -343,13 +374,14 @@ def model_card(sae_dir: str | Path, eval_json: str | Path | None = None, repo_id
     """README.md for a pushed pair: YAML front matter (`library_name: sae-lens`, tags, base
     model, hooks, d_sae, k, λ, training tokens, headline metrics) and how to load it.
 
-    `eval_json` defaults to a `*eval*.json` file inside `sae_dir`, if there is one.
+    `eval_json` defaults to a `*summary.json` (from `jsae eval`) or `*eval*.json` file inside
+    `sae_dir`, if there is one.
     """
     from huggingface_hub import ModelCardData
 
     facts = card_facts(sae_dir)
     if eval_json is None:  # an eval JSON saved beside the checkpoint counts too
-        found = sorted(Path(sae_dir).glob("*eval*.json"))
+        found = sorted(Path(sae_dir).glob("*summary.json")) + sorted(Path(sae_dir).glob("*eval*.json"))
         eval_json = found[0] if found else None
     metrics = headline_metrics(eval_json) if eval_json is not None else {}
     jsae: dict[str, Any] = {
@@ -537,16 +569,18 @@ def convert_reference(
     mlp_act_fn: str | None = None,
     ln2_weight: torch.Tensor | None = None,
     ln2_bias: torch.Tensor | None = None,
+    model: Any = None,
     allow_pickle: bool = False,
 ) -> JacobianSAE:
     """Convert an authors' reference artifact folder into a `JacobianSAE` (saved to `out_dir`).
 
-    The MLP copy (`mlp.W_in, b_in, W_out, b_out`, TransformerLens names) is mapped AS GIVEN: our
-    FrozenMLP expects ln2's affine folded in, and the reference copied the MLP from a model loaded
-    with TransformerLens' default `fold_ln=True`, where the fold already happened and ln2 is
-    affine-free, so no fold is needed. For a copy taken from an unprocessed model, pass that
-    block's `ln2_weight` (and `ln2_bias` for LayerNorm) to fold them in here. `mlp_act_fn`
-    defaults to the cfg's `act_fn`/`mlp_act_fn` if present, else "gelu" (Pythia).
+    The MLP copy (`mlp.W_in, b_in, W_out, b_out`, TransformerLens names, unfolded) is mapped AS
+    GIVEN, so the converted pair computes exactly what the reference computed: it fed
+    `ln2.hook_normalized` into that copy. Our FrozenMLP is meant to hold ln2's affine folded in
+    (so that f(hook_normalized) == hook_mlp_out in today's TransformerLens); when the artifact's
+    model had a non-trivial ln2 affine, pass that block's `ln2_weight` (and `ln2_bias` for
+    LayerNorm) to fold them in here instead, or the unprocessed HookedTransformer as `model`
+    (its block's ln2 is used). `mlp_act_fn` defaults to the cfg's `act_fn`/`mlp_act_fn` if present, else "gelu" (Pythia).
     """
     ref = read_reference(directory, allow_pickle)
     k = _check_reference(ref, str(directory))
@@ -556,6 +590,11 @@ def convert_reference(
     if cfg.get("hook_layer", layer) != layer:
         raise ValueError(f"Cannot convert {directory}: hook_layer={cfg['hook_layer']} but hook_name is {hook!r}.")
     W_in, b_in = state["mlp.W_in"], state["mlp.b_in"]
+    if model is not None:
+        ln2 = model.blocks[layer].ln2
+        ln2_weight, ln2_bias = getattr(ln2, "w", None), getattr(ln2, "b", None)
+        ln2_weight = torch.ones(W_in.shape[0]) if ln2_weight is None else ln2_weight.detach()
+        ln2_bias = None if ln2_bias is None else ln2_bias.detach()
     if ln2_weight is not None or ln2_bias is not None:
         w = torch.ones(W_in.shape[0], dtype=W_in.dtype) if ln2_weight is None else ln2_weight.to(W_in.dtype)
         b = torch.zeros(W_in.shape[0], dtype=W_in.dtype) if ln2_bias is None else ln2_bias.to(W_in.dtype)

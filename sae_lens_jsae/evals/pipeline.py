@@ -1,0 +1,224 @@
+"""`evaluate_checkpoint` (all metrics of one JSAE checkpoint + its JSONs) and `compare` (the report)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, mlp_inputs_of
+from sae_lens_jsae.evals.linearity import linearity
+from sae_lens_jsae.evals.saebench import (
+    JacobianLinearityEvalConfig,
+    JacobianSparsityEvalConfig,
+    collect_tokens,
+    core_summary,
+    run_core_eval,
+    run_eval,
+    run_linearity_eval,
+)
+from sae_lens_jsae.evals.splice import splice_scores
+
+SUMMARY_FORMAT = "sae_lens_jsae.eval/1"
+
+
+def load_checkpoint(path: str | os.PathLike[str]):
+    """`SAE.load_from_disk(path)` (a JSAE checkpoint directory: cfg.json + sae_weights.safetensors)."""
+    import sae_lens_jsae  # noqa: F401  (registers the architecture)
+    from sae_lens import SAE
+
+    return SAE.load_from_disk(str(path))
+
+
+def _jacobian_coefficient(sae, checkpoint: Any) -> float | None:
+    lam = getattr(sae.cfg, "jacobian_coefficient", None)
+    if lam is None and isinstance(checkpoint, (str, os.PathLike)):
+        cfg_path = Path(checkpoint) / "cfg.json"
+        if cfg_path.exists():
+            lam = json.loads(cfg_path.read_text()).get("jacobian_coefficient")
+    if lam is None and hasattr(sae.cfg, "resolved_jacobian_coefficient"):
+        lam = sae.cfg.resolved_jacobian_coefficient
+    return None if lam is None else float(lam)
+
+
+@torch.no_grad()
+def check_mlp_matches(model, sae, tokens: TokenSource, rtol: float = 1e-3) -> float:
+    """Relative error of the JSAE's stored MLP against the model's `hook_mlp_out` on a few tokens.
+
+    Raises a ValueError when it exceeds `rtol` (e.g. a randomized-model JSAE on the pretrained model).
+    """
+    batch = next(iter(iter_token_batches(tokens, 2, 64)))
+    out_hook = sae.cfg.output_hook_name
+    _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=[sae.cfg.metadata.hook_name, out_hook], stop_at_layer=int(out_hook.split(".")[1]) + 1)
+    x = cache[sae.cfg.metadata.hook_name].reshape(-1, sae.cfg.d_in).to(sae.dtype)
+    y = cache[out_hook].reshape(-1, sae.cfg.d_in).to(sae.dtype)
+    err = float((sae.require_mlp()(x) - y).norm() / y.norm().clamp_min(1e-12))
+    if err > rtol:
+        raise ValueError(
+            f"The JSAE's frozen MLP does not match block {out_hook.split('.')[1]} of the model (relative error {err:.3g}): "
+            "was it trained on another model (e.g. the randomized one)? Pass the model it was trained on."
+        )
+    return err
+
+
+def _load_extra_sae(spec: Any, device: str):
+    from sae_lens import SAE
+
+    if not isinstance(spec, str):
+        return spec  # (release, sae_id, SAE)
+    if os.path.isdir(spec):
+        sae = SAE.load_from_disk(spec, device=device)
+        return "local", Path(spec).name, sae
+    release, _, sae_id = spec.partition("/")
+    if not sae_id:
+        raise ValueError(f"--saes expects 'release/sae_id' or a directory; got {spec!r}")
+    return release, sae_id, SAE.from_pretrained(release, sae_id, device=device)
+
+
+def evaluate_checkpoint(
+    checkpoint: Any,
+    model,
+    tokens: TokenSource,
+    output_dir: str | os.PathLike[str],
+    *,
+    label: str = "jsae",
+    randomized: bool = False,
+    jacobian_coefficient: float | None = None,
+    n_tokens: int = 102_400,
+    n_splice_tokens: int = 4096,
+    n_core_reconstruction_tokens: int = 4096,
+    n_core_sparsity_tokens: int = 32_768,
+    n_linearity_tokens: int = 512,
+    batch_size: int = 16,
+    core: bool = True,
+    linearity_kwargs: dict[str, Any] | None = None,
+    sparsity_kwargs: dict[str, Any] | None = None,
+    check_mlp: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Evaluate one JSAE (a checkpoint directory or a loaded JSAE) on `model` and `tokens`.
+
+    Writes into `output_dir`:
+      * `jacobian_sparsity/{label}_jsae_eval_results.json` and `jacobian_linearity/…` (SAEBench format);
+      * `core/{label}_input_sae_eval_results.json`, `core/{label}_output_sae_eval_results.json`
+        (SAEBench core eval of the two SAEs; skipped when `core=False`);
+      * `{label}_summary.json`: every number the report uses (sparsity incl. histogram, splice
+        CE/KL for input/output/replacement, linearity, core headline numbers) with the paths of
+        the JSONs they come from.
+    Returns the summary's path. `tokens`: (n_seqs, ctx) tensor or iterable of batches.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sae = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    sae = sae.to(model.cfg.device)
+    # materialise once: every metric sees the same tokens in the same order
+    toks = collect_tokens(tokens, max(n_tokens, n_splice_tokens, n_core_reconstruction_tokens, n_core_sparsity_tokens))
+    mlp_error = check_mlp_matches(model, sae, toks) if check_mlp else None
+    timings: dict[str, float] = {}
+    t0 = time.time()
+    sp_cfg = JacobianSparsityEvalConfig(
+        model_name=str(sae.cfg.metadata.model_name or ""), context_size=toks.shape[1], n_tokens=n_tokens,
+        batch_size_prompts=batch_size, **(sparsity_kwargs or {}),
+    )
+    run_eval(sp_cfg, [(label, sae)], str(model.cfg.device), str(out / "jacobian_sparsity"), force_rerun=True, model=model, tokens=toks)
+    timings["jacobian_sparsity_s"] = time.time() - t0
+    t0 = time.time()
+    lin_cfg = JacobianLinearityEvalConfig(
+        model_name=str(sae.cfg.metadata.model_name or ""), context_size=toks.shape[1], n_tokens=n_linearity_tokens,
+        batch_size_prompts=batch_size, **(linearity_kwargs or {}),
+    )
+    run_linearity_eval(lin_cfg, [(label, sae)], str(model.cfg.device), str(out / "jacobian_linearity"), force_rerun=True, model=model, tokens=toks)
+    timings["linearity_s"] = time.time() - t0
+    t0 = time.time()
+    splice = splice_scores(model, sae, toks, batch_size=max(1, batch_size // 2), max_tokens=n_splice_tokens, progress=progress)
+    timings["splice_s"] = time.time() - t0
+    core_files: dict[str, Any] = {}
+    if core:
+        t0 = time.time()
+        for which in ("input", "output"):
+            path = run_core_eval(
+                model, getattr(sae, f"{which}_sae"), toks, out / "core", label, f"{which}_sae", batch_size_prompts=batch_size,
+                n_reconstruction_tokens=n_core_reconstruction_tokens, n_sparsity_variance_tokens=n_core_sparsity_tokens,
+            )
+            core_files[which] = {"file": str(path.relative_to(out)), **core_summary(path)}
+        timings["core_s"] = time.time() - t0
+    sp_file = out / "jacobian_sparsity" / f"{label}_custom_sae_eval_results.json"
+    lin_file = out / "jacobian_linearity" / f"{label}_custom_sae_eval_results.json"
+    sp_json = json.loads(sp_file.read_text())
+    lin_json = json.loads(lin_file.read_text())
+    summary = {
+        "format": SUMMARY_FORMAT,
+        "label": label,
+        "checkpoint": str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else None,
+        "model_name": sae.cfg.metadata.model_name,
+        "hook_name": sae.cfg.metadata.hook_name,
+        "randomized": randomized,
+        "jacobian_coefficient": jacobian_coefficient if jacobian_coefficient is not None else _jacobian_coefficient(sae, checkpoint),
+        "d_sae": sae.cfg.d_sae,
+        "k": sae.cfg.k,
+        "mlp_relative_error": mlp_error,
+        "jacobian_sparsity": sp_json["eval_result_unstructured"]["result"],
+        "linearity": lin_json["eval_result_unstructured"]["result"],
+        "splice": splice.to_dict(),
+        "core": core_files,
+        "files": {"jacobian_sparsity": str(sp_file.relative_to(out)), "jacobian_linearity": str(lin_file.relative_to(out))},
+        "timings": timings,
+    }
+    path = out / f"{label}_summary.json"
+    path.write_text(json.dumps(summary, indent=2))
+    return path
+
+
+def score_saes(
+    model, saes: Sequence[Any], tokens: TokenSource, output_dir: str | os.PathLike[str], *, device: str = "cpu", **core_kwargs: Any
+) -> list[Path]:
+    """SAEBench core eval of any SAELens SAEs ('release/sae_id', a directory, or (release, id, SAE))."""
+    paths = []
+    for spec in saes:
+        release, sae_id, sae = _load_extra_sae(spec, device)
+        paths.append(run_core_eval(model, sae, tokens, Path(output_dir) / "core", release, sae_id, **core_kwargs))
+    return paths
+
+
+def compare(summaries: Sequence[str | os.PathLike[str]], output_dir: str | os.PathLike[str], *, extra_core: Sequence[str | os.PathLike[str]] = (), title: str = "Jacobian SAE evaluation") -> Path:
+    """Write `report.md` and `report.html` (with PNG plots) in `output_dir` from summary JSONs.
+
+    The first summary is the main JSAE; summaries with jacobian_coefficient 0 are λ=0 baselines;
+    `randomized: true` ones are the randomized-LLM control; all non-randomized ones with a
+    coefficient form the λ sweep. `extra_core`: SAEBench core JSONs of other SAEs to tabulate.
+    """
+    from sae_lens_jsae.report import write_report
+
+    return write_report(summaries, output_dir, extra_core=extra_core, title=title)
+
+
+def evaluate_and_compare(
+    checkpoint: Any,
+    model,
+    tokens: TokenSource,
+    output_dir: str | os.PathLike[str],
+    *,
+    baseline: Any = None,
+    saes: Sequence[Any] = (),
+    also: Sequence[str | os.PathLike[str]] = (),
+    randomized: bool = False,
+    **kwargs: Any,
+) -> Path:
+    """`jsae eval` in one call: evaluate the JSAE (and a λ=0 baseline, and other SAEs), then `compare`.
+
+    `also`: summary JSONs from earlier runs (λ sweep, randomized control) to include. Returns report.md.
+    """
+    toks = collect_tokens(tokens, max(kwargs.get("n_tokens", 102_400), kwargs.get("n_splice_tokens", 4096), kwargs.get("n_core_sparsity_tokens", 32_768)))
+    summaries = [evaluate_checkpoint(checkpoint, model, toks, output_dir, label="randomized_jsae" if randomized else "jsae", randomized=randomized, **kwargs)]
+    if baseline is not None:
+        summaries.append(evaluate_checkpoint(baseline, model, toks, output_dir, label="randomized_lambda0" if randomized else "lambda0", randomized=randomized, jacobian_coefficient=0.0, **kwargs))
+    core_paths = []
+    if saes:
+        core_kw = {k: v for k, v in kwargs.items() if k in ("batch_size",)}
+        core_paths = score_saes(model, saes, toks, output_dir, device=str(model.cfg.device), batch_size_prompts=core_kw.get("batch_size", 16),
+                                n_reconstruction_tokens=kwargs.get("n_core_reconstruction_tokens", 4096), n_sparsity_variance_tokens=kwargs.get("n_core_sparsity_tokens", 32_768))
+    return compare([*summaries, *also], output_dir, extra_core=core_paths)
