@@ -24,7 +24,7 @@ from sae_lens.saes.sae import SAEMetadata
 from safetensors.torch import load_file
 
 from sae_lens_jsae.mlp import FrozenMLP
-from sae_lens_jsae.sae import ARCHITECTURE, INPUT_HOOK_PATTERN, JacobianSAE, JacobianSAEConfig
+from sae_lens_jsae.sae import ARCHITECTURE, INPUT_HOOK_PATTERN, JacobianSAE, JacobianSAEConfig, resolve_output_hook
 from sae_lens_jsae.util import dtype_name
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
@@ -301,7 +301,7 @@ def card_facts(sae_dir: str | Path) -> CardFacts:
     model_name = meta.get("model_name")
     hook = meta.get("hook_name") or ""
     layer = meta.get("hook_layer")
-    output_hook = cfg.get("output_hook_name") or JacobianSAEConfig(d_in=1, d_sae=1, k=1).resolved_output_hook_name(hook)
+    output_hook = resolve_output_hook(hook, cfg.get("output_hook_name"))
     return CardFacts(
         model_name, _hf_model_id(model_name), hook, output_hook or "", layer, cfg["d_in"], cfg["d_sae"], cfg["k"], float(lam), _training_tokens(sae_dir)
     )

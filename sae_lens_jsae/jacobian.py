@@ -19,7 +19,7 @@ test oracle) but at d_sae² cost, hence this file.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -37,61 +37,102 @@ class ActiveJacobian(NamedTuple):
 
 
 class _GatheredJacobian(torch.autograd.Function):
-    """J[t] = Bt[K2_t] @ (Σ_r A[r][K1_t] * c[r][t])ᵀ, token chunk by token chunk.
+    """J[t] = Bt[K2_t] @ (Σ_r A_r[K1_t] * c_r[t])ᵀ, token chunk by token chunk.
 
     Autograd of a plain gather-then-bmm saves the (tokens, k, d_mlp) gathers for backward; this
-    Function saves only A, Bt, the indices and the slopes, and re-gathers one chunk at a time in
-    backward, so the extra memory is bounded by the chunk size in both directions.
+    Function saves only the A_r, Bt, the indices and the slopes, and re-gathers one chunk at a
+    time in backward, so the extra memory is bounded by the chunk size in both directions.
+
+    Speed: every per-chunk intermediate is written into a few workspace buffers allocated once
+    per call (`index_select(..., out=)`, `bmm(..., out=)`, in-place mixing), so the hot loop does
+    no allocation; on CPU a fresh large tensor costs more in page faults than the gather itself.
+    The gated terms are mixed in place (one (t, k, d_mlp) slice, not one per term), H = Gᵀ Bt[K2]
+    is formed once for all terms, and the scatters are `index_add_` (contiguous rows).
+    Inputs: Bt (d_sae, m), K1/K2 (T, k), chunk, then the R A_r (d_sae, m) and the R c_r (T, m).
     """
 
     @staticmethod
-    def forward(ctx, A: torch.Tensor, Bt: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor, c: torch.Tensor, chunk: int) -> torch.Tensor:  # type: ignore[override]
-        # A: (R, d_sae, d_mlp), Bt: (d_sae, d_mlp), K1/K2: (T, k), c: (R, T, d_mlp)
-        T = K1.shape[0]
-        out = A.new_empty(T, K2.shape[1], K1.shape[1])
+    def forward(ctx, Bt: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor, chunk: int, *terms: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        R = len(terms) // 2
+        As, cs = terms[:R], terms[R:]
+        T, k_in, k_out, m = K1.shape[0], K1.shape[1], K2.shape[1], Bt.shape[1]
+        out = Bt.new_empty(T, k_out, k_in)
+        chunk = max(1, min(chunk, T))
+        ws = _Workspace(Bt, chunk, k_in, k_out, m, n=3 if R > 1 else 2)
         for s in range(0, T, chunk):
             e = min(s + chunk, T)
-            mixed = _mix(A, K1[s:e], c[:, s:e])  # (t, k_in, m)
-            torch.bmm(Bt[K2[s:e]], mixed.transpose(1, 2), out=out[s:e])
-        ctx.save_for_backward(A, Bt, K1, K2, c)
-        ctx.chunk = chunk
+            P = ws.gather(0, Bt, K2[s:e])  # (t, k_out, m)
+            Q = ws.mix(As, cs, K1[s:e], s, e, slot=1)  # (t, k_in, m)
+            torch.bmm(P, Q.transpose(1, 2), out=out[s:e])
+        ctx.save_for_backward(Bt, K1, K2, *terms)
+        ctx.chunk, ctx.R = chunk, R
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        A, Bt, K1, K2, c = ctx.saved_tensors
-        need_A, need_Bt = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_A = torch.zeros_like(A) if need_A else None
+        Bt, K1, K2, *terms = ctx.saved_tensors
+        R = ctx.R
+        As, cs = terms[:R], terms[R:]
+        need_Bt = ctx.needs_input_grad[0]
+        need_A = [ctx.needs_input_grad[4 + r] for r in range(R)]
         grad_Bt = torch.zeros_like(Bt) if need_Bt else None
-        m = A.shape[-1]
-        T = K1.shape[0]
-        for s in range(0, T, ctx.chunk):
-            e = min(s + ctx.chunk, T)
+        grad_As = [torch.zeros_like(A) if need else None for A, need in zip(As, need_A)]
+        T, k_in, k_out, m = K1.shape[0], K1.shape[1], K2.shape[1], Bt.shape[1]
+        chunk = max(1, min(ctx.chunk, T))
+        grad_out = grad_out.contiguous()
+        ws = _Workspace(Bt, chunk, k_in, k_out, m, n=3 if R > 1 else 2)
+        for s in range(0, T, chunk):
+            e = min(s + chunk, T)
             G = grad_out[s:e]  # (t, k_out, k_in)
-            k1 = K1[s:e].reshape(-1)
-            if need_A:
-                H = torch.bmm(G.transpose(1, 2), Bt[K2[s:e]])  # (t, k_in, m)
-                for r in range(A.shape[0]):
-                    grad_A[r].index_add_(0, k1, (H * c[r, s:e, None, :]).reshape(-1, m))
+            if any(need_A):
+                k1 = K1[s:e].reshape(-1)
+                P = ws.gather(0, Bt, K2[s:e])
+                H = ws.buffer(1, e - s, k_in)
+                torch.bmm(G.transpose(1, 2), P, out=H)  # (t, k_in, m): ∂L/∂(mixed)
+                scaled = ws.buffer(0, e - s, k_in)  # P is no longer needed: reuse its buffer
+                for r in range(R):
+                    if need_A[r]:
+                        torch.mul(H, cs[r][s:e, None, :], out=scaled)
+                        _scatter_rows(grad_As[r], k1, scaled.view(-1, m))  # type: ignore[arg-type]
             if need_Bt:
-                mixed = _mix(A, K1[s:e], c[:, s:e])
-                grad_Bt.index_add_(0, K2[s:e].reshape(-1), torch.bmm(G, mixed).reshape(-1, m))
-        return grad_A, grad_Bt, None, None, None, None
+                Q = ws.mix(As, cs, K1[s:e], s, e, slot=1)
+                GQ = ws.buffer(0, e - s, k_out)
+                torch.bmm(G, Q, out=GQ)  # (t, k_out, m)
+                _scatter_rows(grad_Bt, K2[s:e].reshape(-1), GQ.view(-1, m))  # type: ignore[arg-type]
+        return (grad_Bt, None, None, None, *grad_As, *([None] * R))
 
 
-def _mix(A: torch.Tensor, K1: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Σ_r A[r][K1] * c[r][:, None, :] -> (t, k_in, d_mlp)."""
-    mixed = A[0][K1] * c[0, :, None, :]
-    for r in range(1, A.shape[0]):
-        mixed = mixed + A[r][K1] * c[r, :, None, :]
-    return mixed
+class _Workspace:
+    """Reusable (chunk·k, d_mlp) buffers for one call of `_GatheredJacobian`."""
+
+    def __init__(self, like: torch.Tensor, chunk: int, k_in: int, k_out: int, m: int, n: int):
+        rows = chunk * max(k_in, k_out)
+        self.m = m
+        self.bufs = [like.new_empty(rows * m) for _ in range(n)]
+
+    def buffer(self, slot: int, t: int, k: int) -> torch.Tensor:
+        return self.bufs[slot][: t * k * self.m].view(t, k, self.m)
+
+    def gather(self, slot: int, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        t, k = idx.shape
+        out = self.buffer(slot, t, k)
+        torch.index_select(table, 0, idx.reshape(-1), out=out.view(t * k, self.m))
+        return out
+
+    def mix(self, As, cs, idx: torch.Tensor, s: int, e: int, slot: int) -> torch.Tensor:
+        """Σ_r A_r[idx] * c_r[s:e, None, :] into buffer `slot` (uses `slot + 1` as scratch)."""
+        mixed = self.gather(slot, As[0], idx)
+        mixed.mul_(cs[0][s:e, None, :])
+        for r in range(1, len(As)):
+            mixed.addcmul_(self.gather(slot + 1, As[r], idx), cs[r][s:e, None, :])
+        return mixed
 
 
 def chunk_tokens(max_bytes: int | None, k: int, d_mlp: int, n_terms: int, element_size: int) -> int | None:
-    """How many tokens one chunk may hold so its gathered slices stay under `max_bytes`."""
+    """How many tokens one chunk may hold so its workspace buffers stay under `max_bytes`."""
     if max_bytes is None:
         return None
-    per_token = (n_terms + 2) * k * d_mlp * element_size  # gathers + the mixed slice
+    per_token = (3 if n_terms > 1 else 2) * k * d_mlp * element_size  # the workspace buffers
     return max(1, int(max_bytes // per_token))
 
 
@@ -112,12 +153,13 @@ def active_jacobian_values(
         input_indices, output_indices: (tokens, k) TopK indices of the input / output SAE.
         chunk_size: tokens per chunk (None: all at once). Values and gradients do not depend on it.
     """
-    A = torch.stack(decoder_times_mlp_in)
-    c = torch.stack(slopes).to(A.dtype)
+    dtype = decoder_times_mlp_in[0].dtype
+    As = [A.contiguous() for A in decoder_times_mlp_in]
+    cs = [c.to(dtype).contiguous() for c in slopes]
     T = input_indices.shape[0]
-    return _GatheredJacobian.apply(
-        A, mlp_out_times_encoder.T, input_indices, output_indices, c, chunk_size or max(T, 1)
-    )
+    # (W_out W_enc_out)ᵀ: the rows of Bt are what a token's K2 gathers; contiguous for index_select.
+    Bt = mlp_out_times_encoder.T.contiguous()
+    return _GatheredJacobian.apply(Bt, input_indices.contiguous(), output_indices.contiguous(), chunk_size or max(T, 1), *As, *cs)
 
 
 def mask_inactive(values: torch.Tensor, input_latents: torch.Tensor, output_latents: torch.Tensor) -> torch.Tensor:
@@ -126,3 +168,117 @@ def mask_inactive(values: torch.Tensor, input_latents: torch.Tensor, output_late
     `input_latents`/`output_latents` are the (tokens, k) TopK values, aligned with the indices.
     """
     return values * (output_latents > 0).to(values.dtype)[:, :, None] * (input_latents > 0).to(values.dtype)[:, None, :]
+
+
+# ---- sparse TopK SAE kernels for the training pass ------------------------------------------
+# The training step only ever needs each token's k active latents. SAELens' dense TopK path
+# materialises a (tokens, d_sae) gradient and pays a second tokens·d·d_sae product for ∂W_enc,
+# and `F.embedding_bag`'s backward sorts all tokens·k indices; these Functions compute the same
+# values and gradients from the k active columns only (as EleutherAI sparsify's fused encoder
+# does). The SAELens-facing `encode`/`decode` are untouched.
+
+_ROWS_PER_SCATTER = 1 << 15
+
+
+def _scatter_rows(out: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> None:
+    """`out.index_add_(0, index, src)` (rows of `src` added into the rows `index` of `out`).
+
+    On CPU with few threads the parallel scatter kernel's sort-and-barrier costs far more than
+    it saves (measured: ~10x slower with 2 threads than with 1 on a busy 2-core machine), so
+    small thread pools scatter on one thread; large pools and GPUs use the default kernel.
+    """
+    if out.device.type != "cpu" or torch.get_num_threads() > 4:
+        out.index_add_(0, index, src)
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out.index_add_(0, index, src)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _token_chunk(k: int, width: int) -> int:
+    return max(1, _ROWS_PER_SCATTER * 64 // max(1, k * width))
+
+
+class _TopKEncoder(torch.autograd.Function):
+    """values, indices, hidden_pre of `TopK(x W_enc + b_enc)` then ReLU, with a sparse backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int):  # type: ignore[override]
+        hidden_pre = torch.addmm(b_enc, x, W_enc)
+        top, indices = hidden_pre.topk(k, dim=-1, sorted=False)
+        values = top.relu()
+        ctx.save_for_backward(x, W_enc, indices, values)
+        ctx.mark_non_differentiable(indices, hidden_pre)
+        return values, indices, hidden_pre
+
+    @staticmethod
+    def backward(ctx, grad_values: torch.Tensor, _grad_indices: Any, _grad_pre: Any):  # type: ignore[override]
+        x, W_enc, indices, values = ctx.saved_tensors
+        g = (grad_values * (values > 0)).contiguous()  # ReLU' (0 at 0, as autograd's relu)
+        grad_x = grad_W = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.bmm(W_enc.T[indices].transpose(1, 2), g[:, :, None])[:, :, 0]
+        if ctx.needs_input_grad[1]:
+            T, k = indices.shape
+            d = x.shape[1]
+            grad_WT = W_enc.new_zeros(W_enc.shape[1], d)
+            step = _token_chunk(k, d)
+            buf = x.new_empty(min(step, T) * k * d)
+            for s in range(0, T, step):
+                e = min(s + step, T)
+                rows = buf[: (e - s) * k * d].view(e - s, k, d)
+                torch.mul(g[s:e, :, None], x[s:e, None, :], out=rows)
+                _scatter_rows(grad_WT, indices[s:e].reshape(-1), rows.view(-1, d))
+            grad_W = grad_WT.T
+        if ctx.needs_input_grad[2]:
+            grad_b = torch.zeros(W_enc.shape[1], dtype=g.dtype, device=g.device).index_add_(0, indices.reshape(-1), g.reshape(-1))
+        return grad_x, grad_W, grad_b, None
+
+
+class _SparseDecoder(torch.autograd.Function):
+    """Σ_j values[t, j] · W_dec[indices[t, j]] (no bias), with a chunked, sort-free backward."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor):  # type: ignore[override]
+        ctx.save_for_backward(values, indices, W_dec)
+        return torch.nn.functional.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        values, indices, W_dec = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        T, k = indices.shape
+        d = W_dec.shape[1]
+        need_v, need_W = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        grad_v = values.new_empty(T, k) if need_v else None
+        grad_W = torch.zeros_like(W_dec) if need_W else None
+        step = _token_chunk(k, d)
+        buf = W_dec.new_empty(min(step, T) * k * d)
+        for s in range(0, T, step):
+            e = min(s + step, T)
+            rows = buf[: (e - s) * k * d].view(e - s, k, d)
+            idx = indices[s:e].reshape(-1)
+            if need_v:
+                torch.index_select(W_dec, 0, idx, out=rows.view(-1, d))
+                torch.bmm(rows, grad_out[s:e, :, None], out=grad_v[s:e, :, None])  # type: ignore[index]
+            if need_W:
+                torch.mul(values[s:e, :, None], grad_out[s:e, None, :], out=rows)
+                _scatter_rows(grad_W, idx, rows.view(-1, d))  # type: ignore[arg-type]
+        return grad_v, None, grad_W
+
+
+def topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(values, indices, hidden_pre) of ReLU(TopK(x W_enc + b_enc)) for x (tokens, d).
+
+    Values and gradients equal the dense path `relu(topk(x @ W_enc + b_enc))`, but the backward
+    touches only the k active columns per token (no dense (tokens, d_sae) gradient).
+    """
+    return _TopKEncoder.apply(x, W_enc, b_enc, k)
+
+
+def sparse_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """Σ_j values[t, j] · W_dec[indices[t, j]] for (tokens, k) values / indices (no bias)."""
+    return _SparseDecoder.apply(values, indices, W_dec)

@@ -135,7 +135,7 @@ def _plots(items: list[tuple[Path, dict[str, Any]]], out: Path, doc: _Doc) -> No
         sp = d["jacobian_sparsity"]
         ax.plot(sp["thresholds"], sp["mean_count_above"], marker="o", label=_name(d) + (" [randomized]" if d.get("randomized") else ""))
     ax.set_xlabel("threshold τ")
-    ax.set_ylabel(f"mean count |J| > τ per token (of k²)")
+    ax.set_ylabel("mean count |J| > τ per token (of k²)")
     ax.set_yscale("log")
     ax.set_title("Jacobian count vs threshold")
     ax.legend(fontsize=7)

@@ -50,6 +50,19 @@ def layer_of_input_hook(hook_name: str) -> int:
     return int(match.group(1))
 
 
+def resolve_output_hook(input_hook: str | None, explicit: str | None = None) -> str | None:
+    """`blocks.L.hook_mlp_out` for an input hook `blocks.L.ln2.hook_normalized`; an explicit
+    output hook must be exactly that (a ValueError otherwise)."""
+    if input_hook is None:
+        return explicit
+    expected = output_hook_name(layer_of_input_hook(input_hook))
+    if explicit is not None and explicit != expected:
+        raise ValueError(
+            f"output_hook_name={explicit!r} is not the MLP output of the input hook {input_hook!r}'s block; expected {expected!r}."
+        )
+    return expected
+
+
 @dataclass(kw_only=True)
 class _PairFields:
     """Fields shared by the inference and training configs (keyword-only, all defaulted)."""
@@ -89,15 +102,7 @@ class _PairFields:
 
     def resolved_output_hook_name(self, input_hook: str | None) -> str | None:
         """The output hook: the explicit one, else the MLP output of the input hook's block."""
-        if input_hook is None:
-            return self.output_hook_name
-        expected = output_hook_name(layer_of_input_hook(input_hook))
-        if self.output_hook_name is not None and self.output_hook_name != expected:
-            raise ValueError(
-                f"output_hook_name={self.output_hook_name!r} is not the MLP output of the input "
-                f"hook {input_hook!r}'s block; expected {expected!r}."
-            )
-        return expected
+        return resolve_output_hook(input_hook, self.output_hook_name)
 
 
 @dataclass
@@ -255,15 +260,28 @@ class _JacobianPairMixin:
 
     def _encode_input_topk(self, x: torch.Tensor) -> _TopK:
         sae_in = self.process_sae_in(x)  # type: ignore[attr-defined]
-        hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)  # type: ignore[attr-defined]
-        top = self._topk(hidden_pre)
+        if self.hook_sae_acts_pre._forward_hooks:  # type: ignore[attr-defined]  # a hook may edit them: dense path
+            hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)  # type: ignore[attr-defined]
+            top = self._topk(hidden_pre)
+        else:
+            top = self._sparse_topk(sae_in, self.W_enc, self.b_enc)
         return top._replace(dense=self.hook_sae_acts_post(top.dense))  # type: ignore[attr-defined]
 
     def _encode_output_topk(self, y: torch.Tensor) -> _TopK:
         y = y.to(self.dtype)
         if self.cfg.apply_b_dec_to_input:
             y = y - self.b_dec_out
-        return self._topk(y @ self.W_enc_out + self.b_enc_out)
+        return self._sparse_topk(y, self.W_enc_out, self.b_enc_out)
+
+    def _sparse_topk(self, x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor) -> _TopK:
+        """`_topk(x @ W_enc + b_enc)` with a backward through the k active columns only."""
+        from sae_lens_jsae.jacobian import topk_encode
+
+        lead = x.shape[:-1]
+        values, indices, hidden_pre = topk_encode(x.reshape(-1, x.shape[-1]), W_enc, b_enc, self.cfg.k)
+        values, indices, hidden_pre = (t.reshape(*lead, t.shape[-1]) for t in (values, indices, hidden_pre))
+        dense = torch.zeros_like(hidden_pre).scatter(-1, indices, values)
+        return _TopK(dense, values, indices, hidden_pre)
 
     def encode_output(self, y: torch.Tensor) -> torch.Tensor:
         """Output SAE latents s_y of MLP outputs y."""
@@ -286,7 +304,7 @@ class _JacobianPairMixin:
         suffix = "" if which == "input" else "_out"
         metadata = SAEMetadata(**self.cfg.metadata.to_dict())
         if which == "output":
-            metadata.hook_name = self.cfg.resolved_output_hook_name(self.cfg.metadata.hook_name)
+            metadata.hook_name = self.output_hook
         cfg = TopKSAEConfig(
             d_in=self.cfg.d_in,
             d_sae=self.cfg.d_sae,
@@ -301,6 +319,11 @@ class _JacobianPairMixin:
             setattr(sae, name, getattr(self, name + suffix))
         sae.cfg.device, sae.device, sae.dtype = str(self.device), self.device, self.dtype
         return sae
+
+    @property
+    def output_hook(self) -> str | None:
+        """The output SAE's hook (`blocks.L.hook_mlp_out`), from the config or the input hook."""
+        return self.cfg.resolved_output_hook_name(self.cfg.metadata.hook_name)
 
     @property
     def input_sae(self) -> TopKSAE:
@@ -460,9 +483,11 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
 
 
 def _decode_sparse(top: _TopK, W_dec: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
+    from sae_lens_jsae.jacobian import sparse_decode  # embedding_bag forward, sort-free backward
+
     shape = top.indices.shape
     idx = top.indices.reshape(-1, shape[-1])
-    out = F.embedding_bag(idx, W_dec, per_sample_weights=top.values.reshape(-1, shape[-1]), mode="sum")
+    out = sparse_decode(top.values.reshape(-1, shape[-1]).to(W_dec.dtype), idx, W_dec)
     return out.reshape(*shape[:-1], W_dec.shape[-1]) + b_dec
 
 

@@ -64,7 +64,7 @@ def check_run_config(cfg: LanguageModelSAERunnerConfig[Any]) -> int:
     if not isinstance(cfg.sae, JacobianTrainingSAEConfig):
         raise TypeError(f"cfg.sae must be a JacobianTrainingSAEConfig, got {type(cfg.sae).__name__}.")
     layer = layer_of_input_hook(cfg.hook_name)
-    cfg.sae.resolved_output_hook_name(cfg.hook_name)
+    cfg.sae.output_hook_name = cfg.sae.resolved_output_hook_name(cfg.hook_name)
     if cfg.hook_head_index is not None:
         raise ValueError("hook_head_index must be None: the MLP input is not split by head.")
     return layer

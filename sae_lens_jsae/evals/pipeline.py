@@ -10,8 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, mlp_inputs_of
-from sae_lens_jsae.evals.linearity import linearity
+from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches
 from sae_lens_jsae.evals.saebench import (
     JacobianLinearityEvalConfig,
     JacobianSparsityEvalConfig,
@@ -22,6 +21,7 @@ from sae_lens_jsae.evals.saebench import (
     run_linearity_eval,
 )
 from sae_lens_jsae.evals.splice import splice_scores
+from sae_lens_jsae.sae import layer_of_input_hook
 
 SUMMARY_FORMAT = "sae_lens_jsae.eval/1"
 
@@ -52,8 +52,8 @@ def check_mlp_matches(model, sae, tokens: TokenSource, rtol: float = 1e-3) -> fl
     Raises a ValueError when it exceeds `rtol` (e.g. a randomized-model JSAE on the pretrained model).
     """
     batch = next(iter(iter_token_batches(tokens, 2, 64)))
-    out_hook = sae.cfg.output_hook_name
-    _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=[sae.cfg.metadata.hook_name, out_hook], stop_at_layer=int(out_hook.split(".")[1]) + 1)
+    out_hook = sae.output_hook
+    _, cache = model.run_with_cache(batch.to(model.cfg.device), names_filter=[sae.cfg.metadata.hook_name, out_hook], stop_at_layer=layer_of_input_hook(sae.cfg.metadata.hook_name) + 1)
     x = cache[sae.cfg.metadata.hook_name].reshape(-1, sae.cfg.d_in).to(sae.dtype)
     y = cache[out_hook].reshape(-1, sae.cfg.d_in).to(sae.dtype)
     err = float((sae.require_mlp()(x) - y).norm() / y.norm().clamp_min(1e-12))

@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from pydantic import ConfigDict, Field, TypeAdapter

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 
 from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches
-from sae_lens_jsae.sae import output_hook_name
 
 SPLICES: tuple[str, ...] = ("input", "output", "replacement")
 
@@ -96,7 +95,7 @@ def splice_scores(
     if unknown:
         raise ValueError(f"Unknown splices {sorted(unknown)}; choose from {SPLICES}.")
     in_hook = sae.cfg.metadata.hook_name
-    out_hook = sae.cfg.output_hook_name or output_hook_name(int(in_hook.split(".")[1]))
+    out_hook = sae.output_hook
     mlp = sae.require_mlp()
 
     def cast(f):
