@@ -296,6 +296,11 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
             (checkpoint_path / COMPLETE_MARKER).touch()  # written last: a killed save is never resumed
 
 
+def sweep_name(key: str, value: Any) -> str:
+    """Directory name of one sweep member: `jacobian_coefficient=0.5`, `...=auto` for None."""
+    return f"{key}={'auto' if value is None else value}"
+
+
 def latest_checkpoint(checkpoint_root: str | Path) -> Path | None:
     """The most advanced complete checkpoint under a run's checkpoint directory (None if none).
 
@@ -322,7 +327,8 @@ def train_sweep(
     0 being the plain-pair baseline) from ONE activation stream: the LLM runs once per batch.
 
     All pairs start from the same initialisation (same seed). Each is saved under
-    `<output_path>/<key>=<value>/` and logs to `<output_path>/<key>=<value>/train_log.jsonl`.
+    `<output_path>/<key>=<value>/` (`=auto` for None, i.e. λ from the rule of thumb) and logs
+    to `train_log.jsonl` there.
     """
     from dataclasses import fields, replace
 
@@ -339,7 +345,7 @@ def train_sweep(
         seed_everything(cfg.seed)
         sae = JacobianTrainingSAE(replace(cfg.sae, **{key: value}, metadata=runner.sae.cfg.metadata))
         sae.attach_mlp(runner.sae.mlp)  # type: ignore[arg-type]
-        saes[f"{key}={value}"] = sae.to(cfg.device)
+        saes[sweep_name(key, value)] = sae.to(cfg.device)
     stream = runner.make_stream()
     trainer_cfg = cfg.to_sae_trainer_config()
     multi = MultiSAETrainer(
