@@ -264,6 +264,8 @@ class _JacobianPairMixin:
             hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)  # type: ignore[attr-defined]
             top = self._topk(hidden_pre)
         else:
+            if not self.cfg.apply_b_dec_to_input and not x.requires_grad:
+                sae_in = sae_in.detach()  # only `b_dec * False` links it to the graph: a zero gradient
             top = self._sparse_topk(sae_in, self.W_enc, self.b_enc)
         return top._replace(dense=self.hook_sae_acts_post(top.dense))  # type: ignore[attr-defined]
 
@@ -345,9 +347,10 @@ class _JacobianPairMixin:
         flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
         if chunk_size is None:
             chunk_size = chunk_tokens(self.cfg.jacobian_chunk_bytes, self.cfg.k, mlp.d_mlp, len(mlp.input_weights()), self.W_dec.element_size())
+        decoder_times_mlp_in, mlp_out_times_encoder = self._weight_products(mlp)
         values = active_jacobian_values(
-            [self.W_dec @ W for W in mlp.input_weights()],
-            mlp.W_out @ self.W_enc_out,
+            decoder_times_mlp_in,
+            mlp_out_times_encoder,
             [flat(c) for c in mlp.local_slopes(pre)],
             flat(top_in.indices),
             flat(top_out.indices),
@@ -355,6 +358,26 @@ class _JacobianPairMixin:
         )
         values = mask_inactive(values, flat(top_in.values), flat(top_out.values))
         return ActiveJacobian(values, flat(top_out.indices), flat(top_in.indices))
+
+    def _weight_products(self, mlp: FrozenMLP) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """[W_dec_in @ W for W in the MLP's input weights] and W_out @ W_enc_out.
+
+        Under autograd they are recomputed every call (once per training step). Without grad
+        (evaluation: thousands of batches, fixed weights) they are cached until a weight
+        changes in place (tensor version counters) or is replaced.
+        """
+        tensors = (self.W_dec, self.W_enc_out, *mlp.input_weights(), mlp.W_out)
+        if torch.is_grad_enabled():
+            self.__dict__.pop("_weight_products_cache", None)
+        else:
+            key = tuple((id(t), t._version, t.dtype, t.device) for t in tensors)
+            cached = self.__dict__.get("_weight_products_cache")
+            if cached is not None and cached[0] == key:
+                return cached[1]
+        products = ([self.W_dec @ W for W in mlp.input_weights()], mlp.W_out @ self.W_enc_out)
+        if not torch.is_grad_enabled():
+            self.__dict__["_weight_products_cache"] = (key, products)
+        return products
 
     def active_jacobian(self, x: torch.Tensor, chunk_size: int | None = None) -> ActiveJacobian:
         """The Jacobian ∂s_y/∂s_x on each token's active latents, for MLP inputs x (..., d_in).
@@ -442,8 +465,10 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
         top_out = self._encode_output_topk(y)
         y_hat = _decode_sparse(top_out, self.W_dec_out, self.b_dec_out)
         with torch.no_grad():  # read by the trainer to count the output SAE's dead latents
-            self.last_output_fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=y.device)
-            self.last_output_fired[top_out.indices[top_out.values > 0]] = True
+            # no boolean-mask indexing (a host sync on GPU): clipped picks go to a spare slot
+            fired_idx = top_out.indices.masked_fill(top_out.values <= 0, self.cfg.d_sae).reshape(-1)
+            fired = torch.zeros(self.cfg.d_sae + 1, dtype=torch.bool, device=y.device).index_fill_(0, fired_idx, True)
+            self.last_output_fired = fired[: self.cfg.d_sae]
 
         mse_in = F.mse_loss(x_hat, x)
         mse_out = F.mse_loss(y_hat, y)
@@ -461,7 +486,7 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
         metrics: dict[str, Any] = {}
         if step_input.is_logging_step:
             metrics = _logging_metrics(self, top_in, top_out, x, y, y_hat, pre, jac)
-        _check_finite(losses, loss, step_input.n_training_steps)
+        _check_finite(losses, loss, step_input.n_training_steps, self, step_input.is_logging_step)
         return TrainStepOutput(
             sae_in=x,
             sae_out=x_hat,
@@ -483,11 +508,9 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
 
 
 def _decode_sparse(top: _TopK, W_dec: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
-    from sae_lens_jsae.jacobian import sparse_decode  # embedding_bag forward, sort-free backward
-
     shape = top.indices.shape
     idx = top.indices.reshape(-1, shape[-1])
-    out = sparse_decode(top.values.reshape(-1, shape[-1]).to(W_dec.dtype), idx, W_dec)
+    out = F.embedding_bag(idx, W_dec, per_sample_weights=top.values.reshape(-1, shape[-1]), mode="sum")
     return out.reshape(*shape[:-1], W_dec.shape[-1]) + b_dec
 
 
@@ -503,9 +526,34 @@ class NonFiniteLossError(FloatingPointError):
         )
 
 
-def _check_finite(losses: dict[str, torch.Tensor], loss: torch.Tensor, step: int) -> None:
-    terms = torch.stack([t.detach() for t in [*losses.values(), loss]])
-    if not bool(torch.isfinite(terms).all()):  # one sync per step; cheap next to the step
+def _check_finite(
+    losses: dict[str, torch.Tensor], loss: torch.Tensor, step: int, owner: Any = None, is_logging_step: bool = True
+) -> None:
+    """Raise `NonFiniteLossError` naming the step and term of the first NaN/inf loss term.
+
+    On CPU the check reads the flags directly (no device transfer). On an accelerator it does not
+    sync every step: a non-logging step only records, on the device, the first step and term
+    that went non-finite (in `owner._nonfinite`); the host reads that record on the next logging
+    step and raises naming the recorded step and term.
+    """
+    names = [*losses, "overall_loss"]
+    terms = torch.stack([t.detach().float().reshape(()) for t in [*losses.values(), loss]])
+    bad = ~torch.isfinite(terms)
+    if terms.device.type != "cpu":
+        record = getattr(owner, "_nonfinite", None)
+        if record is None or record.device != terms.device:
+            record = torch.full((2,), -1, dtype=torch.long, device=terms.device)
+            if owner is not None:
+                owner._nonfinite = record
+        new = torch.stack([torch.full_like(record[0], step), bad.long().argmax()])
+        record.copy_(torch.where(bad.any() & (record[0] < 0), new, record))
+        if not is_logging_step:
+            return
+        bad_step, term = (int(v) for v in record.tolist())  # the one sync, on logging steps
+        if bad_step >= 0:
+            raise NonFiniteLossError(bad_step, names[term], float("nan"))
+        return
+    if bool(bad.any()):
         for name, value in [*losses.items(), ("overall_loss", loss)]:
             if not torch.isfinite(value).all():
                 raise NonFiniteLossError(step, name, float(value))

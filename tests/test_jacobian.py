@@ -108,3 +108,15 @@ def test_jacobian_grad_reaches_both_saes_never_the_mlp():
     assert sae.W_dec.grad.abs().sum() > 0  # input SAE decoder
     assert sae.W_enc_out.grad.abs().sum() > 0  # output SAE encoder
     assert all(not b.requires_grad and b.grad is None for b in sae.mlp.buffers())
+
+
+def test_no_grad_cache_of_weight_products_follows_weight_changes():
+    model, sae = _pair("dense_gelu")
+    x = mlp_inputs(model, 1, n_tokens=8)
+    with torch.no_grad():
+        first = sae.active_jacobian(x).values
+        assert torch.equal(sae.active_jacobian(x).values, first)  # cached products, same answer
+        sae.W_dec.mul_(2.0)  # in-place edit bumps the version: the cache must not be reused
+        doubled = sae.active_jacobian(x).values
+    torch.testing.assert_close(doubled, 2 * first)
+    torch.testing.assert_close(sae.active_jacobian(x).values, doubled)  # with grad: fresh products
