@@ -24,7 +24,7 @@ from sae_lens.saes.sae import SAEMetadata
 from safetensors.torch import load_file
 
 from sae_lens_jsae.mlp import FrozenMLP
-from sae_lens_jsae.sae import ARCHITECTURE, INPUT_HOOK_PATTERN, JacobianSAE, JacobianSAEConfig, resolve_output_hook
+from sae_lens_jsae.sae import ARCHITECTURE, INPUT_HOOK_PATTERN, JacobianSAE, JacobianSAEConfig, resolve_output_hook, saved_jacobian_coefficient
 from sae_lens_jsae.util import dtype_name
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
@@ -294,10 +294,7 @@ def card_facts(sae_dir: str | Path) -> CardFacts:
     files = _local_files(sae_dir, allow_pickle=True)
     cfg = _check_architecture(files)
     meta = cfg.get("metadata", {})
-    details = meta.get("training_architecture_details") or {}
-    lam = cfg.get("jacobian_coefficient", details.get("jacobian_coefficient"))
-    if lam is None:  # None means the paper's rule of thumb (see JacobianTrainingSAEConfig)
-        lam = 0.5 * cfg["k"] ** 2 / cfg["d_in"]
+    lam = saved_jacobian_coefficient(cfg)
     model_name = meta.get("model_name")
     hook = meta.get("hook_name") or ""
     layer = meta.get("hook_layer")

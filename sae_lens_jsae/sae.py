@@ -50,6 +50,18 @@ def layer_of_input_hook(hook_name: str) -> int:
     return int(match.group(1))
 
 
+def resolve_jacobian_coefficient(jacobian_coefficient: float | None, k: int, d_in: int) -> float:
+    """λ; None means the paper's rule of thumb 0.5·k²/d_model (d_model = d_in)."""
+    return 0.5 * k**2 / d_in if jacobian_coefficient is None else float(jacobian_coefficient)
+
+
+def saved_jacobian_coefficient(cfg: Mapping[str, Any]) -> float:
+    """The λ a saved JSAE (its cfg.json dict, training or inference) was trained with."""
+    details = (cfg.get("metadata") or {}).get("training_architecture_details") or {}
+    lam = cfg["jacobian_coefficient"] if "jacobian_coefficient" in cfg else details.get("jacobian_coefficient")
+    return resolve_jacobian_coefficient(lam, cfg["k"], cfg["d_in"])
+
+
 def resolve_output_hook(input_hook: str | None, explicit: str | None = None) -> str | None:
     """`blocks.L.hook_mlp_out` for an input hook `blocks.L.ln2.hook_normalized`; an explicit
     output hook must be exactly that (a ValueError otherwise)."""
@@ -151,9 +163,7 @@ class JacobianTrainingSAEConfig(TopKTrainingSAEConfig, _PairFields):
     @property
     def resolved_jacobian_coefficient(self) -> float:
         """λ, with None resolved to the paper's rule of thumb 0.5·k²/d_model."""
-        if self.jacobian_coefficient is None:
-            return 0.5 * self.k**2 / self.d_in
-        return float(self.jacobian_coefficient)
+        return resolve_jacobian_coefficient(self.jacobian_coefficient, self.k, self.d_in)
 
     @override
     @classmethod

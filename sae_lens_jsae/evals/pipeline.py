@@ -21,7 +21,7 @@ from sae_lens_jsae.evals.saebench import (
     run_linearity_eval,
 )
 from sae_lens_jsae.evals.splice import splice_scores
-from sae_lens_jsae.sae import layer_of_input_hook
+from sae_lens_jsae.sae import layer_of_input_hook, saved_jacobian_coefficient
 
 SUMMARY_FORMAT = "sae_lens_jsae.eval/1"
 
@@ -34,15 +34,10 @@ def load_checkpoint(path: str | os.PathLike[str]):
     return SAE.load_from_disk(str(path))
 
 
-def _jacobian_coefficient(sae, checkpoint: Any) -> float | None:
-    lam = getattr(sae.cfg, "jacobian_coefficient", None)
-    if lam is None and isinstance(checkpoint, (str, os.PathLike)):
-        cfg_path = Path(checkpoint) / "cfg.json"
-        if cfg_path.exists():
-            lam = json.loads(cfg_path.read_text()).get("jacobian_coefficient")
-    if lam is None and hasattr(sae.cfg, "resolved_jacobian_coefficient"):
-        lam = sae.cfg.resolved_jacobian_coefficient
-    return None if lam is None else float(lam)
+def _jacobian_coefficient(sae, checkpoint: Any) -> float:
+    if isinstance(checkpoint, (str, os.PathLike)) and (Path(checkpoint) / "cfg.json").exists():
+        return saved_jacobian_coefficient(json.loads((Path(checkpoint) / "cfg.json").read_text()))
+    return saved_jacobian_coefficient(sae.cfg.to_dict())
 
 
 @torch.no_grad()
