@@ -4,6 +4,7 @@ dataclasses; a YAML file and `--set` only override."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,18 @@ from sae_lens_jsae.sae import JacobianTrainingSAEConfig
 from sae_lens_jsae.training import RunOptions
 
 SECTIONS = {"sae": JacobianTrainingSAEConfig, "runner": LanguageModelSAERunnerConfig}
+
+
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
+
+
+def _numbers(value: Any) -> Any:
+    """YAML 1.1 reads `5e-4` as a string; read such scientific notation as a float."""
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, str) and _FLOAT.match(value):
+        return float(value)
+    return value
 
 
 def _field_names(cls: type) -> set[str]:
@@ -66,6 +79,7 @@ def _check_tree(tree: dict[str, Any]) -> None:
 def build_run_config(tree: dict[str, Any]) -> tuple[LanguageModelSAERunnerConfig[JacobianTrainingSAEConfig], RunOptions]:
     """Turn a config tree into SAELens' runner config (with a Jacobian SAE) and our options."""
     _check_tree(tree)
+    tree = _numbers(tree)
     runner = dict(tree.get("runner", {}))
     if isinstance(runner.get("logger"), dict):
         runner["logger"] = LoggingConfig(**runner["logger"])

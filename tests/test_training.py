@@ -192,3 +192,39 @@ def test_randomized_control_reinitialises_the_model(tmp_path):
     assert not torch.equal(runner.sae.mlp.W_out, W_before)
     torch.testing.assert_close(runner.sae.mlp.W_out, model.blocks[1].mlp.W_out)
     assert torch.equal(model.blocks[1].ln2.w, torch.ones(16))
+
+
+def test_sweep_trains_each_lambda_from_one_stream(tmp_path, monkeypatch):
+    from sae_lens.training.activations_store import ActivationsStore
+
+    from sae_lens_jsae.training import train_sweep
+
+    calls = []
+    original = ActivationsStore.get_filtered_llm_batch
+    monkeypatch.setattr(ActivationsStore, "get_filtered_llm_batch", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    cfg = tiny_runner_cfg(tmp_path, training_tokens=64 * 20)
+    saes = train_sweep(cfg, "jacobian_coefficient", [0.0, 2.0], RunOptions(log_every_n_steps=5),
+                       override_dataset=tiny_token_dataset(), override_model=make_tiny_model("gated_silu", dtype=torch.float32))
+    assert list(saes) == ["jacobian_coefficient=0.0", "jacobian_coefficient=2.0"]
+    # one LLM batch = store_batch_size_prompts (4) x 16 tokens; 20 steps of 64 tokens need ~20 + buffer
+    single_run_batches = len(calls)
+    assert single_run_batches <= 20 + 4 + 2
+    for name in saes:
+        saved = json.loads((tmp_path / "out" / name / "cfg.json").read_text())
+        assert saved["metadata"]["training_architecture_details"]["jacobian_coefficient"] == float(name.split("=")[1])
+        assert len(read_log(tmp_path / "out" / name / "train_log.jsonl")) == 4
+    assert not torch.equal(saes["jacobian_coefficient=0.0"].W_dec, saes["jacobian_coefficient=2.0"].W_dec)
+    with pytest.raises(ValueError, match="Cannot sweep 'learning_rate'"):
+        train_sweep(cfg, "learning_rate", [1], override_model=make_tiny_model("gated_silu", dtype=torch.float32), override_dataset=tiny_token_dataset())
+
+
+def test_wandb_offline_logging(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    from sae_lens import LoggingConfig
+
+    cfg = tiny_runner_cfg(tmp_path, training_tokens=64 * 10, logger=LoggingConfig(log_to_wandb=True, wandb_project="jsae-test", wandb_log_frequency=5, eval_every_n_wandb_logs=1000))
+    runner = JacobianSAETrainingRunner(cfg, RunOptions(log_every_n_steps=5), override_dataset=tiny_token_dataset(), override_model=make_tiny_model("gated_silu", dtype=torch.float32))
+    runner.run()
+    assert list(tmp_path.glob("wandb/offline-run-*"))
+    assert len(read_log(tmp_path / "out" / "train_log.jsonl")) == 2
