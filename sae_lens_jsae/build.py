@@ -8,7 +8,11 @@ from sae_lens.saes.sae import SAEMetadata
 from torch import nn
 
 from sae_lens_jsae.mlp import FrozenMLP
-from sae_lens_jsae.sae import JacobianTrainingSAE, JacobianTrainingSAEConfig, input_hook_name
+from sae_lens_jsae.sae import (
+    JacobianTrainingSAE,
+    JacobianTrainingSAEConfig,
+    input_hook_name,
+)
 from sae_lens_jsae.util import dtype_name
 
 

@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae_lens_jsae.hub import convert_reference
+    from sae_lens_jsae.reference import convert_reference
 
     sae = convert_reference(args.directory, args.out_dir, mlp_act_fn=args.mlp_act_fn, allow_pickle=args.allow_pickle)
     print(f"Wrote a Jacobian SAE pair (d_sae={sae.cfg.d_sae}, k={sae.cfg.k}) to {args.out_dir}")

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae_lens_jsae.hub import push_to_hub, stage_for_push
+    from sae_lens_jsae.card import push_to_hub, stage_for_push
 
     if args.dry_run:
         staged = stage_for_push(args.checkpoint_dir, args.dry_run, args.repo_id, args.sae_id, args.eval_json)

@@ -20,7 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sae_lens_jsae.config import load_run_config
-    from sae_lens_jsae.training import JacobianSAETrainingRunner, latest_checkpoint, train_sweep
+    from sae_lens_jsae.training import (
+        JacobianSAETrainingRunner,
+        latest_checkpoint,
+        train_sweep,
+    )
 
     overrides = list(args.overrides)
     if args.resume:

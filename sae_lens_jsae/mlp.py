@@ -13,7 +13,8 @@ Gated:  f(x) = (σ(x W_gate + b_gate) ⊙ (x W_in + b_lin) + b_in) W_out + b_out
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -126,7 +127,7 @@ class FrozenMLP(nn.Module):
         return self.W_in.shape[1]
 
     @classmethod
-    def from_hooked_transformer(cls, model: nn.Module, layer: int) -> "FrozenMLP":
+    def from_hooked_transformer(cls, model: nn.Module, layer: int) -> FrozenMLP:
         """Copy block `layer`'s MLP out of a TransformerLens `HookedTransformer`, ln2 folded in.
 
         The model should be loaded without weight processing (or with it: folded norms have
@@ -200,7 +201,7 @@ def _check_supported(cfg: object, name: str, layer: int) -> None:
     def refuse(reason: str) -> None:
         raise ValueError(f"Cannot build a Jacobian SAE on {name} block {layer}: {reason}.")
 
-    n_layers = getattr(cfg, "n_layers")
+    n_layers = cfg.n_layers
     if not 0 <= layer < n_layers:
         refuse(f"layer must be in [0, {n_layers - 1}]")
     if getattr(cfg, "attn_only", False):

@@ -1,8 +1,19 @@
 """Register the `jacobian` architecture with SAELens (SAELens has no plugin entry points)."""
 
-from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY, register_sae_class, register_sae_training_class
+from sae_lens.registry import (
+    SAE_CLASS_REGISTRY,
+    SAE_TRAINING_CLASS_REGISTRY,
+    register_sae_class,
+    register_sae_training_class,
+)
 
-from sae_lens_jsae.sae import ARCHITECTURE, JacobianSAE, JacobianSAEConfig, JacobianTrainingSAE, JacobianTrainingSAEConfig
+from sae_lens_jsae.sae import (
+    ARCHITECTURE,
+    JacobianSAE,
+    JacobianSAEConfig,
+    JacobianTrainingSAE,
+    JacobianTrainingSAEConfig,
+)
 
 
 def register_jacobian_architecture() -> None:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import html
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 THRESHOLD_FOR_HEADLINE = 0.01
 

@@ -19,15 +19,24 @@ from typing import Any
 import numpy as np
 import torch
 import wandb
-from safetensors.torch import load_file, save_file
-from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, logger
+from sae_lens import (
+    LanguageModelSAERunnerConfig,
+    LanguageModelSAETrainingRunner,
+    logger,
+)
 from sae_lens.saes.sae import TrainingSAE, TrainStepOutput
 from sae_lens.training.activations_store import ActivationsStore
 from sae_lens.training.sae_trainer import SAETrainer
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from sae_lens_jsae.mlp import FrozenMLP
-from sae_lens_jsae.sae import JacobianTrainingSAE, JacobianTrainingSAEConfig, NonFiniteLossError, layer_of_input_hook
+from sae_lens_jsae.sae import (
+    JacobianTrainingSAE,
+    JacobianTrainingSAEConfig,
+    NonFiniteLossError,
+    layer_of_input_hook,
+)
 
 STREAM_STATE_FILENAME = "jsae_stream_state.safetensors"
 COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
@@ -88,7 +97,7 @@ class ResumableActivationStream:
         self.queue: torch.Tensor | None = None
         self._llm_batches = store._iterate_filtered_activations()  # handles epochs and special tokens
 
-    def __iter__(self) -> "ResumableActivationStream":
+    def __iter__(self) -> ResumableActivationStream:
         return self
 
     def __next__(self) -> torch.Tensor:

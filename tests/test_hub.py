@@ -25,19 +25,16 @@ from sae_lens import SAE
 from safetensors.torch import load_file, save_file
 
 from sae_lens_jsae import FrozenMLP, JacobianSAE, JacobianSAEConfig, build_jacobian_sae
+from sae_lens_jsae.card import headline_metrics, model_card, push_to_hub, stage_for_push
 from sae_lens_jsae.cli import main as cli_main
 from sae_lens_jsae.hub import (
     PickleRefusedError,
     PretrainedNotFoundError,
-    convert_reference,
     export_saelens,
-    headline_metrics,
     load_sparsity,
-    model_card,
-    push_to_hub,
     resolve_files,
-    stage_for_push,
 )
+from sae_lens_jsae.reference import convert_reference
 
 REPO = "jsae-org/tiny-jsaes"
 SAE_ID = "blocks.1.mlp"

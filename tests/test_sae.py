@@ -9,7 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import build_jsae_cfg, make_tiny_model, mlp_inputs
-from sae_lens import SAE, HookedSAETransformer, LanguageModelSAERunnerConfig, TopKSAE, TrainingSAE
+from sae_lens import (
+    SAE,
+    HookedSAETransformer,
+    LanguageModelSAERunnerConfig,
+    TopKSAE,
+    TrainingSAE,
+)
 from sae_lens.registry import get_sae_class, get_sae_training_class
 from sae_lens.saes.sae import TrainStepInput
 

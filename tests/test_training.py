@@ -9,11 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import make_tiny_model, tiny_runner_cfg, tiny_token_dataset
-from safetensors.torch import load_file
 from sae_lens import LanguageModelSAETrainingRunner
+from safetensors.torch import load_file
 
 from sae_lens_jsae import build_jacobian_sae
-from sae_lens_jsae.training import COMPLETE_MARKER, JacobianSAETrainingRunner, RunOptions, latest_checkpoint
+from sae_lens_jsae.training import (
+    COMPLETE_MARKER,
+    JacobianSAETrainingRunner,
+    RunOptions,
+    latest_checkpoint,
+)
 
 TESTS_DIR = Path(__file__).parent
 

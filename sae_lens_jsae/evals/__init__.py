@@ -5,8 +5,21 @@ iterables of them); `evaluate_checkpoint` runs them all and writes SAEBench-form
 summary, `compare` renders `report.md` / `report.html` from summaries.
 """
 
-from sae_lens_jsae.evals.linearity import LinearityResult, classify_curves, linearity, linearity_of_inputs, scan_curves
-from sae_lens_jsae.evals.pipeline import check_mlp_matches, compare, evaluate_and_compare, evaluate_checkpoint, load_checkpoint, score_saes
+from sae_lens_jsae.evals.linearity import (
+    LinearityResult,
+    classify_curves,
+    linearity,
+    linearity_of_inputs,
+    scan_curves,
+)
+from sae_lens_jsae.evals.pipeline import (
+    check_mlp_matches,
+    compare,
+    evaluate_and_compare,
+    evaluate_checkpoint,
+    load_checkpoint,
+    score_saes,
+)
 from sae_lens_jsae.evals.saebench import run_core_eval, run_eval, run_linearity_eval
 from sae_lens_jsae.evals.sparsity import (
     JacobianSparsityAccumulator,

@@ -111,10 +111,14 @@ def run(args: argparse.Namespace) -> int:
                 continue
             try:
                 if ev == "sparse_probing":
-                    from sae_bench.evals.sparse_probing.eval_config import SparseProbingEvalConfig as C
+                    from sae_bench.evals.sparse_probing.eval_config import (
+                        SparseProbingEvalConfig as C,
+                    )
                     from sae_bench.evals.sparse_probing.main import run_eval as R
                 else:
-                    from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig as C
+                    from sae_bench.evals.absorption.eval_config import (
+                        AbsorptionEvalConfig as C,
+                    )
                     from sae_bench.evals.absorption.main import run_eval as R
                 conf = C(model_name=model_name)
                 if hasattr(conf, "llm_dtype") and not conf.llm_dtype:

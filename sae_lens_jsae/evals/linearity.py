@@ -109,7 +109,7 @@ class LinearityResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LinearityResult":
+    def from_dict(cls, d: dict[str, Any]) -> LinearityResult:
         return cls(**d)
 
 

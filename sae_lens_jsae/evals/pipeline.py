@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -28,8 +29,9 @@ SUMMARY_FORMAT = "sae_lens_jsae.eval/1"
 
 def load_checkpoint(path: str | os.PathLike[str]):
     """`SAE.load_from_disk(path)` (a JSAE checkpoint directory: cfg.json + sae_weights.safetensors)."""
-    import sae_lens_jsae  # noqa: F401  (registers the architecture)
     from sae_lens import SAE
+
+    import sae_lens_jsae  # noqa: F401  (registers the architecture)
 
     return SAE.load_from_disk(str(path))
 

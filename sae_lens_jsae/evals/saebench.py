@@ -31,7 +31,11 @@ from sae_bench.evals.base_eval_output import (
 
 from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches
 from sae_lens_jsae.evals.linearity import LinearityResult, linearity
-from sae_lens_jsae.evals.sparsity import THRESHOLDS, JacobianSparsityResult, jacobian_sparsity
+from sae_lens_jsae.evals.sparsity import (
+    THRESHOLDS,
+    JacobianSparsityResult,
+    jacobian_sparsity,
+)
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 EVAL_TYPE_ID_JACOBIAN_SPARSITY = "jacobian_sparsity"
@@ -117,9 +121,21 @@ def run_core_eval(
     Writes `{release}_{sae_id}_eval_results.json` (SAEBench's name, '/' → '_'), a `CoreEvalOutput`,
     into `output_dir` and returns its path. Token budgets are rounded up to whole batches.
     """
-    from sae_bench.evals.core.main import replace_nans_with_negative_one, run_evals, calculate_misc_metrics, save_single_eval_result
-    from sae_bench.sae_bench_utils import get_eval_uuid, get_sae_bench_version, get_sae_lens_version
-    from sae_bench.sae_bench_utils.general_utils import _standardize_sae_cfg, get_results_filepath
+    from sae_bench.evals.core.main import (
+        calculate_misc_metrics,
+        replace_nans_with_negative_one,
+        run_evals,
+        save_single_eval_result,
+    )
+    from sae_bench.sae_bench_utils import (
+        get_eval_uuid,
+        get_sae_bench_version,
+        get_sae_lens_version,
+    )
+    from sae_bench.sae_bench_utils.general_utils import (
+        _standardize_sae_cfg,
+        get_results_filepath,
+    )
 
     os.makedirs(output_dir, exist_ok=True)
     path = Path(get_results_filepath(str(output_dir), release, sae_id))
@@ -382,8 +398,15 @@ def _run_eval(
     model,
     tokens,
 ) -> dict[str, Any]:
-    from sae_bench.sae_bench_utils import get_eval_uuid, get_sae_bench_version, get_sae_lens_version
-    from sae_bench.sae_bench_utils.general_utils import get_results_filepath, load_and_format_sae
+    from sae_bench.sae_bench_utils import (
+        get_eval_uuid,
+        get_sae_bench_version,
+        get_sae_lens_version,
+    )
+    from sae_bench.sae_bench_utils.general_utils import (
+        get_results_filepath,
+        load_and_format_sae,
+    )
 
     os.makedirs(output_path, exist_ok=True)
     eval_id, lens_version, bench_version = get_eval_uuid(), get_sae_lens_version(), get_sae_bench_version()

@@ -7,8 +7,9 @@ Jacobian itself comes from `sae.active_jacobian` (the formula lives only in `jac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -76,7 +77,7 @@ class JacobianSparsityResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "JacobianSparsityResult":
+    def from_dict(cls, d: dict[str, Any]) -> JacobianSparsityResult:
         return cls(**{**d, "histogram": JacobianHistogram(**d["histogram"])})
 
 

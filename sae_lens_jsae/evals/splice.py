@@ -12,8 +12,9 @@ KL_zero (SAEBench's definitions), with KL(clean ‖ intervened) of next-token di
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +71,7 @@ class SpliceResult:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SpliceResult":
+    def from_dict(cls, d: dict[str, Any]) -> SpliceResult:
         return cls(n_tokens=d["n_tokens"], **{s: SpliceScore(**d[s]) if d.get(s) else None for s in SPLICES})
 
 
