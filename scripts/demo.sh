@@ -21,11 +21,12 @@ python -m sae_lens_jsae train "$CONFIG" "${SETS[@]}" --set randomize_model=true 
   --set "runner.output_path=$OUT/randomized" --set "runner.checkpoint_path=$OUT/randomized/checkpoints"
 
 echo "== 3/4 evaluate the randomized control on the randomized model"
-python -m sae_lens_jsae eval "$OUT/randomized" --randomized --seed 42 --no-core --output-dir "$OUT/eval_randomized"
+EVAL_BUDGET=(--n-tokens 102400 --n-splice-tokens 2048 --n-core-reconstruction-tokens 2048 --n-core-sparsity-tokens 16384 --n-linearity-tokens 256)
+python -m sae_lens_jsae eval "$OUT/randomized" --randomized --seed 42 --no-core "${EVAL_BUDGET[@]}" --output-dir "$OUT/eval_randomized"
 
 echo "== 4/4 evaluate the JSAE against the λ=0 pair and write the report"
 python -m sae_lens_jsae eval "$OUT/jacobian_coefficient=auto" --baseline "$OUT/jacobian_coefficient=0" \
-  --also "$OUT"/eval_randomized/*_summary.json --output-dir "$OUT/eval"
+  --also "$OUT"/eval_randomized/*_summary.json "${EVAL_BUDGET[@]}" --output-dir "$OUT/eval"
 
 echo
 echo "demo finished in $(( $(date +%s) - start )) s"
