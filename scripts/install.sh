@@ -37,7 +37,6 @@ if ready; then
   echo "[install] environment ready ($(python -c 'import sys; print(sys.prefix)'))"
 else
   echo "[install] installing sae-lens-jsae[test,saebench] into $(python -c 'import sys; print(sys.prefix)')"
-  python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
   constraints="$(mktemp)"
   if python -c "import torch" 2>/dev/null; then
     echo "torch==$(python -c 'import torch; print(torch.__version__)')" > "$constraints"
