@@ -26,6 +26,7 @@ from sae_lens import (
 )
 from sae_lens.saes.sae import TrainingSAE, TrainStepOutput
 from sae_lens.training.activations_store import ActivationsStore
+from sae_lens.training.multi_sae_trainer import MultiSAETrainer
 from sae_lens.training.sae_trainer import SAETrainer
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -305,6 +306,17 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
             (checkpoint_path / COMPLETE_MARKER).touch()  # written last: a killed save is never resumed
 
 
+class _SweepTrainer(MultiSAETrainer):
+    """SAELens' MultiSAETrainer with a bar that moves every step (tokens/s, each pair's loss)."""
+
+    def _update_pbar(self, step_outputs: dict[str, TrainStepOutput], pbar: tqdm, update_interval: int = 100) -> None:  # type: ignore[override]
+        pbar.update(self.cfg.train_batch_size_samples)
+        first = next(iter(self.trainers.values()))
+        if self.n_training_steps % first.log_every_n_steps == 0:  # type: ignore[attr-defined]
+            losses = {name: f"{out.loss.item():.4g}" for name, out in step_outputs.items()}
+            pbar.set_postfix(tok_s=f"{first._tokens_per_second():.0f}", **losses)  # type: ignore[attr-defined]
+
+
 def sweep_name(key: str, value: Any) -> str:
     """Directory name of one sweep member: `jacobian_coefficient=0.5`, `...=auto` for None."""
     return f"{key}={'auto' if value is None else value}"
@@ -341,8 +353,6 @@ def train_sweep(
     """
     from dataclasses import fields, replace
 
-    from sae_lens.training.multi_sae_trainer import MultiSAETrainer
-
     valid = {f.name for f in fields(JacobianTrainingSAEConfig)}
     if key not in valid:
         raise ValueError(f"Cannot sweep {key!r}: not a JacobianTrainingSAEConfig field ({', '.join(sorted(valid))}).")
@@ -357,7 +367,7 @@ def train_sweep(
         saes[sweep_name(key, value)] = sae.to(cfg.device)
     stream = runner.make_stream()
     trainer_cfg = cfg.to_sae_trainer_config()
-    multi = MultiSAETrainer(
+    multi = _SweepTrainer(
         cfg=trainer_cfg,
         saes=saes,  # type: ignore[arg-type]
         hook_names={name: cfg.hook_name for name in saes},
