@@ -18,12 +18,19 @@ Sections (see `run_benchmark`):
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import gc
+import json
 import math
+import os
+import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -69,21 +76,36 @@ def random_mlp(d: int, d_mlp: int, act_fn: str, gated: bool, device: torch.devic
     gen = torch.Generator().manual_seed(seed)
     mlp = FrozenMLP(d, d_mlp, act_fn, gated, dtype=torch.float32)
     with torch.no_grad():
-        for name, buf in mlp.named_buffers():
+        for buf in mlp.buffers():
             fan_in = buf.shape[0] if buf.ndim == 2 else 1
             scale = 1 / math.sqrt(fan_in) if buf.ndim == 2 else 0.02
             buf.copy_(torch.randn(buf.shape, generator=gen) * scale)
     return mlp.to(device=device, dtype=dtype)
 
 
-def make_pair(size: tuple[int, int, str, bool, int, int], lam: float, device: torch.device, dtype: torch.dtype = torch.float32, chunk_bytes: int | None = 256 * 2**20, seed: int = 0):
+def make_pair(
+    size: tuple[int, int, str, bool, int, int],
+    lam: float,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    chunk_bytes: int | None = 256 * 2**20,
+    seed: int = 0,
+):
     from sae_lens_jsae import JacobianTrainingSAE, JacobianTrainingSAEConfig
 
     d, d_mlp, act_fn, gated, d_sae, k = size
     torch.manual_seed(seed)
     cfg = JacobianTrainingSAEConfig(
-        d_in=d, d_sae=d_sae, k=k, d_mlp=d_mlp, mlp_act_fn=act_fn, gated_mlp=gated,
-        jacobian_coefficient=lam, jacobian_chunk_bytes=chunk_bytes, device=str(device), dtype=str(dtype).removeprefix("torch."),
+        d_in=d,
+        d_sae=d_sae,
+        k=k,
+        d_mlp=d_mlp,
+        mlp_act_fn=act_fn,
+        gated_mlp=gated,
+        jacobian_coefficient=lam,
+        jacobian_chunk_bytes=chunk_bytes,
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
     )
     sae = JacobianTrainingSAE(cfg).to(device)
     sae.attach_mlp(random_mlp(d, d_mlp, act_fn, gated, device, dtype, seed))
@@ -108,7 +130,13 @@ def jsae_train_step(sae, x: torch.Tensor, lam: float, autocast: Any = None) -> C
     def step() -> None:
         with ctx():
             out = sae.training_forward_pass(
-                TrainStepInput(sae_in=x, coefficients={"jacobian_coefficient": lam}, dead_neuron_mask=None, n_training_steps=state["step"], is_logging_step=False)
+                TrainStepInput(
+                    sae_in=x,
+                    coefficients={"jacobian_coefficient": lam},
+                    dead_neuron_mask=None,
+                    n_training_steps=state["step"],
+                    is_logging_step=False,
+                )
             )
         out.loss.backward()
         opt.step()
@@ -118,7 +146,9 @@ def jsae_train_step(sae, x: torch.Tensor, lam: float, autocast: Any = None) -> C
     return step
 
 
-def sparsify_pair_step(size: tuple[int, int, str, bool, int, int], x: torch.Tensor, y: torch.Tensor, autocast: Any = None) -> Callable[[], None] | None:
+def sparsify_pair_step(
+    size: tuple[int, int, str, bool, int, int], x: torch.Tensor, y: torch.Tensor, autocast: Any = None
+) -> Callable[[], None] | None:
     """Two steps of EleutherAI sparsify's SparseCoder (input SAE on x, output SAE on y)."""
     try:
         from sparsify import SparseCoder, SparseCoderConfig
@@ -140,3 +170,442 @@ def sparsify_pair_step(size: tuple[int, int, str, bool, int, int], x: torch.Tens
             opt.zero_grad(set_to_none=True)
 
     return step
+
+
+# ---- FLOP floors ------------------------------------------------------------------------------
+def flops(size: tuple[int, int, str, bool, int, int], T: int) -> dict[str, float]:
+    """Multiply-adds x 2 of one training step, from the shapes alone (see docs/performance.md).
+
+    plain_pair: both encoders (dense forward x·W_enc: T·d·S each), the frozen MLP forward
+    ((R+1)·T·d·m, R = 2 for gated), and the sparse work (decode, sparse ∂W_enc/∂W_dec: ~4·T·k·d
+    each SAE). sparsify_pair: the same without the MLP (its targets are given). jacobian: the
+    weight products A_r = W_dec W_r and B = W_out W_enc_out ((R+1)·S·d·m) with their backward
+    (2x), plus per token k²·m forward and 2·k²·m backward (the mixing, R·k·m, is negligible).
+    """
+    d, m, _, gated, S, k = size
+    R = 2 if gated else 1
+    sparse = 2 * 4 * T * k * d
+    sparsify_pair = 2 * T * d * S + sparse
+    plain_pair = sparsify_pair + (R + 1) * T * d * m
+    weights = 3 * (R + 1) * S * d * m
+    per_token = 3 * T * k * k * m
+    return {
+        k_: 2.0 * v
+        for k_, v in {
+            "plain_pair": plain_pair,
+            "sparsify_pair": sparsify_pair,
+            "jacobian_weights": weights,
+            "jacobian_per_token": per_token,
+            "jsae": plain_pair + weights + per_token,
+        }.items()
+    }
+
+
+# ---- sections -----------------------------------------------------------------------------------
+def bench_steps(name: str, size, batch: int, device: torch.device, warmup: int, repeats: int, autocast: Any = None) -> dict[str, Any]:
+    """Section 1 / 1b: JSAE step vs the λ = 0 pair vs two sparsify SparseCoder steps."""
+    dtype = torch.float32
+    x = mlp_like_inputs(batch, size[0], device, dtype)
+    sync = _sync(device)
+    out: dict[str, Any] = {"sizes": dict(zip(("d_model", "d_mlp", "act_fn", "gated", "d_sae", "k"), size)), "batch": batch}
+    times = {}
+    for label, lam in (("plain_pair", 0.0), ("jsae", 1.0)):
+        sae = make_pair(size, lam, device)
+        t = time_steps(jsae_train_step(sae, x, lam, autocast), warmup, repeats, sync)
+        times[label] = t
+        out[f"{label}_step_s"] = t.median_s
+        out[f"{label}_step_samples_s"] = t.samples_s
+        if label == "jsae":
+            with torch.no_grad():
+                y = sae.mlp(x)
+        del sae
+        gc.collect()
+    fl = flops(size, batch)
+    out["step_ratio_vs_plain_pair"] = times["jsae"].median_s / times["plain_pair"].median_s
+    out["step_ratio_vs_plain_pair_flop_floor_ratio"] = fl["jsae"] / fl["plain_pair"]
+    sp = sparsify_pair_step(size, x, y, autocast)
+    if sp is None:
+        out["sparsify"] = "not importable (pip install --no-deps eai-sparsify natsort schedulefree)"
+    else:
+        t = time_steps(sp, warmup, repeats, sync)
+        out["sparsify_pair_step_s"] = t.median_s
+        out["sparsify_pair_step_samples_s"] = t.samples_s
+        out["vs_sparsify_pair"] = times["jsae"].median_s / t.median_s
+        out["vs_sparsify_pair_flop_floor_ratio"] = fl["jsae"] / fl["sparsify_pair"]
+        out["plain_pair_vs_sparsify"] = times["plain_pair"].median_s / t.median_s
+        out["plain_pair_vs_sparsify_flop_floor_ratio"] = fl["plain_pair"] / fl["sparsify_pair"]
+    out["gflop"] = {k_: v / 1e9 for k_, v in fl.items()}
+    return out
+
+
+def _jacobian_inputs(size, T: int, device: torch.device, dtype: torch.dtype = torch.float32):
+    sae = make_pair(size, 1.0, device, dtype)
+    x = mlp_like_inputs(T, size[0], device, dtype)
+    with torch.no_grad():
+        top_in = sae._encode_input_topk(x)
+        pre = sae.mlp.pre_activations(x)
+        top_out = sae._encode_output_topk(sae.mlp.output_from_pre_activations(pre))
+    return sae, x, top_in, top_out, pre
+
+
+def bench_jacrev(size, T: int, n_jacrev: int, device: torch.device, repeats: int = 3, n_full_jacrev: int = 2) -> dict[str, Any]:
+    """Section 2: the closed form vs `torch.func.jacrev`, same tokens and active sets: of the whole
+    latent map (the naive alternative; `jacobian_vs_jacrev`) and of the k×k restriction (the oracle)."""
+    sae, x, top_in, top_out, pre = _jacobian_inputs(size, T, device)
+    sync = _sync(device)
+    with torch.no_grad():
+        closed = time_steps(lambda: sae._jacobian(top_in, top_out, x, pre), 1, repeats, sync)
+        J = sae._jacobian(top_in, top_out, x, pre).values
+    mlp = sae.mlp
+
+    def per_token(t: int) -> torch.Tensor:
+        K1, K2 = top_in.indices[t], top_out.indices[t]
+        W_k = sae.W_dec.detach()[K1]
+        z0 = top_in.values[t]
+        offset = x[t] - z0 @ W_k
+
+        def g(z: torch.Tensor) -> torch.Tensor:
+            return (mlp(z @ W_k + offset) @ sae.W_enc_out.detach()[:, K2]) + sae.b_enc_out.detach()[K2]
+
+        Jt = torch.func.jacrev(g)(z0)
+        return Jt * (top_out.values[t] > 0)[:, None] * (z0 > 0)[None, :]
+
+    def full_map(t: int) -> torch.Tensor:
+        """The naive way: jacrev of the whole latent map z ↦ e_out(f(d_in(z))) (d_sae × d_sae,
+        TopK held fixed), then the K2 × K1 block."""
+        K1, K2 = top_in.indices[t], top_out.indices[t]
+        W_dec, W_enc_out, b_enc_out = sae.W_dec.detach(), sae.W_enc_out.detach(), sae.b_enc_out.detach()
+        z0 = torch.zeros(W_dec.shape[0], dtype=x.dtype, device=x.device).index_copy(0, K1, top_in.values[t])
+        offset = x[t] - z0 @ W_dec
+
+        def g(z: torch.Tensor) -> torch.Tensor:
+            return mlp(z @ W_dec + offset) @ W_enc_out + b_enc_out
+
+        Jt = torch.func.jacrev(g)(z0)[K2][:, K1]
+        return Jt * (top_out.values[t] > 0)[:, None] * (top_in.values[t] > 0)[None, :]
+
+    def timed(fn: Callable[[int], torch.Tensor], n: int) -> tuple[float, torch.Tensor]:
+        fn(0)
+        sync()
+        t0 = time.perf_counter()
+        ref = torch.stack([fn(t) for t in range(n)])
+        sync()
+        return (time.perf_counter() - t0) / n, ref
+
+    n, n_full = min(n_jacrev, T), min(n_full_jacrev, T)
+    restricted_per_token, ref = timed(per_token, n)
+    full_per_token, ref_full = timed(full_map, n_full)
+    closed_per_token = closed.median_s / T
+    return {
+        "tokens": T,
+        "closed_form_s": closed.median_s,
+        "closed_form_per_token_s": closed_per_token,
+        "jacrev_per_token_s": full_per_token,
+        "jacrev_tokens_timed": n_full,
+        "jacrev_note": (
+            f"torch.func.jacrev of the whole latent map (d_sae x d_sae per token, TopK held fixed, then the K2 x K1 block), "
+            f"timed on {n_full} tokens and scaled per token; the closed form is timed on all {T} tokens"
+        ),
+        "jacobian_vs_jacrev": full_per_token / closed_per_token,
+        "jacrev_restricted_per_token_s": restricted_per_token,
+        "jacrev_restricted_tokens_timed": n,
+        "jacrev_restricted_note": "jacrev of z_K1 -> s_y[K2] only (k x k per token, the test oracle): already knows the active sets",
+        "jacobian_vs_jacrev_restricted": restricted_per_token / closed_per_token,
+        "max_abs_diff_float32": float(max((ref - J[:n]).abs().max(), (ref_full - J[:n_full]).abs().max())),
+    }
+
+
+def _peak_cpu_bytes(fn: Callable[[], Any]) -> int:
+    """Peak of torch's CPU allocations during `fn` above the level at its start (profiler events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")  # type: ignore[union-attr]
+    level = peak = 0
+    for _, nbytes in events:
+        level += nbytes
+        peak = max(peak, level)
+    return int(peak)
+
+
+def bench_memory(size, T: int, device: torch.device, chunk_bytes: int = 256 * 2**20) -> dict[str, Any]:
+    """Section 3: peak extra memory of the Jacobian term (forward + backward), chunked or not."""
+    from sae_lens_jsae.jacobian import chunk_tokens
+
+    sae, x, top_in, top_out, pre = _jacobian_inputs(size, T, device)
+    chunk = chunk_tokens(chunk_bytes, size[5], size[1], 2 if size[3] else 1, 4)
+    out: dict[str, Any] = {"tokens": T, "chunk_tokens": chunk, "chunk_bytes": chunk_bytes}
+    for label, c in (("unchunked", T), ("chunked", chunk)):
+
+        def term(c: int | None = c) -> None:
+            sae.zero_grad(set_to_none=True)
+            J = sae._jacobian(top_in, top_out, x, pre, chunk_size=c).values
+            J.abs().mean().backward()
+
+        term()
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            term()
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() - base
+            out["method"] = "torch.cuda.max_memory_allocated"
+        else:
+            sae.zero_grad(set_to_none=True)
+            peak = _peak_cpu_bytes(term)
+            out["method"] = "torch.profiler profile_memory (running sum of CPU allocator events)"
+        out[f"peak_jacobian_bytes_{label}"] = peak
+    out["chunked_over_unchunked"] = out["peak_jacobian_bytes_chunked"] / max(1, out["peak_jacobian_bytes_unchunked"])
+    return out
+
+
+# ---- offline default: LLM activations, end-to-end training, λ sweep ---------------------------
+def _offline(quick: bool, context_size: int):
+    """(model, dataset, layer): SmolLM2-135M (GGUF, offline) on State of the Union, or a tiny
+    random gated model on random tokens for `--quick`."""
+    if quick:
+        from datasets import Dataset
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        cfg = HookedTransformerConfig(
+            n_layers=3,
+            d_model=32,
+            d_head=8,
+            n_heads=4,
+            d_mlp=48,
+            d_vocab=64,
+            n_ctx=64,
+            act_fn="silu",
+            gated_mlp=True,
+            normalization_type="RMS",
+            model_name="tiny-bench",
+            seed=0,
+        )
+        model = HookedTransformer(cfg).eval()
+        gen = torch.Generator().manual_seed(0)
+        rows = torch.randint(1, 64, (256, context_size), generator=gen)
+        rows[:, 0] = 0
+        return model, Dataset.from_dict({"input_ids": rows.tolist()}), 1
+    from sae_lens_jsae.sources import load_hooked_model, sotu_token_dataset
+
+    model = load_hooked_model("gguf-smollm2")
+    return model, sotu_token_dataset(model.tokenizer, context_size, split="train"), 3
+
+
+def _runner_cfg(model, layer: int, lam: float, d_sae: int, k: int, tokens: int, batch: int, context_size: int, out_dir: Path):
+    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
+
+    from sae_lens_jsae import JacobianTrainingSAEConfig
+
+    sae = JacobianTrainingSAEConfig(d_in=model.cfg.d_model, d_sae=d_sae, k=k, jacobian_coefficient=lam)
+    return LanguageModelSAERunnerConfig(
+        sae=sae,
+        model_name=model.cfg.model_name,
+        hook_name=f"blocks.{layer}.ln2.hook_normalized",
+        dataset_path="",
+        is_dataset_tokenized=True,
+        context_size=context_size,
+        training_tokens=tokens,
+        train_batch_size_tokens=batch,
+        store_batch_size_prompts=max(1, min(16, batch // context_size)),
+        n_batches_in_buffer=4,
+        lr=5e-4,
+        device="cpu",
+        seed=0,
+        checkpoint_path=str(out_dir / "ckpt"),
+        n_checkpoints=0,
+        save_final_checkpoint=False,
+        output_path=str(out_dir / "out"),
+        logger=LoggingConfig(log_to_wandb=False),
+        dtype="float32",
+        eval_batch_size_prompts=1,
+        n_eval_batches=1,
+    )
+
+
+def _quiet_runner(cfg, model, dataset, log_every: int):
+    from sae_lens_jsae.training import JacobianSAETrainingRunner, RunOptions
+
+    return JacobianSAETrainingRunner(cfg, RunOptions(log_every_n_steps=log_every), override_model=model, override_dataset=dataset)
+
+
+def bench_offline(quick: bool, work: Path, tokens: int, batch: int, d_sae: int, k: int, context_size: int) -> dict[str, Any]:
+    """Sections 4 and 5 on the offline default (small runs: `tokens` training tokens each)."""
+    from sae_lens_jsae.training import train_sweep
+
+    model, dataset, layer = _offline(quick, context_size)
+    out: dict[str, Any] = {
+        "model": model.cfg.model_name,
+        "layer": layer,
+        "d_sae": d_sae,
+        "k": k,
+        "batch": batch,
+        "training_tokens": tokens,
+        "context_size": context_size,
+    }
+    log_every = max(1, tokens // batch)  # one logging step per run (logging steps sync on purpose)
+
+    # 5a. activation collection, and the LLM must stop at the hooked block
+    runner = _quiet_runner(_runner_cfg(model, layer, 0.0, d_sae, k, tokens, batch, context_size, work / "act"), model, dataset, log_every)
+    store = runner.activations_store
+    beyond = {"calls": 0}
+    handle = None
+    if layer + 1 < model.cfg.n_layers:
+        handle = model.blocks[layer + 1].register_forward_hook(lambda *_: beyond.__setitem__("calls", beyond["calls"] + 1))
+    n_tok = 0
+    store.get_activations(store.get_batch_tokens())  # warm-up
+    t0 = time.perf_counter()
+    while n_tok < tokens:
+        acts = store.get_activations(store.get_batch_tokens())
+        n_tok += acts.shape[0] * acts.shape[1]
+    dt = time.perf_counter() - t0
+    if handle is not None:
+        handle.remove()
+    out["activation_tokens_per_s"] = n_tok / dt
+    out["llm_ran_past_hooked_block"] = beyond["calls"] > 0
+    out["stop_at_layer"] = layer + 1
+    del runner
+
+    # 5b. end-to-end training tokens/s (LLM activations included): JSAE vs the λ = 0 pair
+    wall = {}
+    for label, lam in (("plain_pair", 0.0), ("jsae", 1.0)):
+        runner = _quiet_runner(
+            _runner_cfg(model, layer, lam, d_sae, k, tokens, batch, context_size, work / label), model, dataset, log_every
+        )
+        t0 = time.perf_counter()
+        runner.run()
+        wall[label] = time.perf_counter() - t0
+        out[f"end_to_end_tokens_per_s_{label}"] = tokens / wall[label]
+    out["end_to_end_ratio"] = wall["jsae"] / wall["plain_pair"]
+
+    # 4. a 4-λ sweep from one activation stream vs 4 separate runs
+    lams = [0.0, 0.5, 1.0, 2.0]
+    t0 = time.perf_counter()
+    for lam in lams:
+        _quiet_runner(
+            _runner_cfg(model, layer, lam, d_sae, k, tokens, batch, context_size, work / f"sep{lam}"), model, dataset, log_every
+        ).run()
+    separate = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    train_sweep(
+        _runner_cfg(model, layer, 1.0, d_sae, k, tokens, batch, context_size, work / "sweep"),
+        "jacobian_coefficient",
+        lams,
+        __import__("sae_lens_jsae.training", fromlist=["RunOptions"]).RunOptions(log_every_n_steps=log_every),
+        override_dataset=dataset,
+        override_model=model,
+    )
+    shared = time.perf_counter() - t0
+    out.update({"sweep_lambdas": lams, "sweep_shared_s": shared, "sweep_separate_s": separate, "sweep_ratio": shared / separate})
+    return out
+
+
+# ---- driver -------------------------------------------------------------------------------------
+def machine_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    with contextlib.suppress(OSError):
+        info["loadavg_at_start"] = os.getloadavg()
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
+        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run_benchmark(
+    quick: bool = False,
+    batch: int | None = None,
+    device: str = "cpu",
+    bf16: bool = False,
+    threads: int | None = None,
+    repeats: int = 5,
+    warmup: int = 1,
+    skip_offline: bool = False,
+    work_dir: str | None = None,
+) -> dict[str, Any]:
+    import tempfile
+
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    sizes = QUICK_SIZES if quick else SIZES
+    batch = batch or (64 if quick else 4096)
+    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else None
+    result: dict[str, Any] = {
+        "benchmark": "jsae",
+        "quick": quick,
+        "precision": "bf16 autocast" if bf16 else "float32",
+        "machine": machine_info(dev),
+        "timing": f"median of {repeats} timed steps after {warmup} warm-up step(s), all in this one process",
+    }
+    t_start = time.perf_counter()
+    result["steps"] = {name: bench_steps(name, size, batch, dev, warmup, repeats, autocast) for name, size in sizes.items()}
+    jac_size = sizes["pythia70m_like"]
+    result["jacobian_vs_jacrev"] = bench_jacrev(jac_size, 64 if quick else 1024, 4 if quick else 8, dev)
+    result["peak_jacobian_bytes"] = {
+        name: bench_memory(size, batch, dev, chunk_bytes=(1 << 16) if quick else 256 * 2**20) for name, size in sizes.items()
+    }
+    if not skip_offline and dev.type == "cpu" and not bf16:
+        with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+            if quick:
+                result["offline"] = bench_offline(True, Path(tmp), tokens=256, batch=64, d_sae=64, k=4, context_size=16)
+            else:
+                result["offline"] = bench_offline(False, Path(tmp), tokens=32768, batch=4096, d_sae=4608, k=32, context_size=128)
+    result["total_s"] = time.perf_counter() - t_start
+    return result
+
+
+def write_result(result: dict[str, Any], out_dir: str | Path = "benchmarks/results") -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = (
+        ("quick-" if result["quick"] else "")
+        + result["machine"]["device"].split(":")[0]
+        + ("-bf16" if "bf16" in result["precision"] else "")
+    )
+    path = out / f"bench-{tag}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (~1 min): checks the benchmark runs, numbers mean nothing")
+    parser.add_argument("--batch", type=int, default=None, help="tokens per step (default 4096; 64 with --quick)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU runs; written as a separate result file)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per measurement (median; >= 5)")
+    parser.add_argument("--skip-offline", action="store_true", help="skip the offline-model sections (sweep, activations, end-to-end)")
+    parser.add_argument("--out-dir", default="benchmarks/results", help="where the JSON result is written")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = run_benchmark(
+        quick=args.quick,
+        batch=args.batch,
+        device=args.device,
+        bf16=args.bf16,
+        threads=args.threads,
+        repeats=max(5, args.repeats),
+        skip_offline=args.skip_offline,
+    )
+    path = write_result(result, args.out_dir)
+    result["result_file"] = str(path)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench.py", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

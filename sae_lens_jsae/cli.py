@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 # Each entry: (name, module, help). The module defines `add_arguments(parser)` and `run(args)`.
 SUBCOMMANDS: list[tuple[str, str, str]] = [
@@ -18,6 +18,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("push", "sae_lens_jsae.cli_push", "Upload a JSAE's inference files and a model card to the Hub."),
     ("export-saelens", "sae_lens_jsae.cli_export", "Write a JSAE as two plain SAELens TopK SAE folders."),
     ("convert-reference", "sae_lens_jsae.cli_convert", "Convert the authors' reference artifact into a JSAE folder."),
+    ("bench", "sae_lens_jsae.bench", "Benchmark training speed (vs a plain pair and sparsify), Jacobian vs jacrev, memory, sweeps."),
 ]
 
 

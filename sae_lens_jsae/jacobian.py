@@ -11,7 +11,8 @@ and for a gated MLP (g = gate, u = linear branch), with A_g = W_dec_in W_gate, A
 
 Both are `J[t] = Bᵀ[K2_t] · (Σ_r A_r[K1_t] ⊙ c_r[t])ᵀ` with per-token slopes c_r (see
 `FrozenMLP.local_slopes`). A and B are formed once per call (shared by all tokens); each token
-then costs R·k²·d_mlp multiply-adds instead of a d_sae² Jacobian.
+then costs R·k·d_mlp (mixing the terms) + k²·d_mlp multiply-adds instead of a d_sae² Jacobian
+(and 2·k²·d_mlp in backward). docs/performance.md has the measured costs and the FLOP floor.
 
 No maintained library computes this: `torch.func.jacrev` gives the same numbers (that is the
 test oracle) but at d_sae² cost, hence this file.
@@ -128,12 +129,19 @@ class _Workspace:
         return mixed
 
 
+CACHE_CHUNK_ELEMENTS = 1 << 20
+"""Elements of one (chunk, k, d_mlp) workspace buffer when the byte budget allows more: small
+chunks keep the gathered slices in cache between gather, mix, bmm and scatter (measured on CPU,
+gated SmolLM2-like sizes, 4096 tokens: 16-token chunks 1.45 s, 128: 1.62 s, 512: 2.0 s)."""
+
+
 def chunk_tokens(max_bytes: int | None, k: int, d_mlp: int, n_terms: int, element_size: int) -> int | None:
-    """How many tokens one chunk may hold so its workspace buffers stay under `max_bytes`."""
+    """How many tokens one chunk may hold so its workspace buffers stay under `max_bytes`
+    (and, for speed, at most about `CACHE_CHUNK_ELEMENTS` per buffer). None: no chunking."""
     if max_bytes is None:
         return None
     per_token = (3 if n_terms > 1 else 2) * k * d_mlp * element_size  # the workspace buffers
-    return max(1, int(max_bytes // per_token))
+    return max(1, min(int(max_bytes // per_token), CACHE_CHUNK_ELEMENTS // (k * d_mlp)))
 
 
 def active_jacobian_values(
@@ -172,10 +180,10 @@ def mask_inactive(values: torch.Tensor, input_latents: torch.Tensor, output_late
 
 # ---- sparse TopK SAE kernels for the training pass ------------------------------------------
 # The training step only ever needs each token's k active latents. SAELens' dense TopK path
-# materialises a (tokens, d_sae) gradient and pays a second tokens·d·d_sae product for ∂W_enc,
-# and `F.embedding_bag`'s backward sorts all tokens·k indices; these Functions compute the same
-# values and gradients from the k active columns only (as EleutherAI sparsify's fused encoder
-# does). The SAELens-facing `encode`/`decode` are untouched.
+# materialises a (tokens, d_sae) gradient and pays a second tokens·d·d_sae product for ∂W_enc;
+# `topk_encode` computes the same values and gradients from the k active columns only (as
+# EleutherAI sparsify's fused encoder does). The SAELens-facing `encode`/`decode` are untouched.
+# (Decoding uses `F.embedding_bag`, whose own backward measured faster than a hand-written one.)
 
 _ROWS_PER_SCATTER = 1 << 15
 
@@ -199,6 +207,7 @@ def _scatter_rows(out: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> 
 
 
 def _token_chunk(k: int, width: int) -> int:
+    """Tokens per chunk so a (tokens, k, width) workspace holds about 2M elements."""
     return max(1, _ROWS_PER_SCATTER * 64 // max(1, k * width))
 
 
@@ -220,7 +229,7 @@ class _TopKEncoder(torch.autograd.Function):
         g = (grad_values * (values > 0)).contiguous()  # ReLU' (0 at 0, as autograd's relu)
         grad_x = grad_W = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.bmm(W_enc.T[indices].transpose(1, 2), g[:, :, None])[:, :, 0]
+            grad_x = torch.nn.functional.embedding_bag(indices, W_enc.T.contiguous(), per_sample_weights=g, mode="sum")
         if ctx.needs_input_grad[1]:
             T, k = indices.shape
             d = x.shape[1]
@@ -238,38 +247,6 @@ class _TopKEncoder(torch.autograd.Function):
         return grad_x, grad_W, grad_b, None
 
 
-class _SparseDecoder(torch.autograd.Function):
-    """Σ_j values[t, j] · W_dec[indices[t, j]] (no bias), with a chunked, sort-free backward."""
-
-    @staticmethod
-    def forward(ctx, values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor):  # type: ignore[override]
-        ctx.save_for_backward(values, indices, W_dec)
-        return torch.nn.functional.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        values, indices, W_dec = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        T, k = indices.shape
-        d = W_dec.shape[1]
-        need_v, need_W = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
-        grad_v = values.new_empty(T, k) if need_v else None
-        grad_W = torch.zeros_like(W_dec) if need_W else None
-        step = _token_chunk(k, d)
-        buf = W_dec.new_empty(min(step, T) * k * d)
-        for s in range(0, T, step):
-            e = min(s + step, T)
-            rows = buf[: (e - s) * k * d].view(e - s, k, d)
-            idx = indices[s:e].reshape(-1)
-            if need_v:
-                torch.index_select(W_dec, 0, idx, out=rows.view(-1, d))
-                torch.bmm(rows, grad_out[s:e, :, None], out=grad_v[s:e, :, None])  # type: ignore[index]
-            if need_W:
-                torch.mul(values[s:e, :, None], grad_out[s:e, None, :], out=rows)
-                _scatter_rows(grad_W, idx, rows.view(-1, d))  # type: ignore[arg-type]
-        return grad_v, None, grad_W
-
-
 def topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(values, indices, hidden_pre) of ReLU(TopK(x W_enc + b_enc)) for x (tokens, d).
 
@@ -277,8 +254,3 @@ def topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: in
     touches only the k active columns per token (no dense (tokens, d_sae) gradient).
     """
     return _TopKEncoder.apply(x, W_enc, b_enc, k)
-
-
-def sparse_decode(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
-    """Σ_j values[t, j] · W_dec[indices[t, j]] for (tokens, k) values / indices (no bias)."""
-    return _SparseDecoder.apply(values, indices, W_dec)

@@ -12,17 +12,28 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from sae_lens import TopKSAE, TopKSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
-from sae_lens.saes.sae import SAEMetadata, TrainCoefficientConfig, TrainStepInput, TrainStepOutput
+from sae_lens.saes.sae import (
+    SAEMetadata,
+    TrainCoefficientConfig,
+    TrainStepInput,
+    TrainStepOutput,
+)
 from torch import nn
 from typing_extensions import override
 
-from sae_lens_jsae.jacobian import ActiveJacobian, active_jacobian_values, chunk_tokens, mask_inactive
+from sae_lens_jsae.jacobian import (
+    ActiveJacobian,
+    active_jacobian_values,
+    chunk_tokens,
+    mask_inactive,
+)
 from sae_lens_jsae.mlp import FrozenMLP, check_activation
 
 ARCHITECTURE = "jacobian"
@@ -91,7 +102,7 @@ class _PairFields:
     """Max bytes of the per-token gathered slices at once when computing J (None: no chunking)."""
 
     def _validate_pair(self) -> None:
-        k, d_sae = getattr(self, "k"), getattr(self, "d_sae")
+        k, d_sae = self.k, self.d_sae
         if not 0 < k <= d_sae:
             raise ValueError(f"k={k} must be in [1, d_sae={d_sae}]: TopK picks k of the d_sae latents.")
         if self.d_mlp < 0:
@@ -279,21 +290,23 @@ class _JacobianPairMixin:
             top = self._sparse_topk(sae_in, self.W_enc, self.b_enc)
         return top._replace(dense=self.hook_sae_acts_post(top.dense))  # type: ignore[attr-defined]
 
-    def _encode_output_topk(self, y: torch.Tensor) -> _TopK:
+    def _encode_output_topk(self, y: torch.Tensor, dense: bool = True) -> _TopK:
         y = y.to(self.dtype)
         if self.cfg.apply_b_dec_to_input:
             y = y - self.b_dec_out
-        return self._sparse_topk(y, self.W_enc_out, self.b_enc_out)
+        return self._sparse_topk(y, self.W_enc_out, self.b_enc_out, dense)
 
-    def _sparse_topk(self, x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor) -> _TopK:
-        """`_topk(x @ W_enc + b_enc)` with a backward through the k active columns only."""
+    def _sparse_topk(self, x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, dense: bool = True) -> _TopK:
+        """`_topk(x @ W_enc + b_enc)` with a backward through the k active columns only.
+
+        `dense=False` skips the (tokens, d_sae) latents (`.dense` is then None)."""
         from sae_lens_jsae.jacobian import topk_encode
 
         lead = x.shape[:-1]
         values, indices, hidden_pre = topk_encode(x.reshape(-1, x.shape[-1]), W_enc, b_enc, self.cfg.k)
         values, indices, hidden_pre = (t.reshape(*lead, t.shape[-1]) for t in (values, indices, hidden_pre))
-        dense = torch.zeros_like(hidden_pre).scatter(-1, indices, values)
-        return _TopK(dense, values, indices, hidden_pre)
+        latents = torch.zeros_like(hidden_pre).scatter(-1, indices, values) if dense else None
+        return _TopK(latents, values, indices, hidden_pre)  # type: ignore[arg-type]
 
     def encode_output(self, y: torch.Tensor) -> torch.Tensor:
         """Output SAE latents s_y of MLP outputs y."""
@@ -431,7 +444,7 @@ class JacobianSAE(_JacobianPairMixin, TopKSAE):
         super().__init__(cfg, use_error_term)  # type: ignore[arg-type]
 
     @classmethod
-    def from_pretrained(cls, release: str, sae_id: str | None = None, *args: Any, **kwargs: Any) -> "JacobianSAE":  # type: ignore[override]
+    def from_pretrained(cls, release: str, sae_id: str | None = None, *args: Any, **kwargs: Any) -> JacobianSAE:  # type: ignore[override]
         """Load a pair from a Hub repo ("org/name"), the HF cache (offline too) or a local dir.
 
         `JacobianSAE.from_pretrained(repo_id, sae_id=None, *, revision=None, device="cpu",
@@ -472,7 +485,7 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
         with torch.no_grad():
             pre = mlp.pre_activations(x)
             y = mlp.output_from_pre_activations(pre)
-        top_out = self._encode_output_topk(y)
+        top_out = self._encode_output_topk(y, dense=False)  # the dense s_y is only logged
         y_hat = _decode_sparse(top_out, self.W_dec_out, self.b_dec_out)
         with torch.no_grad():  # read by the trainer to count the output SAE's dead latents
             # no boolean-mask indexing (a host sync on GPU): clipped picks go to a spare slot
@@ -495,6 +508,8 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
             losses["jacobian_loss"] = loss.new_zeros(())
         metrics: dict[str, Any] = {}
         if step_input.is_logging_step:
+            with torch.no_grad():
+                top_out = top_out._replace(dense=torch.zeros_like(top_out.hidden_pre).scatter(-1, top_out.indices, top_out.values))
             metrics = _logging_metrics(self, top_in, top_out, x, y, y_hat, pre, jac)
         _check_finite(losses, loss, step_input.n_training_steps, self, step_input.is_logging_step)
         return TrainStepOutput(
