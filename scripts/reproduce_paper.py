@@ -50,9 +50,9 @@ def table(ours: dict[str, dict], paper_key: str, ours_label: str) -> tuple[str, 
     j, b, r = ours["jsae"], ours["baseline"], ours["randomized"]
     k2 = j["k"] ** 2
     rows = [
-        ("|J|>0.01 per token (of k²), JSAE", f"{p['jsae']}", f"{count_at(j):.1f} (of {k2})"),
-        ("|J|>0.01 per token (of k²), λ=0 pair", f"{p['lambda0_pair']}", f"{count_at(b):.1f}"),
-        ("|J|>0.01 per token, randomized-LLM JSAE", f"{p_rand['jsae']} (70m)", f"{count_at(r):.1f}"),
+        ("\\|J\\|>0.01 per token (of k²), JSAE", f"{p['jsae']}", f"{count_at(j):.1f} (of {k2})"),
+        ("\\|J\\|>0.01 per token (of k²), λ=0 pair", f"{p['lambda0_pair']}", f"{count_at(b):.1f}"),
+        ("\\|J\\|>0.01 per token, randomized-LLM JSAE", f"{p_rand['jsae']} (70m)", f"{count_at(r):.1f}"),
         ("avg CE-loss score (input, output), JSAE", f"{sweep['lambda1']['avg_ce_loss_score']} (70m, λ=1)", f"{j['splice']['average_ce_loss_score']:.3f}"),
         ("avg CE-loss score (input, output), λ=0", f"{sweep['lambda0.01']['avg_ce_loss_score']} (70m, λ=0.01)", f"{b['splice']['average_ce_loss_score']:.3f}"),
         ("linear / JumpReLU / other, JSAE", "{linear} / {jumprelu} / {other} (410m)".format(**lin["jsae"]), "{linear:.3f} / {jumprelu:.3f} / {other:.3f}".format(**j["linearity"])),
