@@ -74,6 +74,17 @@ class _Doc:
         return "\n".join(out)
 
 
+def _publish(fig, doc, path: Path, alt: str, source: str) -> None:
+    """Save a figure as PNG, close it, and embed it in the report with where its numbers come from."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    doc.img(path.name, alt)
+    doc.p(source)
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -124,11 +135,7 @@ def _plots(items: list[tuple[Path, dict[str, Any]]], out: Path, doc: _Doc) -> No
     ax.set_ylabel("fraction of entries")
     ax.set_title("|J| histogram")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "jacobian_histogram.png", dpi=110)
-    plt.close(fig)
-    doc.img("jacobian_histogram.png", "|J| histogram (log y)")
-    doc.p("Source: jacobian_sparsity.histogram of each summary JSON.")
+    _publish(fig, doc, out / "jacobian_histogram.png", "|J| histogram (log y)", "Source: jacobian_sparsity.histogram of each summary JSON.")
 
     # 2. count vs τ
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -140,11 +147,7 @@ def _plots(items: list[tuple[Path, dict[str, Any]]], out: Path, doc: _Doc) -> No
     ax.set_yscale("log")
     ax.set_title("Jacobian count vs threshold")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "count_vs_threshold.png", dpi=110)
-    plt.close(fig)
-    doc.img("count_vs_threshold.png", "count vs threshold")
-    doc.p("Source: jacobian_sparsity.thresholds / mean_count_above.")
+    _publish(fig, doc, out / "count_vs_threshold.png", "count vs threshold", "Source: jacobian_sparsity.thresholds / mean_count_above.")
 
     # 3. Pareto over the λ sweep
     sweep = [(p, d) for p, d in pre if d.get("jacobian_coefficient") is not None and _count_at(d)[0] is not None
@@ -160,11 +163,7 @@ def _plots(items: list[tuple[Path, dict[str, Any]]], out: Path, doc: _Doc) -> No
         ax.set_xlabel(f"mean count |J| > {THRESHOLD_FOR_HEADLINE} per token")
         ax.set_ylabel("average CE-loss score (input & output)")
         ax.set_title("CE-loss score vs Jacobian sparsity (λ sweep)")
-        fig.tight_layout()
-        fig.savefig(out / "pareto.png", dpi=110)
-        plt.close(fig)
-        doc.img("pareto.png", "CE-loss score vs Jacobian count")
-        doc.p("Source: jacobian_sparsity.mean_count_above and splice.average_ce_loss_score.")
+        _publish(fig, doc, out / "pareto.png", "CE-loss score vs Jacobian count", "Source: jacobian_sparsity.mean_count_above and splice.average_ce_loss_score.")
 
     # 4. linearity fractions
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -178,11 +177,7 @@ def _plots(items: list[tuple[Path, dict[str, Any]]], out: Path, doc: _Doc) -> No
     ax.set_title("Linearity of input → output latent curves")
     ax.legend(fontsize=7)
     ax.tick_params(axis="x", labelsize=7, rotation=20)
-    fig.tight_layout()
-    fig.savefig(out / "linearity.png", dpi=110)
-    plt.close(fig)
-    doc.img("linearity.png", "linearity fractions")
-    doc.p("Source: linearity.linear / jumprelu / other.")
+    _publish(fig, doc, out / "linearity.png", "linearity fractions", "Source: linearity.linear / jumprelu / other.")
 
     # 5. pretrained vs randomized
     if rand and pre:
@@ -196,11 +191,7 @@ def _plots(items: list[tuple[Path, dict[str, Any]]], out: Path, doc: _Doc) -> No
         ax.bar([g[0] for g in groups], [g[1] or 0 for g in groups], color=["C0", "C1", "C0", "C1"][: len(groups)])
         ax.set_ylabel(f"mean count |J| > {THRESHOLD_FOR_HEADLINE} per token")
         ax.set_title("Pretrained vs randomized LLM")
-        fig.tight_layout()
-        fig.savefig(out / "randomized.png", dpi=110)
-        plt.close(fig)
-        doc.img("randomized.png", "pretrained vs randomized")
-        doc.p("Source: jacobian_sparsity.mean_count_above of the randomized / pretrained summaries.")
+        _publish(fig, doc, out / "randomized.png", "pretrained vs randomized", "Source: jacobian_sparsity.mean_count_above of the randomized / pretrained summaries.")
 
 
 def write_report(
