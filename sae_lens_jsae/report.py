@@ -106,6 +106,10 @@ def _name(d: dict[str, Any]) -> str:
     return f"{d['label']} (λ={lam:g})" if lam is not None else d["label"]
 
 
+def _legend(d: dict[str, Any]) -> str:
+    return _name(d) + (" [randomized]" if d.get("randomized") else "")
+
+
 def _count_at(d: dict[str, Any], tau: float = THRESHOLD_FOR_HEADLINE) -> tuple[float | None, str]:
     sp = d["jacobian_sparsity"]
     for i, t in enumerate(sp["thresholds"]):
@@ -129,7 +133,7 @@ def _plots(items: list[tuple[Path, dict[str, Any]]], out: Path, doc: _Doc) -> No
         h = d["jacobian_sparsity"]["histogram"]
         total = sum(h["counts"]) + h["overflow"]
         dens = [c / max(total, 1) for c in h["counts"]]
-        ax.stairs(dens, h["bin_edges"], label=_name(d) + (" [randomized]" if d.get("randomized") else ""))
+        ax.stairs(dens, h["bin_edges"], label=_legend(d))
     ax.set_yscale("log")
     ax.set_xlabel("|J| (active latents; inactive entries are 0)")
     ax.set_ylabel("fraction of entries")
@@ -141,7 +145,7 @@ def _plots(items: list[tuple[Path, dict[str, Any]]], out: Path, doc: _Doc) -> No
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for _, d in items:
         sp = d["jacobian_sparsity"]
-        ax.plot(sp["thresholds"], sp["mean_count_above"], marker="o", label=_name(d) + (" [randomized]" if d.get("randomized") else ""))
+        ax.plot(sp["thresholds"], sp["mean_count_above"], marker="o", label=_legend(d))
     ax.set_xlabel("threshold τ")
     ax.set_ylabel("mean count |J| > τ per token (of k²)")
     ax.set_yscale("log")
