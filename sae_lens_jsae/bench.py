@@ -90,6 +90,7 @@ def make_pair(
     dtype: torch.dtype = torch.float32,
     chunk_bytes: int | None = 256 * 2**20,
     seed: int = 0,
+    jacobian_dtype: str | None = None,
 ):
     from sae_lens_jsae import JacobianTrainingSAE, JacobianTrainingSAEConfig
 
@@ -104,6 +105,7 @@ def make_pair(
         gated_mlp=gated,
         jacobian_coefficient=lam,
         jacobian_chunk_bytes=chunk_bytes,
+        jacobian_dtype=jacobian_dtype,
         device=str(device),
         dtype=str(dtype).removeprefix("torch."),
     )
@@ -179,15 +181,16 @@ def flops(size: tuple[int, int, str, bool, int, int], T: int) -> dict[str, float
     plain_pair: both encoders (dense forward x·W_enc: T·d·S each), the frozen MLP forward
     ((R+1)·T·d·m, R = 2 for gated), and the sparse work (decode, sparse ∂W_enc/∂W_dec: ~4·T·k·d
     each SAE). sparsify_pair: the same without the MLP (its targets are given). jacobian: the
-    weight products A_r = W_dec W_r and B = W_out W_enc_out ((R+1)·S·d·m) with their backward
-    (2x), plus per token k²·m forward and 2·k²·m backward (the mixing, R·k·m, is negligible).
+    weight products A_r = W_dec W_r and B = W_out W_enc_out ((R+1)·S·d·m) and their backward,
+    one product each since the MLP weights are frozen (another (R+1)·S·d·m), plus per token
+    k²·m forward and 2·k²·m backward (the mixing, R·k·m, is negligible).
     """
     d, m, _, gated, S, k = size
     R = 2 if gated else 1
     sparse = 2 * 4 * T * k * d
     sparsify_pair = 2 * T * d * S + sparse
     plain_pair = sparsify_pair + (R + 1) * T * d * m
-    weights = 3 * (R + 1) * S * d * m
+    weights = 2 * (R + 1) * S * d * m
     per_token = 3 * T * k * k * m
     return {
         k_: 2.0 * v
@@ -209,8 +212,11 @@ def bench_steps(name: str, size, batch: int, device: torch.device, warmup: int, 
     sync = _sync(device)
     out: dict[str, Any] = {"sizes": dict(zip(("d_model", "d_mlp", "act_fn", "gated", "d_sae", "k"), size)), "batch": batch}
     times = {}
-    for label, lam in (("plain_pair", 0.0), ("jsae", 1.0)):
-        sae = make_pair(size, lam, device)
+    # jsae_bf16_jacobian: the same JSAE with `jacobian_dtype="bfloat16"` (bf16 penalty products,
+    # float32 pair); skipped under autocast, where the penalty is in bf16 already.
+    variants = [("plain_pair", 0.0, None), ("jsae", 1.0, None)] + ([] if autocast else [("jsae_bf16_jacobian", 1.0, "bfloat16")])
+    for label, lam, jacobian_dtype in variants:
+        sae = make_pair(size, lam, device, jacobian_dtype=jacobian_dtype)
         t = time_steps(jsae_train_step(sae, x, lam, autocast), warmup, repeats, sync)
         times[label] = t
         out[f"{label}_step_s"] = t.median_s
@@ -221,7 +227,10 @@ def bench_steps(name: str, size, batch: int, device: torch.device, warmup: int, 
         del sae
         gc.collect()
     fl = flops(size, batch)
-    out["step_ratio_vs_plain_pair"] = times["jsae"].median_s / times["plain_pair"].median_s
+    jsae_labels = [label for label in times if label.startswith("jsae")]
+    for label in jsae_labels:
+        suffix = label.removeprefix("jsae")
+        out[f"step_ratio_vs_plain_pair{suffix}"] = times[label].median_s / times["plain_pair"].median_s
     out["step_ratio_vs_plain_pair_flop_floor_ratio"] = fl["jsae"] / fl["plain_pair"]
     sp = sparsify_pair_step(size, x, y, autocast)
     if sp is None:
@@ -230,7 +239,8 @@ def bench_steps(name: str, size, batch: int, device: torch.device, warmup: int, 
         t = time_steps(sp, warmup, repeats, sync)
         out["sparsify_pair_step_s"] = t.median_s
         out["sparsify_pair_step_samples_s"] = t.samples_s
-        out["vs_sparsify_pair"] = times["jsae"].median_s / t.median_s
+        for label in jsae_labels:
+            out[f"vs_sparsify_pair{label.removeprefix('jsae')}"] = times[label].median_s / t.median_s
         out["vs_sparsify_pair_flop_floor_ratio"] = fl["jsae"] / fl["sparsify_pair"]
         out["plain_pair_vs_sparsify"] = times["plain_pair"].median_s / t.median_s
         out["plain_pair_vs_sparsify_flop_floor_ratio"] = fl["plain_pair"] / fl["sparsify_pair"]
@@ -334,7 +344,7 @@ def bench_memory(size, T: int, device: torch.device, chunk_bytes: int = 256 * 2*
     from sae_lens_jsae.jacobian import chunk_tokens
 
     sae, x, top_in, top_out, pre = _jacobian_inputs(size, T, device)
-    chunk = chunk_tokens(chunk_bytes, size[5], size[1], 2 if size[3] else 1, 4)
+    chunk = chunk_tokens(chunk_bytes, size[5], size[1], 4)
     out: dict[str, Any] = {"tokens": T, "chunk_tokens": chunk, "chunk_bytes": chunk_bytes}
     for label, c in (("unchunked", T), ("chunked", chunk)):
 

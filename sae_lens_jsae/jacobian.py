@@ -106,10 +106,12 @@ class _GatheredJacobian(torch.autograd.Function):
 class _Workspace:
     """Reusable (chunk·k, d_mlp) buffers for one call of `_GatheredJacobian`."""
 
-    def __init__(self, like: torch.Tensor, chunk: int, k_in: int, k_out: int, m: int, n: int):
+    def __init__(self, like: torch.Tensor, chunk: int, k_in: int, k_out: int, m: int, n: int, convert: torch.dtype | None = None):
         rows = chunk * max(k_in, k_out)
         self.m = m
         self.bufs = [like.new_empty(rows * m) for _ in range(n)]
+        # `scatter` into a wider accumulator goes through this buffer (index_add_ needs one dtype)
+        self.wide = like.new_empty(rows * m, dtype=convert) if convert is not None else None
 
     def buffer(self, slot: int, t: int, k: int) -> torch.Tensor:
         return self.bufs[slot][: t * k * self.m].view(t, k, self.m)
@@ -120,6 +122,14 @@ class _Workspace:
         torch.index_select(table, 0, idx.reshape(-1), out=out.view(t * k, self.m))
         return out
 
+    def scatter(self, acc: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor) -> None:
+        """acc[idx[i]] += rows[i] for the (t, k, m) `rows` of a (t, k) `idx`, widening if needed."""
+        rows = rows.reshape(-1, self.m)
+        if rows.dtype != acc.dtype:
+            assert self.wide is not None
+            rows = self.wide[: rows.numel()].view_as(rows).copy_(rows)
+        _scatter_rows(acc, idx.reshape(-1), rows)
+
     def mix(self, As, cs, idx: torch.Tensor, s: int, e: int, slot: int) -> torch.Tensor:
         """Σ_r A_r[idx] * c_r[s:e, None, :] into buffer `slot` (uses `slot + 1` as scratch)."""
         mixed = self.gather(slot, As[0], idx)
@@ -129,18 +139,93 @@ class _Workspace:
         return mixed
 
 
+class JacobianPenalty(NamedTuple):
+    """The training loss's Jacobian term, from `active_jacobian_l1`."""
+
+    mean_abs: torch.Tensor
+    """Scalar mean of |J| over tokens and the k_out × k_in active entries (masked entries count
+    as 0); differentiable w.r.t. the weight products (and through them the SAE weights)."""
+    values: torch.Tensor
+    """(tokens, k_out, k_in) masked J, detached (for logging), in the accumulation dtype."""
+
+
+class _JacobianL1(torch.autograd.Function):
+    """mean|J ⊙ mask| with its gradients formed in the same pass over the tokens as J.
+
+    ∂ mean|J| / ∂J = sign(J) / J.numel() is known as soon as a chunk's J is, so the chunk's gathered
+    slices P = Bt[K2] and Q = Σ_r A_r[K1] ⊙ c_r serve the value and both gradients while they
+    are still in cache, instead of being gathered again in backward (which `_GatheredJacobian`
+    must do for an arbitrary upstream gradient). Backward only scales the stored gradients by
+    the incoming scalar. Gradients accumulate in float32 (or the inputs' dtype, if wider), so
+    bf16 products (`jacobian_dtype` or autocast) keep full-precision sums over tokens.
+    Inputs: Bt (d_sae, m), K1/K2 (T, k), keep_in/keep_out (T, k) 0/1 masks, chunk, then the R
+    A_r (d_sae, m) and the R c_r (T, m), all in one compute dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, Bt, K1, K2, keep_in, keep_out, chunk: int, *terms):  # type: ignore[override]
+        R = len(terms) // 2
+        As, cs = terms[:R], terms[R:]
+        T, k_in, k_out, m = K1.shape[0], K1.shape[1], K2.shape[1], Bt.shape[1]
+        acc_dtype = torch.promote_types(Bt.dtype, torch.float32)
+        need_Bt, need_A = ctx.needs_input_grad[0], [ctx.needs_input_grad[6 + r] for r in range(R)]
+        grad_Bt = Bt.new_zeros(Bt.shape, dtype=acc_dtype) if need_Bt else None
+        grad_As = [A.new_zeros(A.shape, dtype=acc_dtype) if need else None for A, need in zip(As, need_A)]
+        values = Bt.new_empty(T, k_out, k_in, dtype=acc_dtype)
+        chunk = max(1, min(chunk, T))
+        ws = _Workspace(Bt, chunk, k_in, k_out, m, n=3, convert=acc_dtype if acc_dtype != Bt.dtype else None)
+        J = Bt.new_empty(chunk * k_out * k_in)
+        G = Bt.new_empty(chunk * k_out * k_in)
+        with torch.autocast(Bt.device.type, enabled=False):
+            for s in range(0, T, chunk):
+                e, t = min(s + chunk, T), min(chunk, T - s)
+                P = ws.gather(0, Bt, K2[s:e])  # (t, k_out, m)
+                Q = ws.mix(As, cs, K1[s:e], s, e, slot=1)  # (t, k_in, m); slot 2 was scratch
+                Jc, Gc = J[: t * k_out * k_in].view(t, k_out, k_in), G[: t * k_out * k_in].view(t, k_out, k_in)
+                torch.bmm(P, Q.transpose(1, 2), out=Jc)
+                Jc.mul_(keep_out[s:e, :, None]).mul_(keep_in[s:e, None, :])
+                values[s:e].copy_(Jc)
+                torch.sign(Jc, out=Gc)  # ∂|J|/∂J, 0 where masked
+                if any(need_A):
+                    H = ws.buffer(2, t, k_in)
+                    torch.bmm(Gc.transpose(1, 2), P, out=H)  # (t, k_in, m): ∂/∂(mixed rows)
+                if need_Bt:
+                    GQ = ws.buffer(0, t, k_out)  # P is dead once H is formed
+                    torch.bmm(Gc, Q, out=GQ)
+                    ws.scatter(grad_Bt, K2[s:e], GQ)
+                k1 = K1[s:e]
+                for r in range(R):
+                    if need_A[r]:
+                        scaled = H if R == 1 else ws.buffer(1, t, k_in)  # Q is dead too
+                        torch.mul(H, cs[r][s:e, None, :], out=scaled)
+                        ws.scatter(grad_As[r], k1, scaled)
+        ctx.grads = (grad_Bt, grad_As)
+        ctx.numel = values.numel()
+        ctx.mark_non_differentiable(values)
+        return values.abs().sum() / max(1, values.numel()), values
+
+    @staticmethod
+    def backward(ctx, grad_mean, _grad_values):  # type: ignore[override]
+        grad_Bt, grad_As = ctx.grads
+        del ctx.grads
+        scale = grad_mean / max(1, ctx.numel)
+        scaled = lambda g: None if g is None else g.mul_(scale)  # noqa: E731
+        R = len(grad_As)
+        return (scaled(grad_Bt), None, None, None, None, None, *(scaled(g) for g in grad_As), *([None] * R))
+
+
 CACHE_CHUNK_ELEMENTS = 1 << 20
 """Elements of one (chunk, k, d_mlp) workspace buffer when the byte budget allows more: small
 chunks keep the gathered slices in cache between gather, mix, bmm and scatter (measured on CPU,
 gated SmolLM2-like sizes, 4096 tokens: 16-token chunks 1.45 s, 128: 1.62 s, 512: 2.0 s)."""
 
 
-def chunk_tokens(max_bytes: int | None, k: int, d_mlp: int, n_terms: int, element_size: int) -> int | None:
+def chunk_tokens(max_bytes: int | None, k: int, d_mlp: int, element_size: int) -> int | None:
     """How many tokens one chunk may hold so its workspace buffers stay under `max_bytes`
     (and, for speed, at most about `CACHE_CHUNK_ELEMENTS` per buffer). None: no chunking."""
     if max_bytes is None:
         return None
-    per_token = (3 if n_terms > 1 else 2) * k * d_mlp * element_size  # the workspace buffers
+    per_token = 3 * k * d_mlp * element_size  # the three workspace buffers
     return max(1, min(int(max_bytes // per_token), CACHE_CHUNK_ELEMENTS // (k * d_mlp)))
 
 
@@ -168,6 +253,38 @@ def active_jacobian_values(
     # (W_out W_enc_out)ᵀ: the rows of Bt are what a token's K2 gathers; contiguous for index_select.
     Bt = mlp_out_times_encoder.T.contiguous()
     return _GatheredJacobian.apply(Bt, input_indices.contiguous(), output_indices.contiguous(), chunk_size or max(T, 1), *As, *cs)
+
+
+def active_jacobian_l1(
+    decoder_times_mlp_in: list[torch.Tensor],
+    mlp_out_times_encoder: torch.Tensor,
+    slopes: list[torch.Tensor],
+    input_indices: torch.Tensor,
+    output_indices: torch.Tensor,
+    input_values: torch.Tensor,
+    output_values: torch.Tensor,
+    chunk_size: int | None = None,
+) -> JacobianPenalty:
+    """mean |J| over the active sets (the training penalty) and the masked J, in one pass.
+
+    Same arguments as `active_jacobian_values`, plus the (tokens, k) TopK values that mask the
+    picked-but-clipped latents (as `mask_inactive`). Values and gradients equal
+    `mask_inactive(active_jacobian_values(...), ...).abs().mean()`; only the order of float
+    additions differs. The products run in the dtype of `decoder_times_mlp_in`.
+    """
+    dtype = decoder_times_mlp_in[0].dtype
+    As = [A.contiguous() for A in decoder_times_mlp_in]
+    cs = [c.to(dtype).contiguous() for c in slopes]
+    Bt = mlp_out_times_encoder.to(dtype).T.contiguous()
+    keep_in = (input_values > 0).to(dtype)
+    keep_out = (output_values > 0).to(dtype)
+    if not torch.is_grad_enabled():  # no gradient sums to form in the pass
+        As, cs, Bt = [A.detach() for A in As], [c.detach() for c in cs], Bt.detach()
+    T = input_indices.shape[0]
+    mean_abs, values = _JacobianL1.apply(
+        Bt, input_indices.contiguous(), output_indices.contiguous(), keep_in, keep_out, chunk_size or max(T, 1), *As, *cs
+    )
+    return JacobianPenalty(mean_abs, values)
 
 
 def mask_inactive(values: torch.Tensor, input_latents: torch.Tensor, output_latents: torch.Tensor) -> torch.Tensor:
@@ -216,7 +333,8 @@ class _TopKEncoder(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int):  # type: ignore[override]
-        hidden_pre = torch.addmm(b_enc, x, W_enc)
+        # under autocast the product runs in autocast's dtype; outputs are in the weights' dtype
+        hidden_pre = torch.addmm(b_enc, x, W_enc).to(W_enc.dtype)
         top, indices = hidden_pre.topk(k, dim=-1, sorted=False)
         values = top.relu()
         ctx.save_for_backward(x, W_enc, indices, values)
@@ -226,7 +344,7 @@ class _TopKEncoder(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_values: torch.Tensor, _grad_indices: Any, _grad_pre: Any):  # type: ignore[override]
         x, W_enc, indices, values = ctx.saved_tensors
-        g = (grad_values * (values > 0)).contiguous()  # ReLU' (0 at 0, as autograd's relu)
+        g = (grad_values * (values > 0)).to(W_enc.dtype).contiguous()  # ReLU' (0 at 0, as autograd's relu)
         grad_x = grad_W = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.nn.functional.embedding_bag(indices, W_enc.T.contiguous(), per_sample_weights=g, mode="sum")

@@ -173,6 +173,22 @@ class FrozenMLP(nn.Module):
             hidden = self.act_fn(pre.gate) * pre.linear + self.b_in
         return hidden @ self.W_out + self.b_out
 
+    @torch.no_grad()
+    def pre_activations_and_output(self, x: torch.Tensor) -> tuple[MLPPreActivations, torch.Tensor]:
+        """(`pre_activations(x)`, `f(x)`) without grad, reused while the same `x` comes again.
+
+        A λ sweep trains every pair on the same batch tensor with this one shared MLP, so the
+        MLP runs once per batch, not once per pair. The cache holds `x` itself, so a new batch
+        can never alias it; an in-place edit of `x` (version counter) also invalidates it.
+        """
+        cached = self.__dict__.get("_last_pass")
+        if cached is not None and cached[0] is x and cached[1] == x._version:
+            return cached[2]
+        pre = self.pre_activations(x)
+        result = (pre, self.output_from_pre_activations(pre))
+        self.__dict__["_last_pass"] = (x, x._version, result)
+        return result
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`f(x)`: equals the model's `hook_mlp_out` given `ln2.hook_normalized`."""
         return self.output_from_pre_activations(self.pre_activations(x.to(self.W_in.dtype)))

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing_extensions import override
 
 from sae_lens_jsae.jacobian import (
     ActiveJacobian,
+    active_jacobian_l1,
     active_jacobian_values,
     chunk_tokens,
     mask_inactive,
@@ -86,6 +88,9 @@ def resolve_output_hook(input_hook: str | None, explicit: str | None = None) -> 
     return expected
 
 
+JACOBIAN_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 @dataclass(kw_only=True)
 class _PairFields:
     """Fields shared by the inference and training configs (keyword-only, all defaulted)."""
@@ -100,6 +105,11 @@ class _PairFields:
     """Hook of the output SAE; None means `blocks.L.hook_mlp_out` for the input hook's block L."""
     jacobian_chunk_bytes: int | None = 256 * 2**20
     """Max bytes of the per-token gathered slices at once when computing J (None: no chunking)."""
+    jacobian_dtype: str | None = None
+    """dtype of the training penalty's products (weight products, per-token products). None: the
+    SAE's dtype (bf16 under autocast). "bfloat16": bf16 products with float32 gradient sums, J to
+    about 3 significant digits and several times faster matmuls on GPUs and on CPUs with
+    AVX512-BF16/AMX (docs/performance.md). Evaluations always use the SAE's dtype."""
 
     def _validate_pair(self) -> None:
         k, d_sae = self.k, self.d_sae
@@ -120,6 +130,8 @@ class _PairFields:
             )
         if getattr(self, "use_sparse_activations", False):
             raise ValueError("use_sparse_activations=True is not supported by Jacobian SAEs (they decode sparsely already).")
+        if self.jacobian_dtype is not None and self.jacobian_dtype not in JACOBIAN_DTYPES:
+            raise ValueError(f"jacobian_dtype={self.jacobian_dtype!r} must be None or one of {sorted(JACOBIAN_DTYPES)}.")
         if getattr(self, "normalize_activations", "none") != "none":
             raise ValueError("normalize_activations must be 'none' for a Jacobian SAE (J is scale-dependent).")
 
@@ -361,43 +373,63 @@ class _JacobianPairMixin:
         return self._plain_topk_sae("output")
 
     # ---- the Jacobian -------------------------------------------------------------------
-    def _jacobian(
-        self, top_in: _TopK, top_out: _TopK, x: torch.Tensor, pre: Any = None, chunk_size: int | None = None
-    ) -> ActiveJacobian:
+    def _jacobian_inputs(self, top_in: _TopK, top_out: _TopK, x: torch.Tensor, pre: Any, dtype: torch.dtype | None) -> dict[str, Any]:
+        """Keyword arguments of `active_jacobian_values` / `active_jacobian_l1` for this batch."""
         mlp = self.require_mlp()
         if pre is None:
             pre = mlp.pre_activations(x.to(self.dtype))
         flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
-        if chunk_size is None:
-            chunk_size = chunk_tokens(self.cfg.jacobian_chunk_bytes, self.cfg.k, mlp.d_mlp, len(mlp.input_weights()), self.W_dec.element_size())
-        decoder_times_mlp_in, mlp_out_times_encoder = self._weight_products(mlp)
-        values = active_jacobian_values(
-            decoder_times_mlp_in,
-            mlp_out_times_encoder,
-            [flat(c) for c in mlp.local_slopes(pre)],
-            flat(top_in.indices),
-            flat(top_out.indices),
-            chunk_size=chunk_size,
-        )
-        values = mask_inactive(values, flat(top_in.values), flat(top_out.values))
-        return ActiveJacobian(values, flat(top_out.indices), flat(top_in.indices))
+        decoder_times_mlp_in, mlp_out_times_encoder = self._weight_products(mlp, dtype)
+        element_size = decoder_times_mlp_in[0].element_size()
+        return {
+            "decoder_times_mlp_in": decoder_times_mlp_in,
+            "mlp_out_times_encoder": mlp_out_times_encoder,
+            "slopes": [flat(c) for c in mlp.local_slopes(pre)],
+            "input_indices": flat(top_in.indices),
+            "output_indices": flat(top_out.indices),
+            "chunk_size": chunk_tokens(self.cfg.jacobian_chunk_bytes, self.cfg.k, mlp.d_mlp, element_size),
+        }
 
-    def _weight_products(self, mlp: FrozenMLP) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """[W_dec_in @ W for W in the MLP's input weights] and W_out @ W_enc_out.
+    def _jacobian(
+        self, top_in: _TopK, top_out: _TopK, x: torch.Tensor, pre: Any = None, chunk_size: int | None = None
+    ) -> ActiveJacobian:
+        """J on the active sets, differentiable for any downstream use (in the SAE's dtype)."""
+        kwargs = self._jacobian_inputs(top_in, top_out, x, pre, None)
+        if chunk_size is not None:
+            kwargs["chunk_size"] = chunk_size
+        values = mask_inactive(active_jacobian_values(**kwargs), *(t.reshape(-1, t.shape[-1]) for t in (top_in.values, top_out.values)))
+        return ActiveJacobian(values, kwargs["output_indices"], kwargs["input_indices"])
+
+    def _jacobian_penalty(self, top_in: _TopK, top_out: _TopK, x: torch.Tensor, pre: Any = None) -> tuple[torch.Tensor, ActiveJacobian]:
+        """(mean|J|, J) for the training loss: one fused pass (`active_jacobian_l1`), products
+        in `cfg.jacobian_dtype`; J is detached (logging only)."""
+        dtype = JACOBIAN_DTYPES[self.cfg.jacobian_dtype] if self.cfg.jacobian_dtype else None
+        kwargs = self._jacobian_inputs(top_in, top_out, x, pre, dtype)
+        flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
+        penalty = active_jacobian_l1(**kwargs, input_values=flat(top_in.values), output_values=flat(top_out.values))
+        return penalty.mean_abs, ActiveJacobian(penalty.values, kwargs["output_indices"], kwargs["input_indices"])
+
+    def _weight_products(self, mlp: FrozenMLP, dtype: torch.dtype | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """[W_dec_in @ W for W in the MLP's input weights] and W_out @ W_enc_out, in `dtype`
+        (None: the weights' dtype, or autocast's).
 
         Under autograd they are recomputed every call (once per training step). Without grad
         (evaluation: thousands of batches, fixed weights) they are cached until a weight
         changes in place (tensor version counters) or is replaced.
         """
         tensors = (self.W_dec, self.W_enc_out, *mlp.input_weights(), mlp.W_out)
+        cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)  # noqa: E731
         if torch.is_grad_enabled():
             self.__dict__.pop("_weight_products_cache", None)
         else:
-            key = tuple((id(t), t._version, t.dtype, t.device) for t in tensors)
+            key = (dtype, torch.is_autocast_enabled(), *((id(t), t._version, t.dtype, t.device) for t in tensors))
             cached = self.__dict__.get("_weight_products_cache")
             if cached is not None and cached[0] == key:
                 return cached[1]
-        products = ([self.W_dec @ W for W in mlp.input_weights()], mlp.W_out @ self.W_enc_out)
+        W_dec, W_enc_out = cast(self.W_dec), cast(self.W_enc_out)
+        # an explicit dtype wins over autocast; without one, autocast (if on) picks it
+        with torch.autocast(W_dec.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
+            products = ([W_dec @ cast(W) for W in mlp.input_weights()], cast(mlp.W_out) @ W_enc_out)
         if not torch.is_grad_enabled():
             self.__dict__["_weight_products_cache"] = (key, products)
         return products
@@ -482,9 +514,7 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
         top_in = self._encode_input_topk(x)
         # Decoding only the k active rows (embedding_bag) equals the dense product.
         x_hat = self.hook_sae_recons(_decode_sparse(top_in, self.W_dec, self.b_dec))
-        with torch.no_grad():
-            pre = mlp.pre_activations(x)
-            y = mlp.output_from_pre_activations(pre)
+        pre, y = mlp.pre_activations_and_output(x)
         top_out = self._encode_output_topk(y, dense=False)  # the dense s_y is only logged
         y_hat = _decode_sparse(top_out, self.W_dec_out, self.b_dec_out)
         with torch.no_grad():  # read by the trainer to count the output SAE's dead latents
@@ -501,8 +531,8 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
         losses = {"mse_loss": mse_in, "output_mse_loss": self.cfg.output_mse_coefficient * mse_out}
         jac: ActiveJacobian | None = None
         if lam > 0:  # λ = 0: a plain TopK pair, J is not computed (except for logging)
-            jac = self._jacobian(top_in, top_out, x, pre)
-            losses["jacobian_loss"] = lam * jac.values.abs().mean()
+            mean_abs, jac = self._jacobian_penalty(top_in, top_out, x, pre)
+            losses["jacobian_loss"] = lam * mean_abs
             loss = loss + losses["jacobian_loss"]
         else:
             losses["jacobian_loss"] = loss.new_zeros(())

@@ -10,6 +10,7 @@ from sae_lens.saes.sae import TrainStepInput
 from sae_lens_jsae import build_jacobian_sae
 from sae_lens_jsae.jacobian import (
     CACHE_CHUNK_ELEMENTS,
+    active_jacobian_l1,
     active_jacobian_values,
     chunk_tokens,
     mask_inactive,
@@ -67,11 +68,69 @@ def test_workspace_jacobian_equals_naive_gather(n_terms, chunk):
         torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
 
 
+def _random_jacobian_problem(n_terms, dtype=torch.float64, seed=0, S=20, m=12, T=9, k_in=4, k_out=3):
+    gen = torch.Generator().manual_seed(seed)
+    As = [torch.randn(S, m, dtype=dtype, generator=gen).requires_grad_() for _ in range(n_terms)]
+    B = torch.randn(m, S, dtype=dtype, generator=gen).requires_grad_()
+    cs = [torch.randn(T, m, dtype=dtype, generator=gen) for _ in range(n_terms)]
+    K1 = torch.stack([torch.randperm(S, generator=gen)[:k_in] for _ in range(T)])
+    K2 = torch.stack([torch.randperm(S, generator=gen)[:k_out] for _ in range(T)])
+    v_in = torch.randn(T, k_in, dtype=dtype, generator=gen).relu()  # about half clipped to 0
+    v_out = torch.randn(T, k_out, dtype=dtype, generator=gen).relu()
+    return As, B, cs, K1, K2, v_in, v_out
+
+
+@pytest.mark.parametrize("n_terms", [1, 2])
+@pytest.mark.parametrize("chunk", [None, 1, 4, 100])
+def test_fused_l1_penalty_equals_naive_masked_mean_abs(n_terms, chunk):
+    As, B, cs, K1, K2, v_in, v_out = _random_jacobian_problem(n_terms, seed=10 + n_terms)
+    penalty = active_jacobian_l1(As, B, cs, K1, K2, v_in, v_out, chunk_size=chunk)
+    ref_J = mask_inactive(_naive_jacobian(As, B, cs, K1, K2), v_in, v_out)
+    assert (ref_J == 0).any() and (ref_J != 0).any()
+    torch.testing.assert_close(penalty.values, ref_J.detach(), rtol=1e-12, atol=1e-12)
+    assert not penalty.values.requires_grad
+    ref = ref_J.abs().mean()
+    torch.testing.assert_close(penalty.mean_abs, ref, rtol=1e-12, atol=1e-14)
+    upstream = 2.5  # the backward scales the gradients formed in forward by the incoming scalar
+    grads = torch.autograd.grad(upstream * penalty.mean_abs, [*As, B])
+    ref_grads = torch.autograd.grad(upstream * ref, [*As, B])
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-14)
+
+
+def test_fused_l1_penalty_without_grad_forms_no_gradients():
+    As, B, cs, K1, K2, v_in, v_out = _random_jacobian_problem(2)
+    with torch.no_grad():
+        penalty = active_jacobian_l1(As, B, cs, K1, K2, v_in, v_out)
+    assert not penalty.mean_abs.requires_grad
+    ref = mask_inactive(_naive_jacobian(As, B, cs, K1, K2), v_in, v_out).abs().mean()
+    torch.testing.assert_close(penalty.mean_abs, ref.detach(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("n_terms", [1, 2])
+def test_fused_l1_penalty_in_bfloat16_tracks_float32(n_terms):
+    """bf16 products (`jacobian_dtype="bfloat16"`): values and gradients within bf16 rounding of
+    the float32 ones; gradients come back summed in float32, cast to the inputs' dtype."""
+    As, B, cs, K1, K2, v_in, v_out = _random_jacobian_problem(n_terms, dtype=torch.float32, seed=3, S=64, m=96, T=50, k_in=8, k_out=8)
+    low = [t.detach().bfloat16().requires_grad_() for t in As], B.detach().bfloat16().requires_grad_()
+    penalty = active_jacobian_l1(low[0], low[1], cs, K1, K2, v_in, v_out, chunk_size=7)
+    ref = active_jacobian_l1(As, B, cs, K1, K2, v_in, v_out)
+    assert penalty.values.dtype == torch.float32
+    torch.testing.assert_close(penalty.values, ref.values, rtol=0.05, atol=0.05 * float(ref.values.abs().mean()))
+    torch.testing.assert_close(penalty.mean_abs.float(), ref.mean_abs, rtol=0.01, atol=0)
+    grads = torch.autograd.grad(penalty.mean_abs, [*low[0], low[1]])
+    ref_grads = torch.autograd.grad(ref.mean_abs, [*As, B])
+    for g, r in zip(grads, ref_grads):
+        assert g.dtype == torch.bfloat16
+        # sign(J) may flip where |J| is within rounding of 0: compare in norm, not elementwise
+        assert float((g.float() - r).norm() / r.norm()) < 0.05
+
+
 def test_chunk_tokens_respects_budget_and_cache_cap():
-    assert chunk_tokens(None, 32, 1536, 2, 4) is None
-    assert chunk_tokens(1, 32, 1536, 2, 4) == 1
-    assert chunk_tokens(256 * 2**20, 32, 1536, 2, 4) == CACHE_CHUNK_ELEMENTS // (32 * 1536)
-    assert chunk_tokens(10 * 3 * 32 * 1536 * 4, 32, 1536, 2, 4) == 10
+    assert chunk_tokens(None, 32, 1536, 4) is None
+    assert chunk_tokens(1, 32, 1536, 4) == 1
+    assert chunk_tokens(256 * 2**20, 32, 1536, 4) == CACHE_CHUNK_ELEMENTS // (32 * 1536)
+    assert chunk_tokens(10 * 3 * 32 * 1536 * 4, 32, 1536, 4) == 10
 
 
 def _reference_step_loss(sae, x, lam):
@@ -136,3 +195,42 @@ def test_output_fired_mask_equals_boolean_indexing():
     expected[top.indices[top.values > 0]] = True
     assert torch.equal(sae.last_output_fired, expected)
     assert 0 < int(expected.sum()) < 48
+
+
+def _step_grads(sae, x, lam, autocast=False):
+    params = [p for p in sae.parameters() if p.requires_grad]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = sae.training_forward_pass(
+            TrainStepInput(sae_in=x, coefficients={"jacobian_coefficient": lam}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=True)
+        )
+    grads = torch.autograd.grad(out.loss, params)
+    return out, dict(zip([n for n, p in sae.named_parameters() if p.requires_grad], grads))
+
+
+@pytest.mark.parametrize("mode", ["jacobian_dtype", "autocast"])
+def test_training_step_in_bfloat16_tracks_float32(mode):
+    """`jacobian_dtype="bfloat16"` (bf16 penalty, fp32 pair) and CPU bf16 autocast (everything
+    that autocasts) both run, give finite losses near the float32 ones and aligned gradients."""
+    model = make_tiny_model("gated_silu").to(torch.float32)
+    sae = build_jacobian_sae(model, 1, d_sae=64, k=8)
+    sae.cfg.normalize_decoder = False
+    x = mlp_inputs(model, 1, n_tokens=64).float()
+    ref, ref_grads = _step_grads(sae, x, 0.7)
+    if mode == "jacobian_dtype":
+        sae.cfg.jacobian_dtype = "bfloat16"
+    out, grads = _step_grads(sae, x, 0.7, autocast=mode == "autocast")
+    for name, value in ref.losses.items():
+        assert torch.isfinite(out.losses[name])
+        torch.testing.assert_close(out.losses[name].float(), value, rtol=0.05, atol=1e-3)
+    for name, r in ref_grads.items():
+        g = grads[name].float()
+        assert g.dtype == torch.float32 and torch.isfinite(g).all()
+        cos = F.cosine_similarity(g.flatten(), r.flatten(), dim=0)
+        assert cos > (0.999 if mode == "jacobian_dtype" else 0.99), (name, float(cos))
+
+
+def test_jacobian_dtype_is_validated():
+    from sae_lens_jsae import JacobianTrainingSAEConfig
+
+    with pytest.raises(ValueError, match="jacobian_dtype"):
+        JacobianTrainingSAEConfig(d_in=8, d_sae=16, k=2, jacobian_dtype="int8")
