@@ -31,6 +31,7 @@ from typing_extensions import override
 
 from sae_lens_jsae.jacobian import (
     ActiveJacobian,
+    JacobianPenalty,
     active_jacobian_l1,
     active_jacobian_values,
     chunk_tokens,
@@ -400,14 +401,13 @@ class _JacobianPairMixin:
         values = mask_inactive(active_jacobian_values(**kwargs), *(t.reshape(-1, t.shape[-1]) for t in (top_in.values, top_out.values)))
         return ActiveJacobian(values, kwargs["output_indices"], kwargs["input_indices"])
 
-    def _jacobian_penalty(self, top_in: _TopK, top_out: _TopK, x: torch.Tensor, pre: Any = None) -> tuple[torch.Tensor, ActiveJacobian]:
-        """(mean|J|, J) for the training loss: one fused pass (`active_jacobian_l1`), products
-        in `cfg.jacobian_dtype`; J is detached (logging only)."""
+    def _jacobian_penalty(self, top_in: _TopK, top_out: _TopK, x: torch.Tensor, pre: Any = None) -> JacobianPenalty:
+        """mean|J| for the training loss (and the detached J, for logging): one fused pass
+        (`active_jacobian_l1`) with the products in `cfg.jacobian_dtype`."""
         dtype = JACOBIAN_DTYPES[self.cfg.jacobian_dtype] if self.cfg.jacobian_dtype else None
         kwargs = self._jacobian_inputs(top_in, top_out, x, pre, dtype)
         flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
-        penalty = active_jacobian_l1(**kwargs, input_values=flat(top_in.values), output_values=flat(top_out.values))
-        return penalty.mean_abs, ActiveJacobian(penalty.values, kwargs["output_indices"], kwargs["input_indices"])
+        return active_jacobian_l1(**kwargs, input_values=flat(top_in.values), output_values=flat(top_out.values))
 
     def _weight_products(self, mlp: FrozenMLP, dtype: torch.dtype | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """[W_dec_in @ W for W in the MLP's input weights] and W_out @ W_enc_out, in `dtype`
@@ -529,10 +529,10 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
         loss = mse_in + self.cfg.output_mse_coefficient * mse_out
         # Each reported term is weighted as in the loss, so the terms sum to `loss`.
         losses = {"mse_loss": mse_in, "output_mse_loss": self.cfg.output_mse_coefficient * mse_out}
-        jac: ActiveJacobian | None = None
+        penalty: JacobianPenalty | None = None
         if lam > 0:  # λ = 0: a plain TopK pair, J is not computed (except for logging)
-            mean_abs, jac = self._jacobian_penalty(top_in, top_out, x, pre)
-            losses["jacobian_loss"] = lam * mean_abs
+            penalty = self._jacobian_penalty(top_in, top_out, x, pre)
+            losses["jacobian_loss"] = lam * penalty.mean_abs
             loss = loss + losses["jacobian_loss"]
         else:
             losses["jacobian_loss"] = loss.new_zeros(())
@@ -540,7 +540,7 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
         if step_input.is_logging_step:
             with torch.no_grad():
                 top_out = top_out._replace(dense=torch.zeros_like(top_out.hidden_pre).scatter(-1, top_out.indices, top_out.values))
-            metrics = _logging_metrics(self, top_in, top_out, x, y, y_hat, pre, jac)
+            metrics = _logging_metrics(self, top_in, top_out, x, y, y_hat, pre, None if penalty is None else penalty.values)
         _check_finite(losses, loss, step_input.n_training_steps, self, step_input.is_logging_step)
         return TrainStepOutput(
             sae_in=x,
@@ -623,11 +623,11 @@ def _logging_metrics(
     y: torch.Tensor,
     y_hat: torch.Tensor,
     pre: Any,
-    jac: ActiveJacobian | None,
+    jacobian_values: torch.Tensor | None,
 ) -> dict[str, Any]:
-    if jac is None:
-        jac = sae._jacobian(top_in, top_out, x, pre)
-    J = jac.values.detach().abs()
+    if jacobian_values is None:
+        jacobian_values = sae._jacobian(top_in, top_out, x, pre).values
+    J = jacobian_values.detach().abs()
     resid_var = (y - y_hat).pow(2).sum(-1).mean()
     total_var = (y - y.mean(0)).pow(2).sum(-1).mean()
     return {

@@ -38,6 +38,7 @@ from sae_lens_jsae.sae import (
     NonFiniteLossError,
     layer_of_input_hook,
 )
+from sae_lens_jsae.util import keep_freed_memory
 
 STREAM_STATE_FILENAME = "jsae_stream_state.safetensors"
 COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
@@ -60,6 +61,14 @@ class RunOptions:
     """Save a checkpoint every this many training tokens (None: SAELens' `n_checkpoints`)."""
     log_path: str | None = None
     """JSON-lines log file; None: `<output_path>/train_log.jsonl` (or `./train_log.jsonl`)."""
+    keep_freed_memory: bool = True
+    """On CPU, let glibc reuse freed large blocks instead of page-faulting them in every step
+    (`util.keep_freed_memory`, process-wide; docs/performance.md has the measured gain)."""
+
+
+def _tune_process(cfg: LanguageModelSAERunnerConfig[Any], options: RunOptions) -> None:
+    if options.keep_freed_memory and torch.device(cfg.device).type == "cpu":
+        keep_freed_memory()
 
 
 def seed_everything(seed: int) -> None:
@@ -266,6 +275,7 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
     def run(self) -> JacobianTrainingSAE:  # type: ignore[override]
         """Train; on `resume_from_checkpoint`, continue exactly where that checkpoint stopped."""
         self._set_sae_metadata()
+        _tune_process(self.cfg, self.options)
         if self.cfg.logger.log_to_wandb:
             wandb.init(project=self.cfg.logger.wandb_project, entity=self.cfg.logger.wandb_entity, config=self.cfg.to_dict(), name=self.cfg.logger.run_name, id=self.cfg.logger.wandb_id)
         self.stream = self.make_stream()
@@ -358,6 +368,7 @@ def train_sweep(
         raise ValueError(f"Cannot sweep {key!r}: not a JacobianTrainingSAEConfig field ({', '.join(sorted(valid))}).")
     runner = JacobianSAETrainingRunner(cfg, options, override_dataset=override_dataset, override_model=override_model)
     runner._set_sae_metadata()
+    _tune_process(cfg, runner.options)
     out_root = Path(cfg.output_path or ".")
     saes: dict[str, JacobianTrainingSAE] = {}
     for value in values:

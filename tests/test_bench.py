@@ -24,11 +24,13 @@ def test_bench_quick_writes_valid_json(tmp_path):
     for size in ("pythia70m_like", "smollm2_like"):
         step = result["steps"][size]
         assert step["step_ratio_vs_plain_pair"] > 0 and step["step_ratio_vs_plain_pair_flop_floor_ratio"] > 1
+        assert step["step_ratio_vs_plain_pair_bf16_jacobian"] > 0
         assert len(step["jsae_step_samples_s"]) >= 5
         assert result["peak_jacobian_bytes"][size]["peak_jacobian_bytes_unchunked"] > 0
     assert result["jacobian_vs_jacrev"]["jacobian_vs_jacrev"] > 0
     assert result["offline"]["llm_ran_past_hooked_block"] is False
-    assert 0 < result["offline"]["sweep_ratio"]
+    assert 0 < result["offline"]["sweep_ratio"] and 0 < result["offline"]["sweep_ratio_floor"] <= 1
+    assert result["offline"]["end_to_end_ratio_bf16_jacobian"] > 0
     assert json.loads(proc.stdout[proc.stdout.index("{") :])["result_file"].endswith(files[0].name)
 
 

@@ -12,6 +12,7 @@ from sae_lens_jsae import build_jacobian_sae
 from sae_lens_jsae.evals import (
     JacobianSparsityAccumulator,
     classify_curves,
+    evaluate_and_compare,
     evaluate_checkpoint,
     jacobian_sparsity,
     jacobian_sparsity_of_values,
@@ -221,6 +222,10 @@ def test_evaluate_checkpoint_from_disk_and_mlp_check(setup, tmp_path):
     other = make_tiny_model("gated_silu", seed=5)  # e.g. the randomized model: the stored MLP does not fit
     with pytest.raises(ValueError, match="frozen MLP does not match"):
         evaluate_checkpoint(tmp_path / "ckpt", other, tokens, tmp_path / "out2", **kw)
+    # a penalised pair passed as the λ=0 baseline is refused before any evaluation runs
+    with pytest.raises(ValueError, match="jacobian_coefficient=0.5, not 0"):
+        evaluate_and_compare(tmp_path / "ckpt", model, tokens, tmp_path / "out3", baseline=tmp_path / "ckpt", **kw)
+    assert not (tmp_path / "out3").exists()
 
 
 def test_cli_modules_parse_and_saebench_skips_hub_evals_offline(setup, tmp_path, monkeypatch):

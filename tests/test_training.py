@@ -202,11 +202,14 @@ def test_randomized_control_reinitialises_the_model(tmp_path):
 def test_sweep_trains_each_lambda_from_one_stream(tmp_path, monkeypatch):
     from sae_lens.training.activations_store import ActivationsStore
 
+    from sae_lens_jsae.mlp import FrozenMLP
     from sae_lens_jsae.training import train_sweep
 
-    calls = []
+    calls, mlp_passes = [], []
     original = ActivationsStore.get_filtered_llm_batch
     monkeypatch.setattr(ActivationsStore, "get_filtered_llm_batch", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    original_pre = FrozenMLP.pre_activations
+    monkeypatch.setattr(FrozenMLP, "pre_activations", lambda self, x: mlp_passes.append(1) or original_pre(self, x))
     cfg = tiny_runner_cfg(tmp_path, training_tokens=64 * 20)
     saes = train_sweep(cfg, "jacobian_coefficient", [0.0, 2.0], RunOptions(log_every_n_steps=5),
                        override_dataset=tiny_token_dataset(), override_model=make_tiny_model("gated_silu", dtype=torch.float32))
@@ -214,6 +217,8 @@ def test_sweep_trains_each_lambda_from_one_stream(tmp_path, monkeypatch):
     # one LLM batch = store_batch_size_prompts (4) x 16 tokens; 20 steps of 64 tokens need ~20 + buffer
     single_run_batches = len(calls)
     assert single_run_batches <= 20 + 4 + 2
+    # the pairs share the frozen MLP's pass on each batch: 20 steps, not 2 x 20 (+ logging steps)
+    assert 20 <= len(mlp_passes) <= 20 + 4 * 2
     for name in saes:
         saved = json.loads((tmp_path / "out" / name / "cfg.json").read_text())
         assert saved["metadata"]["training_architecture_details"]["jacobian_coefficient"] == float(name.split("=")[1])

@@ -209,6 +209,13 @@ def evaluate_and_compare(
 
     `also`: summary JSONs from earlier runs (λ sweep, randomized control) to include. Returns report.md.
     """
+    if isinstance(baseline, (str, os.PathLike)) and (Path(baseline) / "cfg.json").exists():
+        lam = saved_jacobian_coefficient(json.loads((Path(baseline) / "cfg.json").read_text()))
+        if lam != 0:  # before any work: the report would call a penalised pair "λ=0"
+            raise ValueError(
+                f"--baseline {baseline} was trained with jacobian_coefficient={lam}, not 0. The baseline must be a "
+                "plain pair (λ=0); to compare two JSAEs, evaluate each and pass the other's summary with --also."
+            )
     toks = collect_tokens(tokens, max(kwargs.get("n_tokens", 102_400), kwargs.get("n_splice_tokens", 4096), kwargs.get("n_core_sparsity_tokens", 32_768)))
     summaries = [evaluate_checkpoint(checkpoint, model, toks, output_dir, label="randomized_jsae" if randomized else "jsae", randomized=randomized, **kwargs)]
     if baseline is not None:
