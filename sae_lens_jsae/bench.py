@@ -133,7 +133,9 @@ def jsae_train_step(sae, x: torch.Tensor, lam: float, autocast: Any = None) -> C
         with ctx():
             out = sae.training_forward_pass(
                 TrainStepInput(
-                    sae_in=x,
+                    # a new batch tensor every step, as from the activation stream: the frozen
+                    # MLP's pass is reused only for the same tensor (pairs of a sweep)
+                    sae_in=x.clone(),
                     coefficients={"jacobian_coefficient": lam},
                     dead_neuron_mask=None,
                     n_training_steps=state["step"],

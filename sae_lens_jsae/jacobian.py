@@ -229,6 +229,15 @@ def chunk_tokens(max_bytes: int | None, k: int, d_mlp: int, element_size: int) -
     return max(1, min(int(max_bytes // per_token), CACHE_CHUNK_ELEMENTS // (k * d_mlp)))
 
 
+def _tables(decoder_times_mlp_in: list[torch.Tensor], mlp_out_times_encoder: torch.Tensor, slopes: list[torch.Tensor]):
+    """(A_r, c_r, Bt) contiguous in the A_r's dtype: the rows of Bt = (W_out W_enc_out)ᵀ are
+    what a token's K2 gathers (contiguous rows for index_select)."""
+    dtype = decoder_times_mlp_in[0].dtype
+    As = [A.contiguous() for A in decoder_times_mlp_in]
+    cs = [c.to(dtype).contiguous() for c in slopes]
+    return As, cs, mlp_out_times_encoder.to(dtype).T.contiguous()
+
+
 def active_jacobian_values(
     decoder_times_mlp_in: list[torch.Tensor],
     mlp_out_times_encoder: torch.Tensor,
@@ -246,12 +255,8 @@ def active_jacobian_values(
         input_indices, output_indices: (tokens, k) TopK indices of the input / output SAE.
         chunk_size: tokens per chunk (None: all at once). Values and gradients do not depend on it.
     """
-    dtype = decoder_times_mlp_in[0].dtype
-    As = [A.contiguous() for A in decoder_times_mlp_in]
-    cs = [c.to(dtype).contiguous() for c in slopes]
+    As, cs, Bt = _tables(decoder_times_mlp_in, mlp_out_times_encoder, slopes)
     T = input_indices.shape[0]
-    # (W_out W_enc_out)ᵀ: the rows of Bt are what a token's K2 gathers; contiguous for index_select.
-    Bt = mlp_out_times_encoder.T.contiguous()
     return _GatheredJacobian.apply(Bt, input_indices.contiguous(), output_indices.contiguous(), chunk_size or max(T, 1), *As, *cs)
 
 
@@ -272,12 +277,9 @@ def active_jacobian_l1(
     `mask_inactive(active_jacobian_values(...), ...).abs().mean()`; only the order of float
     additions differs. The products run in the dtype of `decoder_times_mlp_in`.
     """
-    dtype = decoder_times_mlp_in[0].dtype
-    As = [A.contiguous() for A in decoder_times_mlp_in]
-    cs = [c.to(dtype).contiguous() for c in slopes]
-    Bt = mlp_out_times_encoder.to(dtype).T.contiguous()
-    keep_in = (input_values > 0).to(dtype)
-    keep_out = (output_values > 0).to(dtype)
+    As, cs, Bt = _tables(decoder_times_mlp_in, mlp_out_times_encoder, slopes)
+    keep_in = (input_values > 0).to(Bt.dtype)
+    keep_out = (output_values > 0).to(Bt.dtype)
     if not torch.is_grad_enabled():  # no gradient sums to form in the pass
         As, cs, Bt = [A.detach() for A in As], [c.detach() for c in cs], Bt.detach()
     T = input_indices.shape[0]
