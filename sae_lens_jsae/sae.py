@@ -429,7 +429,8 @@ class _JacobianPairMixin:
         W_dec, W_enc_out = cast(self.W_dec), cast(self.W_enc_out)
         # an explicit dtype wins over autocast; without one, autocast (if on) picks it
         with torch.autocast(W_dec.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
-            products = ([W_dec @ cast(W) for W in mlp.input_weights()], cast(mlp.W_out) @ W_enc_out)
+            # B as the transpose of a contiguous Bᵀ: the Jacobian gathers rows of Bᵀ, so no copy
+            products = ([W_dec @ cast(W) for W in mlp.input_weights()], (W_enc_out.T @ cast(mlp.W_out).T).T)
         if not torch.is_grad_enabled():
             self.__dict__["_weight_products_cache"] = (key, products)
         return products
