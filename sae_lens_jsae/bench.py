@@ -176,6 +176,26 @@ def sparsify_pair_step(
     return step
 
 
+PROFILED_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::scatter_add_", "aten::index_select", "aten::topk", "aten::copy_", "aten::fill_")
+
+
+def profile_steps(size, batch: int, device: torch.device, steps: int = 2) -> dict[str, Any]:
+    """Self CPU seconds per JSAE step of the main ops (`torch.profiler`), penalty in float32 and bf16."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = mlp_like_inputs(batch, size[0], device, torch.float32)
+    out: dict[str, Any] = {}
+    for label, jacobian_dtype in (("float32", None), ("bfloat16", "bfloat16")):
+        step = jsae_train_step(make_pair(size, 1.0, device, jacobian_dtype=jacobian_dtype), x, 1.0)
+        step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        per_op = {e.key: e.self_cpu_time_total / 1e6 / steps for e in prof.key_averages()}
+        out[label] = {"total_s": sum(per_op.values()), **{op: per_op.get(op, 0.0) for op in PROFILED_OPS}}
+    return out
+
+
 # ---- FLOP floors ------------------------------------------------------------------------------
 def flops(size: tuple[int, int, str, bool, int, int], T: int) -> dict[str, float]:
     """Multiply-adds x 2 of one training step, from the shapes alone (see docs/performance.md).
@@ -565,6 +585,7 @@ def run_benchmark(
     skip_offline: bool = False,
     work_dir: str | None = None,
     keep_memory: bool = True,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """All sections in this process. `keep_memory`: glibc keeps freed blocks for every contender
     alike (`util.keep_freed_memory`, as the training runner does on CPU)."""
@@ -588,6 +609,8 @@ def run_benchmark(
     }
     t_start = time.perf_counter()
     result["steps"] = {name: bench_steps(name, size, batch, dev, warmup, repeats, autocast) for name, size in sizes.items()}
+    if profile and dev.type == "cpu":
+        result["profile_self_cpu_s_per_step"] = {name: profile_steps(size, batch, dev) for name, size in sizes.items()}
     jac_size = sizes["pythia70m_like"]
     result["jacobian_vs_jacrev"] = bench_jacrev(jac_size, 64 if quick else 1024, 4 if quick else 8, dev)
     result["peak_jacobian_bytes"] = {
@@ -624,6 +647,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per measurement (median; >= 5)")
     parser.add_argument("--skip-offline", action="store_true", help="skip the offline-model sections (sweep, activations, end-to-end)")
+    parser.add_argument("--profile", action="store_true", help="also profile JSAE steps (top ops, self CPU time per step; CPU only)")
     parser.add_argument(
         "--no-keep-freed-memory", action="store_true", help="leave glibc's default (unmap large freed blocks) instead of util.keep_freed_memory"
     )
@@ -640,6 +664,7 @@ def run(args: argparse.Namespace) -> int:
         repeats=max(5, args.repeats),
         skip_offline=args.skip_offline,
         keep_memory=not args.no_keep_freed_memory,
+        profile=args.profile,
     )
     path = write_result(result, args.out_dir)
     result["result_file"] = str(path)

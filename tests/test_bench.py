@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bench_quick_writes_valid_json(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--out-dir", str(tmp_path)],
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--profile", "--out-dir", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -28,6 +28,7 @@ def test_bench_quick_writes_valid_json(tmp_path):
         assert len(step["jsae_step_samples_s"]) >= 5
         assert result["peak_jacobian_bytes"][size]["peak_jacobian_bytes_unchunked"] > 0
     assert result["jacobian_vs_jacrev"]["jacobian_vs_jacrev"] > 0
+    assert result["profile_self_cpu_s_per_step"]["smollm2_like"]["bfloat16"]["aten::bmm"] > 0
     assert result["offline"]["llm_ran_past_hooked_block"] is False
     assert 0 < result["offline"]["sweep_ratio"] and 0 < result["offline"]["sweep_ratio_floor"] <= 1
     assert result["offline"]["end_to_end_ratio_bf16_jacobian"] > 0
