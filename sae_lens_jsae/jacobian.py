@@ -104,7 +104,7 @@ class _GatheredJacobian(torch.autograd.Function):
 
 
 class _Workspace:
-    """Reusable (chunk·k, d_mlp) buffers for one call of `_GatheredJacobian`."""
+    """Reusable (chunk·k, d_mlp) buffers for one call of `_GatheredJacobian` or `_JacobianL1`."""
 
     def __init__(self, like: torch.Tensor, chunk: int, k_in: int, k_out: int, m: int, n: int, convert: torch.dtype | None = None):
         rows = chunk * max(k_in, k_out)
@@ -206,8 +206,10 @@ class _JacobianL1(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_mean, _grad_values):  # type: ignore[override]
+        if not hasattr(ctx, "grads"):
+            raise RuntimeError("The fused Jacobian penalty was already backpropagated once; recompute it for another backward.")
         grad_Bt, grad_As = ctx.grads
-        del ctx.grads
+        del ctx.grads  # scaled in place and handed on: a second backward would double-scale
         scale = grad_mean / max(1, ctx.numel)
         scaled = lambda g: None if g is None else g.mul_(scale)  # noqa: E731
         R = len(grad_As)

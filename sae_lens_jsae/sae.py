@@ -422,7 +422,8 @@ class _JacobianPairMixin:
         if torch.is_grad_enabled():
             self.__dict__.pop("_weight_products_cache", None)
         else:
-            key = (dtype, torch.is_autocast_enabled(), *((id(t), t._version, t.dtype, t.device) for t in tensors))
+            autocast = torch.is_autocast_enabled(self.W_dec.device.type)
+            key = (dtype, autocast, *((id(t), t._version, t.dtype, t.device) for t in tensors))
             cached = self.__dict__.get("_weight_products_cache")
             if cached is not None and cached[0] == key:
                 return cached[1]

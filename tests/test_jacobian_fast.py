@@ -234,3 +234,11 @@ def test_jacobian_dtype_is_validated():
 
     with pytest.raises(ValueError, match="jacobian_dtype"):
         JacobianTrainingSAEConfig(d_in=8, d_sae=16, k=2, jacobian_dtype="int8")
+
+
+def test_fused_l1_penalty_refuses_a_second_backward():
+    As, B, cs, K1, K2, v_in, v_out = _random_jacobian_problem(1)
+    penalty = active_jacobian_l1(As, B, cs, K1, K2, v_in, v_out)
+    penalty.mean_abs.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="already backpropagated"):
+        penalty.mean_abs.backward()
