@@ -81,25 +81,12 @@ class _GatheredJacobian(torch.autograd.Function):
         T, k_in, k_out, m = K1.shape[0], K1.shape[1], K2.shape[1], Bt.shape[1]
         chunk = max(1, min(ctx.chunk, T))
         grad_out = grad_out.contiguous()
-        ws = _Workspace(Bt, chunk, k_in, k_out, m, n=3 if R > 1 else 2)
+        ws = _Workspace(Bt, chunk, k_in, k_out, m, n=3)
         for s in range(0, T, chunk):
             e = min(s + chunk, T)
-            G = grad_out[s:e]  # (t, k_out, k_in)
-            if any(need_A):
-                k1 = K1[s:e].reshape(-1)
-                P = ws.gather(0, Bt, K2[s:e])
-                H = ws.buffer(1, e - s, k_in)
-                torch.bmm(G.transpose(1, 2), P, out=H)  # (t, k_in, m): ∂L/∂(mixed)
-                scaled = ws.buffer(0, e - s, k_in)  # P is no longer needed: reuse its buffer
-                for r in range(R):
-                    if need_A[r]:
-                        torch.mul(H, cs[r][s:e, None, :], out=scaled)
-                        _scatter_rows(grad_As[r], k1, scaled.view(-1, m))  # type: ignore[arg-type]
-            if need_Bt:
-                Q = ws.mix(As, cs, K1[s:e], s, e, slot=1)
-                GQ = ws.buffer(0, e - s, k_out)
-                torch.bmm(G, Q, out=GQ)  # (t, k_out, m)
-                _scatter_rows(grad_Bt, K2[s:e].reshape(-1), GQ.view(-1, m))  # type: ignore[arg-type]
+            P = ws.gather(0, Bt, K2[s:e])
+            Q = ws.mix(As, cs, K1[s:e], s, e, slot=1)
+            ws.add_chunk_gradients(grad_out[s:e], P, Q, cs, K1[s:e], K2[s:e], s, e, grad_Bt, grad_As)
         return (grad_Bt, None, None, None, *grad_As, *([None] * R))
 
 
@@ -129,6 +116,26 @@ class _Workspace:
             assert self.wide is not None
             rows = self.wide[: rows.numel()].view_as(rows).copy_(rows)
         _scatter_rows(acc, idx.reshape(-1), rows)
+
+    def add_chunk_gradients(self, G, P, Q, cs, K1, K2, s: int, e: int, grad_Bt, grad_As) -> None:
+        """Add one chunk's share of ∂L/∂Bᵀ and ∂L/∂A_r (tables that are None are skipped).
+
+        G (t, k_out, k_in) = ∂L/∂J of the chunk, P = Bᵀ[K2] in slot 0, Q = Σ_r A_r[K1] ⊙ c_r in
+        slot 1: ∂Bᵀ[K2] += G·Q, ∂A_r[K1] += (Gᵀ·P) ⊙ c_r. Overwrites all three slots.
+        """
+        t, k_out, k_in = G.shape
+        if any(g is not None for g in grad_As):
+            H = self.buffer(2, t, k_in)
+            torch.bmm(G.transpose(1, 2), P, out=H)  # (t, k_in, m): ∂L/∂(mixed rows)
+        if grad_Bt is not None:
+            GQ = self.buffer(0, t, k_out)  # P is dead once H is formed
+            torch.bmm(G, Q, out=GQ)
+            self.scatter(grad_Bt, K2, GQ)
+        for r, grad_A in enumerate(grad_As):
+            if grad_A is not None:
+                scaled = H if len(grad_As) == 1 else self.buffer(1, t, k_in)  # Q is dead too
+                torch.mul(H, cs[r][s:e, None, :], out=scaled)
+                self.scatter(grad_A, K1, scaled)
 
     def mix(self, As, cs, idx: torch.Tensor, s: int, e: int, slot: int) -> torch.Tensor:
         """Σ_r A_r[idx] * c_r[s:e, None, :] into buffer `slot` (uses `slot + 1` as scratch)."""
@@ -186,19 +193,7 @@ class _JacobianL1(torch.autograd.Function):
                 Jc.mul_(keep_out[s:e, :, None]).mul_(keep_in[s:e, None, :])
                 values[s:e].copy_(Jc)
                 torch.sign(Jc, out=Gc)  # ∂|J|/∂J, 0 where masked
-                if any(need_A):
-                    H = ws.buffer(2, t, k_in)
-                    torch.bmm(Gc.transpose(1, 2), P, out=H)  # (t, k_in, m): ∂/∂(mixed rows)
-                if need_Bt:
-                    GQ = ws.buffer(0, t, k_out)  # P is dead once H is formed
-                    torch.bmm(Gc, Q, out=GQ)
-                    ws.scatter(grad_Bt, K2[s:e], GQ)
-                k1 = K1[s:e]
-                for r in range(R):
-                    if need_A[r]:
-                        scaled = H if R == 1 else ws.buffer(1, t, k_in)  # Q is dead too
-                        torch.mul(H, cs[r][s:e, None, :], out=scaled)
-                        ws.scatter(grad_As[r], k1, scaled)
+                ws.add_chunk_gradients(Gc, P, Q, cs, K1[s:e], K2[s:e], s, e, grad_Bt, grad_As)
         ctx.grads = (grad_Bt, grad_As)
         ctx.numel = values.numel()
         ctx.mark_non_differentiable(values)

@@ -379,15 +379,14 @@ class _JacobianPairMixin:
         mlp = self.require_mlp()
         if pre is None:
             pre = mlp.pre_activations(x.to(self.dtype))
-        flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
         decoder_times_mlp_in, mlp_out_times_encoder = self._weight_products(mlp, dtype)
         element_size = decoder_times_mlp_in[0].element_size()
         return {
             "decoder_times_mlp_in": decoder_times_mlp_in,
             "mlp_out_times_encoder": mlp_out_times_encoder,
-            "slopes": [flat(c) for c in mlp.local_slopes(pre)],
-            "input_indices": flat(top_in.indices),
-            "output_indices": flat(top_out.indices),
+            "slopes": [_token_rows(c) for c in mlp.local_slopes(pre)],
+            "input_indices": _token_rows(top_in.indices),
+            "output_indices": _token_rows(top_out.indices),
             "chunk_size": chunk_tokens(self.cfg.jacobian_chunk_bytes, self.cfg.k, mlp.d_mlp, element_size),
         }
 
@@ -398,7 +397,7 @@ class _JacobianPairMixin:
         kwargs = self._jacobian_inputs(top_in, top_out, x, pre, None)
         if chunk_size is not None:
             kwargs["chunk_size"] = chunk_size
-        values = mask_inactive(active_jacobian_values(**kwargs), *(t.reshape(-1, t.shape[-1]) for t in (top_in.values, top_out.values)))
+        values = mask_inactive(active_jacobian_values(**kwargs), _token_rows(top_in.values), _token_rows(top_out.values))
         return ActiveJacobian(values, kwargs["output_indices"], kwargs["input_indices"])
 
     def _jacobian_penalty(self, top_in: _TopK, top_out: _TopK, x: torch.Tensor, pre: Any = None) -> JacobianPenalty:
@@ -406,8 +405,7 @@ class _JacobianPairMixin:
         (`active_jacobian_l1`) with the products in `cfg.jacobian_dtype`."""
         dtype = JACOBIAN_DTYPES[self.cfg.jacobian_dtype] if self.cfg.jacobian_dtype else None
         kwargs = self._jacobian_inputs(top_in, top_out, x, pre, dtype)
-        flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
-        return active_jacobian_l1(**kwargs, input_values=flat(top_in.values), output_values=flat(top_out.values))
+        return active_jacobian_l1(**kwargs, input_values=_token_rows(top_in.values), output_values=_token_rows(top_out.values))
 
     def _weight_products(self, mlp: FrozenMLP, dtype: torch.dtype | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """[W_dec_in @ W for W in the MLP's input weights] and W_out @ W_enc_out, in `dtype`
@@ -562,6 +560,11 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
             for name in ("W_dec", "W_dec_out"):
                 W = state_dict[name]
                 state_dict[name] = W / W.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+
+
+def _token_rows(t: torch.Tensor) -> torch.Tensor:
+    """(..., n) -> (tokens, n): the Jacobian code works on a flat token axis."""
+    return t.reshape(-1, t.shape[-1])
 
 
 def _decode_sparse(top: _TopK, W_dec: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
