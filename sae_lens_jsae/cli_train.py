@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-import yaml
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML run config (see configs/); sections runner:, sae: and top-level options")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, dotted keys: sae.k=16, runner.lr=1e-3, dataset=sotu (repeatable)")
-    parser.add_argument("--sweep", metavar="KEY=V1,V2,...",
+    parser.add_argument("--sweep", metavar="KEY=V1,V2,...", action="append", default=[],
                         help="train one JSAE per value of an SAE field from ONE activation stream, "
-                             "e.g. jacobian_coefficient=0,0.5,1,2 (0 = plain TopK pair)")
+                             "e.g. jacobian_coefficient=0,0.5,1,2 (0 = plain TopK pair); several keys joined "
+                             "by ';' form a grid; a repeated --sweep adds its pairs to the same stream")
     parser.add_argument("--resume", metavar="DIR",
                         help="continue a killed run: a checkpoint dir, or a run's checkpoint root (latest complete one)")
 
@@ -23,7 +22,8 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_jsae.training import (
         JacobianSAETrainingRunner,
         latest_checkpoint,
-        train_sweep,
+        sweep_grid,
+        train_variants,
     )
 
     overrides = list(args.overrides)
@@ -32,11 +32,11 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"runner.resume_from_checkpoint={checkpoint}")
     cfg, options = load_run_config(args.config, overrides)
     if args.sweep:
-        key, _, raw = args.sweep.partition("=")
-        values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
-        if not values:
-            raise SystemExit("--sweep expects KEY=V1,V2,...")
-        saes = train_sweep(cfg, key.removeprefix("sae."), values, options)
+        try:
+            variants = sweep_grid(args.sweep)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+        saes = train_variants(cfg, variants, options)
         print(f"trained {len(saes)} JSAEs under {cfg.output_path}: {', '.join(saes)}")
         return 0
     JacobianSAETrainingRunner(cfg, options).run()

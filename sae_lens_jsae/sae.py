@@ -6,7 +6,8 @@
 (`W_enc_out, b_enc_out, W_dec_out, b_dec_out`) reads `blocks.L.hook_mlp_out`; the `FrozenMLP`
 (`mlp.*` buffers) maps the input space to the output space. Loss (per-element means):
 
-    L = MSE(x̂, x) + output_mse_coefficient · MSE(ŷ, y) + λ_t · mean|J|,   y = f(x).
+    L = MSE(x̂, x) + output_mse_coefficient · MSE(ŷ, y) + λ_t · mean|J|,   y = f(x)
+        [+ mlp_reconstruction_coefficient · MSE(f(x̂), y), opt-in, not in the paper].
 """
 
 from __future__ import annotations
@@ -169,6 +170,10 @@ class JacobianTrainingSAEConfig(TopKTrainingSAEConfig, _PairFields):
     """Steps over which λ ramps linearly from 0; None: 5% of training (set by the runner), else 0."""
     output_mse_coefficient: float = 1.0
     """Weight of the output SAE's MSE in the loss."""
+    mlp_reconstruction_coefficient: float = 0.0
+    """Weight c of an opt-in term c·MSE(f(x̂), y): the frozen MLP's output through the input
+    SAE's reconstruction against its output on the true x. 0 (default): the paper's loss. It
+    charges the input SAE for error in the directions the MLP reads (docs/ce_cost.md)."""
     normalize_decoder: bool = True
     """Renormalise decoder rows to unit norm before every step (the reference does, after each)."""
     apply_b_dec_to_input: bool = False
@@ -183,6 +188,8 @@ class JacobianTrainingSAEConfig(TopKTrainingSAEConfig, _PairFields):
             raise ValueError(f"jacobian_coefficient={self.jacobian_coefficient} must be >= 0 (or None for 0.5·k²/d_in).")
         if self.aux_loss_coefficient != 0:
             raise ValueError("aux_loss_coefficient must be 0: the Jacobian SAE loss has no AuxK term.")
+        if self.mlp_reconstruction_coefficient < 0:
+            raise ValueError(f"mlp_reconstruction_coefficient={self.mlp_reconstruction_coefficient} must be >= 0 (0: the paper's loss).")
 
     @property
     def resolved_jacobian_coefficient(self) -> float:
@@ -529,6 +536,9 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
         loss = mse_in + self.cfg.output_mse_coefficient * mse_out
         # Each reported term is weighted as in the loss, so the terms sum to `loss`.
         losses = {"mse_loss": mse_in, "output_mse_loss": self.cfg.output_mse_coefficient * mse_out}
+        if self.cfg.mlp_reconstruction_coefficient > 0:  # gradients reach x̂ only: the MLP is frozen
+            losses["mlp_reconstruction_loss"] = self.cfg.mlp_reconstruction_coefficient * F.mse_loss(mlp(x_hat), y)
+            loss = loss + losses["mlp_reconstruction_loss"]
         penalty: JacobianPenalty | None = None
         if lam > 0:  # λ = 0: a plain TopK pair, J is not computed (except for logging)
             penalty = self._jacobian_penalty(top_in, top_out, x, pre)
@@ -540,7 +550,7 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
         if step_input.is_logging_step:
             with torch.no_grad():
                 top_out = top_out._replace(dense=torch.zeros_like(top_out.hidden_pre).scatter(-1, top_out.indices, top_out.values))
-            metrics = _logging_metrics(self, top_in, top_out, x, y, y_hat, pre, None if penalty is None else penalty.values)
+            metrics = _logging_metrics(self, top_in, top_out, x, x_hat, y, y_hat, pre, None if penalty is None else penalty.values)
         _check_finite(losses, loss, step_input.n_training_steps, self, step_input.is_logging_step)
         return TrainStepOutput(
             sae_in=x,
@@ -625,6 +635,7 @@ def _logging_metrics(
     top_in: _TopK,
     top_out: _TopK,
     x: torch.Tensor,
+    x_hat: torch.Tensor,
     y: torch.Tensor,
     y_hat: torch.Tensor,
     pre: Any,
@@ -633,10 +644,15 @@ def _logging_metrics(
     if jacobian_values is None:
         jacobian_values = sae._jacobian(top_in, top_out, x, pre).values
     J = jacobian_values.detach().abs()
-    resid_var = (y - y_hat).pow(2).sum(-1).mean()
     total_var = (y - y.mean(0)).pow(2).sum(-1).mean()
+
+    def explained_variance(y_approx: torch.Tensor) -> float:
+        return (1 - (y - y_approx).pow(2).sum(-1).mean() / total_var).item()
+
     return {
-        "output_explained_variance": (1 - resid_var / total_var).item(),
+        "output_explained_variance": explained_variance(y_hat),
+        # f(x̂) against y = f(x): how much of the MLP's output survives the input SAE's error
+        "mlp_through_reconstruction_explained_variance": explained_variance(sae.require_mlp()(x_hat.detach())),
         "output_l0": (top_out.dense > 0).float().sum(-1).mean().item(),
         "jacobian_abs_mean": J.mean().item(),
         "jacobian_count_above_0.01": (J > 0.01).float().sum((-1, -2)).mean().item(),

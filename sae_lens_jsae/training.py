@@ -332,6 +332,38 @@ def sweep_name(key: str, value: Any) -> str:
     return f"{key}={'auto' if value is None else value}"
 
 
+def variant_name(overrides: dict[str, Any]) -> str:
+    """Directory name of a pair trained with SAE-config `overrides`: `key=value` joined by commas."""
+    return ",".join(sweep_name(key, value) for key, value in overrides.items())
+
+
+def sweep_grid(specs: list[str]) -> list[dict[str, Any]]:
+    """SAE-config overrides of a sweep given as specs `KEY=V1,V2[;KEY2=W1,W2]` (values in YAML).
+
+    One spec is the grid (Cartesian product) of its keys; several specs are the union of their
+    grids in order, duplicates dropped. E.g. `["jacobian_coefficient=0,1",
+    "jacobian_coefficient=1;mlp_reconstruction_coefficient=1"]` gives three pairs.
+    """
+    import itertools
+
+    import yaml
+
+    variants: list[dict[str, Any]] = []
+    for spec in specs:
+        axes: dict[str, list[Any]] = {}
+        for part in spec.split(";"):
+            key, sep, raw = part.strip().partition("=")
+            values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
+            if not sep or not key or not values:
+                raise ValueError(f"--sweep expects KEY=V1,V2,... (several keys joined by ';'); got {part!r} in {spec!r}.")
+            axes[key.strip().removeprefix("sae.")] = values
+        for combo in itertools.product(*axes.values()):
+            variant = dict(zip(axes, combo))
+            if variant not in variants:
+                variants.append(variant)
+    return variants
+
+
 def latest_checkpoint(checkpoint_root: str | Path) -> Path | None:
     """The most advanced complete checkpoint under a run's checkpoint directory (None if none).
 
@@ -361,21 +393,36 @@ def train_sweep(
     `<output_path>/<key>=<value>/` (`=auto` for None, i.e. λ from the rule of thumb) and logs
     to `train_log.jsonl` there.
     """
+    return train_variants(cfg, [{key: value} for value in values], options, override_dataset, override_model)
+
+
+def train_variants(
+    cfg: LanguageModelSAERunnerConfig[JacobianTrainingSAEConfig],
+    variants: list[dict[str, Any]],
+    options: RunOptions | None = None,
+    override_dataset: Any = None,
+    override_model: Any = None,
+) -> dict[str, JacobianTrainingSAE]:
+    """Train one JSAE per dict of SAE-config overrides from ONE activation stream (a sweep over
+    one or several fields, e.g. from `sweep_grid`). Each pair is saved under
+    `<output_path>/<variant_name(overrides)>/`; see `train_sweep`.
+    """
     from dataclasses import fields, replace
 
     valid = {f.name for f in fields(JacobianTrainingSAEConfig)}
-    if key not in valid:
-        raise ValueError(f"Cannot sweep {key!r}: not a JacobianTrainingSAEConfig field ({', '.join(sorted(valid))}).")
+    for key in {key for variant in variants for key in variant}:
+        if key not in valid:
+            raise ValueError(f"Cannot sweep {key!r}: not a JacobianTrainingSAEConfig field ({', '.join(sorted(valid))}).")
     runner = JacobianSAETrainingRunner(cfg, options, override_dataset=override_dataset, override_model=override_model)
     runner._set_sae_metadata()
     _tune_process(cfg, runner.options)
     out_root = Path(cfg.output_path or ".")
     saes: dict[str, JacobianTrainingSAE] = {}
-    for value in values:
+    for overrides in variants:
         seed_everything(cfg.seed)
-        sae = JacobianTrainingSAE(replace(cfg.sae, **{key: value}, metadata=runner.sae.cfg.metadata))
+        sae = JacobianTrainingSAE(replace(cfg.sae, **overrides, metadata=runner.sae.cfg.metadata))
         sae.attach_mlp(runner.sae.mlp)  # type: ignore[arg-type]
-        saes[sweep_name(key, value)] = sae.to(cfg.device)
+        saes[variant_name(overrides)] = sae.to(cfg.device)
     stream = runner.make_stream()
     trainer_cfg = cfg.to_sae_trainer_config()
     multi = _SweepTrainer(

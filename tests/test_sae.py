@@ -170,6 +170,26 @@ def test_loss_terms_match_hand_computation(pair):
     torch.testing.assert_close(out.loss, mse_in + mse_out + 0.7 * jac.values.abs().mean())
 
 
+def test_mlp_reconstruction_term_is_opt_in_and_matches_hand_computation(pair):
+    _, sae, x = pair
+    default = sae.training_forward_pass(step_input(x, lam=0.7))
+    assert "mlp_reconstruction_loss" not in default.losses  # the paper's loss unless asked for
+    sae.cfg.mlp_reconstruction_coefficient = 2.5
+    out = sae.training_forward_pass(step_input(x, lam=0.7))
+    ref = sae.forward_pair(x)
+    term = 2.5 * ((sae.mlp(ref.input_reconstruction) - ref.mlp_output) ** 2).mean()
+    torch.testing.assert_close(out.losses["mlp_reconstruction_loss"], term)
+    torch.testing.assert_close(out.loss, default.loss + term)
+    # its gradient reaches the input SAE only (the MLP is frozen, y is on the true x)
+    sae.zero_grad()
+    out.losses["mlp_reconstruction_loss"].backward()
+    assert sae.W_dec.grad.abs().sum() > 0 and sae.W_enc.grad.abs().sum() > 0
+    assert sae.W_dec_out.grad is None or sae.W_dec_out.grad.abs().sum() == 0
+    assert not any(b.requires_grad for b in sae.mlp.buffers())
+    with pytest.raises(ValueError, match="mlp_reconstruction_coefficient=-1"):
+        build_jsae_cfg(mlp_reconstruction_coefficient=-1.0)
+
+
 def test_lambda_zero_is_a_plain_topk_pair(pair):
     _, sae, x = pair
     out = sae.training_forward_pass(step_input(x, lam=0.0))
@@ -195,7 +215,11 @@ def test_warm_up_through_get_coefficients():
 def test_logging_metrics(pair):
     _, sae, x = pair
     metrics = sae.training_forward_pass(step_input(x, lam=0.0, logging=True)).metrics
-    assert set(metrics) >= {"output_explained_variance", "output_l0", "jacobian_abs_mean", "jacobian_count_above_0.01"}
+    assert set(metrics) >= {"output_explained_variance", "output_l0", "jacobian_abs_mean", "jacobian_count_above_0.01",
+                            "mlp_through_reconstruction_explained_variance"}
+    y, x_hat = sae.mlp(x), sae.decode(sae.encode(x))
+    ev = 1 - ((y - sae.mlp(x_hat)) ** 2).sum(-1).mean() / ((y - y.mean(0)) ** 2).sum(-1).mean()
+    assert metrics["mlp_through_reconstruction_explained_variance"] == pytest.approx(float(ev), rel=1e-6)
     assert 0 < metrics["output_l0"] <= 6
 
 

@@ -228,6 +228,29 @@ def test_sweep_trains_each_lambda_from_one_stream(tmp_path, monkeypatch):
         train_sweep(cfg, "learning_rate", [1], override_model=make_tiny_model("gated_silu", dtype=torch.float32), override_dataset=tiny_token_dataset())
 
 
+def test_sweep_grid_and_variants_from_one_stream(tmp_path):
+    from sae_lens_jsae.training import sweep_grid, train_variants
+
+    grid = sweep_grid(["jacobian_coefficient=0,1", "jacobian_coefficient=1,2;mlp_reconstruction_coefficient=0.5"])
+    assert grid == [{"jacobian_coefficient": 0}, {"jacobian_coefficient": 1},
+                    {"jacobian_coefficient": 1, "mlp_reconstruction_coefficient": 0.5},
+                    {"jacobian_coefficient": 2, "mlp_reconstruction_coefficient": 0.5}]
+    assert sweep_grid(["sae.k=4,4"]) == [{"k": 4}]
+    for bad in ("jacobian_coefficient", "jacobian_coefficient=", "=1,2", "jacobian_coefficient=1;k"):
+        with pytest.raises(ValueError, match="--sweep expects KEY=V1,V2"):
+            sweep_grid([bad])
+    cfg = tiny_runner_cfg(tmp_path, training_tokens=64 * 4)
+    saes = train_variants(cfg, [{"jacobian_coefficient": 1.0}, {"jacobian_coefficient": 1.0, "mlp_reconstruction_coefficient": 1.0}],
+                          RunOptions(log_every_n_steps=2), override_dataset=tiny_token_dataset(),
+                          override_model=make_tiny_model("gated_silu", dtype=torch.float32))
+    names = ["jacobian_coefficient=1.0", "jacobian_coefficient=1.0,mlp_reconstruction_coefficient=1.0"]
+    assert list(saes) == names
+    saved = json.loads((tmp_path / "out" / names[1] / "cfg.json").read_text())
+    assert saved["metadata"]["training_architecture_details"]["mlp_reconstruction_coefficient"] == 1.0
+    assert "losses/mlp_reconstruction_loss" in read_log(tmp_path / "out" / names[1] / "train_log.jsonl")[-1]
+    assert not torch.equal(saes[names[0]].W_dec, saes[names[1]].W_dec)
+
+
 def test_wandb_offline_logging(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
