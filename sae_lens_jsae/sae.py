@@ -32,9 +32,11 @@ from typing_extensions import override
 from sae_lens_jsae.jacobian import (
     ActiveJacobian,
     JacobianPenalty,
+    PostNormTerm,
     active_jacobian_l1,
     active_jacobian_values,
     chunk_tokens,
+    gathered_dots,
     mask_inactive,
 )
 from sae_lens_jsae.mlp import FrozenMLP, check_activation
@@ -280,8 +282,11 @@ class _JacobianPairMixin:
         if "mlp.W_in" in state_dict:
             W_in, W_out = state_dict["mlp.W_in"], state_dict["mlp.W_out"]
             gated = "mlp.W_gate" in state_dict
-            if self.mlp is None or self.mlp.W_in.shape != W_in.shape or self.mlp.gated != gated:
-                self.mlp = FrozenMLP(W_in.shape[0], W_in.shape[1], self.cfg.mlp_act_fn, gated, W_out.dtype, W_out.device)
+            eps = state_dict.get("mlp.post_norm_eps")
+            post = eps is not None
+            if self.mlp is None or self.mlp.W_in.shape != W_in.shape or self.mlp.gated != gated or self.mlp.post_norm != post:
+                eps = None if eps is None else float(eps)
+                self.mlp = FrozenMLP(W_in.shape[0], W_in.shape[1], self.cfg.mlp_act_fn, gated, W_out.dtype, W_out.device, eps)
                 self.cfg.d_mlp, self.cfg.gated_mlp = W_in.shape[1], gated
         return super().load_state_dict(state_dict, strict=strict, assign=assign)  # type: ignore[misc]
 
@@ -381,13 +386,19 @@ class _JacobianPairMixin:
             pre = mlp.pre_activations(x.to(self.dtype))
         decoder_times_mlp_in, mlp_out_times_encoder = self._weight_products(mlp, dtype)
         element_size = decoder_times_mlp_in[0].element_size()
+        output_indices = _token_rows(top_out.indices)
+        post_norm = None
+        if mlp.post_norm:  # the rank-one term of the norm after the MLP
+            y, q = mlp.post_norm_factors(pre)
+            post_norm = PostNormTerm(gathered_dots(_token_rows(y), self.W_enc_out, output_indices), _token_rows(q))
         return {
             "decoder_times_mlp_in": decoder_times_mlp_in,
             "mlp_out_times_encoder": mlp_out_times_encoder,
             "slopes": [_token_rows(c) for c in mlp.local_slopes(pre)],
             "input_indices": _token_rows(top_in.indices),
-            "output_indices": _token_rows(top_out.indices),
+            "output_indices": output_indices,
             "chunk_size": chunk_tokens(self.cfg.jacobian_chunk_bytes, self.cfg.k, mlp.d_mlp, element_size),
+            "post_norm": post_norm,
         }
 
     def _jacobian(
@@ -415,7 +426,7 @@ class _JacobianPairMixin:
         (evaluation: thousands of batches, fixed weights) they are cached until a weight
         changes in place (tensor version counters) or is replaced.
         """
-        tensors = (self.W_dec, self.W_enc_out, *mlp.input_weights(), mlp.W_out)
+        tensors = (self.W_dec, self.W_enc_out, *mlp.input_weights(), mlp.W_out, *([mlp.w_post] if mlp.post_norm else []))
         cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)  # noqa: E731
         if torch.is_grad_enabled():
             self.__dict__.pop("_weight_products_cache", None)
@@ -429,7 +440,7 @@ class _JacobianPairMixin:
         # an explicit dtype wins over autocast; without one, autocast (if on) picks it
         with torch.autocast(W_dec.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
             # B as the transpose of a contiguous Bᵀ: the Jacobian gathers rows of Bᵀ, so no copy
-            products = ([W_dec @ cast(W) for W in mlp.input_weights()], (W_enc_out.T @ cast(mlp.W_out).T).T)
+            products = ([W_dec @ cast(W) for W in mlp.input_weights()], (W_enc_out.T @ cast(mlp.output_weight()).T).T)
         if not torch.is_grad_enabled():
             self.__dict__["_weight_products_cache"] = (key, products)
         return products
