@@ -461,7 +461,25 @@ class _JacobianPairMixin:
     # ---- SAELens contract ---------------------------------------------------------------
     @torch.no_grad()
     def fold_W_dec_norm(self) -> None:
-        """Fold decoder norms into the encoders of both SAEs (exact for unit-norm decoders)."""
+        """Fold decoder norms into the encoders of both SAEs.
+
+        Only exact when every decoder row already has unit norm (as a JSAE trained here has): on
+        other rows the fold rescales the encoder's pre-activations per latent, which changes
+        which latents TopK picks. Like SAELens' `TopKSAE`, that case raises NotImplementedError,
+        before any weight is touched.
+        """
+        for name in ("W_dec", "W_dec_out"):
+            W = getattr(self, name)
+            tolerance = min(100 * torch.finfo(W.dtype).eps, 1e-2)
+            off = float((W.norm(dim=-1) - 1).abs().max()) if W.numel() else 0.0
+            if off > tolerance:
+                which = "input" if name == "W_dec" else "output"
+                raise NotImplementedError(
+                    f"Folding W_dec_norm is not safe for this Jacobian SAE: the {which} SAE's decoder ({name}) has rows "
+                    f"whose norm is off 1 by up to {off:.3g}, and folding them into the encoder would change which "
+                    "latents TopK picks (SAELens' TopKSAE refuses this too). Load without fold_W_dec_norm; call "
+                    "normalize_decoders() only if you accept changed outputs."
+                )
         self.fold_and_get_W_dec_norm()  # type: ignore[attr-defined]  # the input SAE
         norms = self.W_dec_out.norm(dim=-1).clamp(min=1e-8)
         self.W_dec_out.data.div_(norms[:, None])
