@@ -304,12 +304,14 @@ def post_norm_flop_share(size: tuple[int, int, str, bool, int, int], T: int) -> 
 
 def bench_post_norm(size, batch: int, device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
     """Section 6: the fused training penalty, forward + backward (weight products included), on
-    the same random gated MLP with and without an RMSNorm after it; float32 and bf16 products."""
+    the same random gated MLP with and without an RMSNorm after it; float32 and bf16 products.
+    The two are timed alternately (without, with, without, ...) so load on a shared machine hits
+    both alike; medians of `repeats` each."""
     x = mlp_like_inputs(batch, size[0], device, torch.float32)
     sync = _sync(device)
     out: dict[str, Any] = {"sizes": dict(zip(("d_model", "d_mlp", "act_fn", "gated", "d_sae", "k"), size)), "batch": batch}
     for precision, jacobian_dtype in (("float32", None), ("bf16", "bfloat16")):
-        times = {}
+        steps = {}
         for label, post in (("without", False), ("with", True)):
             sae = make_pair(size, 1.0, device, jacobian_dtype=jacobian_dtype, post_norm=post)
             with torch.no_grad():
@@ -321,13 +323,25 @@ def bench_post_norm(size, batch: int, device: torch.device, warmup: int, repeats
                 sae.zero_grad(set_to_none=True)
                 sae._jacobian_penalty(top_in, top_out, x, pre).mean_abs.backward()
 
-            t = time_steps(step, warmup, repeats, sync)
-            times[label] = t.median_s
-            out[f"penalty_{label}_post_norm_{precision}_s"] = t.median_s
-            out[f"penalty_{label}_post_norm_{precision}_samples_s"] = t.samples_s
-            del sae
-            gc.collect()
-        out[f"post_norm_overhead_{precision}"] = times["with"] / times["without"] - 1
+            steps[label] = step
+        samples: dict[str, list[float]] = {label: [] for label in steps}
+        for r in range(warmup + repeats):
+            for label, step in steps.items():
+                sync()
+                t0 = time.perf_counter()
+                step()
+                sync()
+                if r >= warmup:
+                    samples[label].append(time.perf_counter() - t0)
+        for label in steps:
+            out[f"penalty_{label}_post_norm_{precision}_s"] = statistics.median(samples[label])
+            out[f"penalty_{label}_post_norm_{precision}_samples_s"] = [round(v, 5) for v in samples[label]]
+        ratios = [w / wo for w, wo in zip(samples["with"], samples["without"])]
+        with_s, without_s = out[f"penalty_with_post_norm_{precision}_s"], out[f"penalty_without_post_norm_{precision}_s"]
+        out[f"post_norm_overhead_{precision}"] = with_s / without_s - 1
+        out[f"post_norm_overhead_{precision}_median_of_pairs"] = statistics.median(ratios) - 1
+        del steps
+        gc.collect()
     out["post_norm_overhead_flop_estimate"] = post_norm_flop_share(size, batch)
     out["post_norm_overhead_flop_estimate_gemma_2_2b_16k_batch_4096"] = post_norm_flop_share(GEMMA_2_2B, 4096)
     return out
@@ -662,6 +676,8 @@ def run_benchmark(
     dev = torch.device(device)
     kept = keep_memory and dev.type == "cpu" and keep_freed_memory()
     sizes = QUICK_SIZES if quick else SIZES
+    pn_size, pn_batch = QUICK_POST_NORM_SIZE if quick else POST_NORM_SIZE
+    pn_batch = batch or pn_batch  # section 6 keeps gemma's tokens/d_sae unless --batch is given
     batch = batch or (64 if quick else 4096)
     autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else None
     result: dict[str, Any] = {
@@ -672,9 +688,8 @@ def run_benchmark(
         "timing": f"median of {repeats} timed steps after {warmup} warm-up step(s), all in this one process",
     }
     t_start = time.perf_counter()
-    pn_size, pn_batch = QUICK_POST_NORM_SIZE if quick else POST_NORM_SIZE
     if post_norm_only:
-        result["post_norm_overhead"] = bench_post_norm(pn_size, batch if batch else pn_batch, dev, warmup, repeats)
+        result["post_norm_overhead"] = bench_post_norm(pn_size, pn_batch, dev, warmup, repeats)
         result["total_s"] = time.perf_counter() - t_start
         return result
     result["steps"] = {name: bench_steps(name, size, batch, dev, warmup, repeats, autocast) for name, size in sizes.items()}

@@ -69,7 +69,12 @@ FAMILIES: list[Family] = [
         note="LN, dense gelu, attention and MLP in parallel (ln2 reads resid_pre)",
     ),
     Family("Llama 3", "meta-llama/Llama-3.2-1B", note="RMS, SiLU-gated"),
-    Family("Mistral", "mistralai/Mistral-7B-v0.1", _transformers("MistralConfig", architectures=["MistralForCausalLM"]), note="RMS, SiLU-gated, sliding window"),
+    Family(
+        "Mistral",
+        "mistralai/Mistral-7B-v0.1",
+        _transformers("MistralConfig", architectures=["MistralForCausalLM"]),
+        note="RMS, SiLU-gated, sliding window",
+    ),
     Family(
         "SmolLM2",
         "HuggingFaceTB/SmolLM2-135M",
@@ -100,7 +105,12 @@ FAMILIES: list[Family] = [
         _transformers("Olmo2Config", architectures=["Olmo2ForCausalLM"], hidden_size=2048, intermediate_size=8192, num_hidden_layers=16),
         note="RMS, SiLU-gated, norm only after the MLP",
     ),
-    Family("Mixtral (MoE)", "mistralai/Mixtral-8x7B-v0.1", _transformers("MixtralConfig", architectures=["MixtralForCausalLM"]), note="mixture of experts"),
+    Family(
+        "Mixtral (MoE)",
+        "mistralai/Mixtral-8x7B-v0.1",
+        _transformers("MixtralConfig", architectures=["MixtralForCausalLM"]),
+        note="mixture of experts",
+    ),
     Family(
         "SoLU",
         "NeelNanda/SoLU_1L512W_C4_Code",
@@ -157,11 +167,13 @@ def tiny_config(family: Family, dtype: torch.dtype = torch.float64) -> Any:
     keep = {f.name for f in HookedTransformerConfig.__dataclass_fields__.values() if f.init}
     cfg = {k: v for k, v in full.items() if k in keep}
     # derived or size fields are recomputed from the tiny sizes
-    for key in ("d_vocab_out", "n_params", "device", "n_devices", "tokenizer_name", "model_name", "checkpoint_index", "checkpoint_value", "checkpoint_label_type", "initializer_range"):
+    derived = ("d_vocab_out", "n_params", "device", "n_devices", "tokenizer_name", "model_name", "initializer_range")
+    for key in (*derived, "checkpoint_index", "checkpoint_value", "checkpoint_label_type"):
         cfg.pop(key, None)
     ratio = (full.get("d_mlp") or 4 * full["d_model"]) / full["d_model"]
     cfg.update(TINY)
-    cfg.update(d_mlp=max(8, round(TINY["d_model"] * ratio)), dtype=dtype, init_weights=True, seed=0, model_name=f"tiny-{family.checkpoint.split('/')[-1]}")
+    name = f"tiny-{family.checkpoint.split('/')[-1]}"
+    cfg.update(d_mlp=max(8, round(TINY["d_model"] * ratio)), dtype=dtype, init_weights=True, seed=0, model_name=name)
     if cfg.get("n_key_value_heads"):
         cfg["n_key_value_heads"] = 2
     if full.get("rotary_dim"):
@@ -249,7 +261,8 @@ def check_family(family: Family, n_tokens: int = 12) -> FamilyCheck:
     model = tiny_family_model(family)
     from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
-    post = bool(getattr(model.cfg, "use_normalization_before_and_after", False)) or model.cfg.original_architecture in POST_NORM_ARCHITECTURES
+    post = bool(getattr(model.cfg, "use_normalization_before_and_after", False))
+    post = post or model.cfg.original_architecture in POST_NORM_ARCHITECTURES
     tokens = torch.randint(0, model.cfg.d_vocab, (2, n_tokens // 2), generator=torch.Generator().manual_seed(2))
     mlp_err = jac_err = 0.0
     for layer in range(model.cfg.n_layers):
@@ -294,7 +307,8 @@ def family_table(checks: list[FamilyCheck]) -> str:
         status = "verified" if c.status == "verified" else f"refused: {c.detail}"
         mlp = "" if c.mlp_error is None else f"{c.mlp_error:.1e}"
         jac = "" if c.jacobian_error is None else f"{c.jacobian_error:.1e}"
-        lines.append(f"| {c.family.name} | `{c.family.checkpoint}` | {c.family.note} | {'yes' if c.post_norm else 'no'} | {status} | {mlp} | {jac} |")
+        post = "yes" if c.post_norm else "no"
+        lines.append(f"| {c.family.name} | `{c.family.checkpoint}` | {c.family.note} | {post} | {status} | {mlp} | {jac} |")
     return "\n".join(lines) + "\n"
 
 

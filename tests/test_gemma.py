@@ -76,22 +76,23 @@ def test_gemma_2_flow_end_to_end_offline(tmp_path):
 
     tokens = torch.tensor(tiny_token_dataset(seed=5)["input_ids"])
     scope_cfg = _gemma_scope_mlp_cfg("layer_1/width_16k/average_l0_100")
-    scope = JumpReLUSAE(JumpReLUSAEConfig(d_in=16, d_sae=64, dtype="float32", metadata=SAEMetadata(model_name=scope_cfg["model_name"], hook_name=scope_cfg["hook_name"])))
+    metadata = SAEMetadata(model_name=scope_cfg["model_name"], hook_name=scope_cfg["hook_name"])
+    scope = JumpReLUSAE(JumpReLUSAEConfig(d_in=16, d_sae=64, dtype="float32", metadata=metadata))
     with torch.no_grad():
         scope.W_enc.copy_(torch.randn(16, 64, generator=torch.Generator().manual_seed(0)) * 0.3)
         scope.W_dec.copy_(scope.W_enc.T)
     assert scope.cfg.metadata.hook_name == jsae.output_hook == "blocks.1.hook_mlp_out"
 
     out = tmp_path / "saebench"
-    paths = [
-        sb.run_core_eval(model, sae, tokens, out / "core", release, sae_id, batch_size_prompts=4, n_reconstruction_tokens=128, n_sparsity_variance_tokens=256)
-        for release, sae_id, sae in [("jsae", "input_sae", jsae.input_sae), ("jsae", "output_sae", jsae.output_sae), ("gemma-scope-like", "layer_1", scope)]
-    ]
+    saes = [("jsae", "input_sae", jsae.input_sae), ("jsae", "output_sae", jsae.output_sae), ("gemma-scope-like", "layer_1", scope)]
+    budget = {"batch_size_prompts": 4, "n_reconstruction_tokens": 128, "n_sparsity_variance_tokens": 256}
+    paths = [sb.run_core_eval(model, sae, tokens, out / "core", release, sae_id, **budget) for release, sae_id, sae in saes]
     summaries = [sb.core_summary(p) for p in paths]
     for path, summary in zip(paths, summaries):
         result = sb.read_core_result(path)  # SAEBench's own pydantic class validates the file
         assert result.eval_result_metrics.reconstruction_quality.explained_variance == pytest.approx(summary["explained_variance"])
     assert summaries[0]["l0"] <= 4 and summaries[1]["l0"] <= 4  # TopK k=4 halves
-    res = sb.run_eval(sb.JacobianSparsityEvalConfig(n_tokens=128, batch_size_prompts=4), [("jsae", jsae)], "cpu", str(out / "jacobian_sparsity"), model=model, tokens=tokens)
+    config = sb.JacobianSparsityEvalConfig(n_tokens=128, batch_size_prompts=4)
+    res = sb.run_eval(config, [("jsae", jsae)], "cpu", str(out / "jacobian_sparsity"), model=model, tokens=tokens)
     (entry,) = res.values()
     assert entry["eval_result_metrics"]["jacobian_sparsity"]["mean_abs_jacobian"] > 0

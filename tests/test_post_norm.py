@@ -116,7 +116,9 @@ def test_training_step_on_a_post_norm_block():
     _, sae, x = _gemma2_pair(jacobian_coefficient=1.0)
     from sae_lens.saes.sae import TrainStepInput
 
-    out = sae.training_forward_pass(TrainStepInput(sae_in=x, coefficients={"jacobian_coefficient": 1.0}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=True))
+    coefficients = {"jacobian_coefficient": 1.0}
+    step = TrainStepInput(sae_in=x, coefficients=coefficients, dead_neuron_mask=None, n_training_steps=0, is_logging_step=True)
+    out = sae.training_forward_pass(step)
     out.loss.backward()
     assert torch.isfinite(out.loss) and out.losses["jacobian_loss"] > 0
     assert sae.W_enc_out.grad.abs().sum() > 0
