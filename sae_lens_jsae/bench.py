@@ -14,6 +14,9 @@ Sections (see `run_benchmark`):
 4.  sweep_ratio: a 4-λ sweep sharing one activation stream ÷ 4 separate runs (offline model).
 5.  activation_tokens_per_s: LLM activation collection on the offline model (`stop_at_layer`),
     and end-to-end training tokens/s of the JSAE vs the λ = 0 pair.
+6.  post_norm_overhead: the training penalty (forward + backward, weight products included) on
+    a block with a norm after the MLP (Gemma 2/3) ÷ the same block without it, at gemma-2-2b's
+    proportions scaled down (`POST_NORM_SIZE`; `--post-norm-only` runs just this section).
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ QUICK_SIZES: dict[str, tuple[int, int, str, bool, int, int]] = {
     "pythia70m_like": (32, 64, "gelu", False, 256, 8),
     "smollm2_like": (36, 48, "silu", True, 192, 8),
 }
+GEMMA_2_2B = (2304, 9216, "gelu_pytorch_tanh", True, 16384, 32)
+"""gemma-2-2b layer with a Gemma Scope 16k-wide pair, k 32 (the post-norm FLOP estimate at full size)."""
+POST_NORM_SIZE = ((576, 2304, "gelu_pytorch_tanh", True, 4096, 32), 1024)
+"""(size, batch) of section 6: gemma-2-2b with d, d_mlp, d_sae and the batch (4096) divided by 4,
+so d_mlp/d, d_sae/d and tokens/d_sae (which set the post-norm's share) stay gemma's; k stays 32."""
+QUICK_POST_NORM_SIZE = ((36, 48, "gelu_pytorch_tanh", True, 192, 8), 64)
 
 
 @dataclass
@@ -70,13 +79,21 @@ def _sync(device: torch.device) -> Callable[[], None]:
 
 
 # ---- building blocks ------------------------------------------------------------------------
-def random_mlp(d: int, d_mlp: int, act_fn: str, gated: bool, device: torch.device, dtype: torch.dtype, seed: int = 0):
+def random_mlp(
+    d: int, d_mlp: int, act_fn: str, gated: bool, device: torch.device, dtype: torch.dtype, seed: int = 0, post_norm: bool = False
+):
+    """A FrozenMLP with random weights; `post_norm`: with an RMSNorm after it (Gemma 2/3)."""
     from sae_lens_jsae.mlp import FrozenMLP
 
     gen = torch.Generator().manual_seed(seed)
-    mlp = FrozenMLP(d, d_mlp, act_fn, gated, dtype=torch.float32)
+    mlp = FrozenMLP(d, d_mlp, act_fn, gated, dtype=torch.float32, post_norm_eps=1e-6 if post_norm else None)
     with torch.no_grad():
-        for buf in mlp.buffers():
+        for name, buf in mlp.named_buffers():
+            if name == "post_norm_eps":
+                continue
+            if name == "w_post":
+                buf.copy_(1 + 0.5 * torch.randn(buf.shape, generator=gen))
+                continue
             fan_in = buf.shape[0] if buf.ndim == 2 else 1
             scale = 1 / math.sqrt(fan_in) if buf.ndim == 2 else 0.02
             buf.copy_(torch.randn(buf.shape, generator=gen) * scale)
@@ -91,6 +108,7 @@ def make_pair(
     chunk_bytes: int | None = 256 * 2**20,
     seed: int = 0,
     jacobian_dtype: str | None = None,
+    post_norm: bool = False,
 ):
     from sae_lens_jsae import JacobianTrainingSAE, JacobianTrainingSAEConfig
 
@@ -110,7 +128,7 @@ def make_pair(
         dtype=str(dtype).removeprefix("torch."),
     )
     sae = JacobianTrainingSAE(cfg).to(device)
-    sae.attach_mlp(random_mlp(d, d_mlp, act_fn, gated, device, dtype, seed))
+    sae.attach_mlp(random_mlp(d, d_mlp, act_fn, gated, device, dtype, seed, post_norm))
     return sae
 
 
@@ -267,6 +285,65 @@ def bench_steps(name: str, size, batch: int, device: torch.device, warmup: int, 
         out["plain_pair_vs_sparsify"] = times["plain_pair"].median_s / t.median_s
         out["plain_pair_vs_sparsify_flop_floor_ratio"] = fl["plain_pair"] / fl["sparsify_pair"]
     out["gflop"] = {k_: v / 1e9 for k_, v in fl.items()}
+    return out
+
+
+def post_norm_flop_share(size: tuple[int, int, str, bool, int, int], T: int) -> float:
+    """Multiply-adds the post-norm adds to the penalty ÷ the penalty's without it (shapes only).
+
+    Without: weight products and their backward 2·(R+1)·S·d·m, per token 3·k²·m (+ R·k·m mixing,
+    twice). Added: q (T·d·m), the rank-one update in the pass and ∂e (2·T·k·m), e and its
+    scatter (2·T·k·d). Its share is ≈ T·d / (2·(R+1)·S·d + 3·T·k²): set by tokens/d_sae and d/k².
+    """
+    d, m, _, gated, S, k = size
+    R = 2 if gated else 1
+    base = 2 * (R + 1) * S * d * m + T * (3 * k * k * m + 2 * R * k * m)
+    extra = T * d * m + 2 * T * k * m + 2 * T * k * d
+    return extra / base
+
+
+def bench_post_norm(size, batch: int, device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
+    """Section 6: the fused training penalty, forward + backward (weight products included), on
+    the same random gated MLP with and without an RMSNorm after it; float32 and bf16 products.
+    The two are timed alternately (without, with, without, ...) so load on a shared machine hits
+    both alike; medians of `repeats` each."""
+    x = mlp_like_inputs(batch, size[0], device, torch.float32)
+    sync = _sync(device)
+    out: dict[str, Any] = {"sizes": dict(zip(("d_model", "d_mlp", "act_fn", "gated", "d_sae", "k"), size)), "batch": batch}
+    for precision, jacobian_dtype in (("float32", None), ("bf16", "bfloat16")):
+        steps = {}
+        for label, post in (("without", False), ("with", True)):
+            sae = make_pair(size, 1.0, device, jacobian_dtype=jacobian_dtype, post_norm=post)
+            with torch.no_grad():
+                top_in = sae._encode_input_topk(x)
+                pre, y = sae.mlp.pre_activations_and_output(x)
+                top_out = sae._encode_output_topk(y)
+
+            def step(sae=sae, top_in=top_in, top_out=top_out, pre=pre) -> None:
+                sae.zero_grad(set_to_none=True)
+                sae._jacobian_penalty(top_in, top_out, x, pre).mean_abs.backward()
+
+            steps[label] = step
+        samples: dict[str, list[float]] = {label: [] for label in steps}
+        for r in range(warmup + repeats):
+            for label, step in steps.items():
+                sync()
+                t0 = time.perf_counter()
+                step()
+                sync()
+                if r >= warmup:
+                    samples[label].append(time.perf_counter() - t0)
+        for label in steps:
+            out[f"penalty_{label}_post_norm_{precision}_s"] = statistics.median(samples[label])
+            out[f"penalty_{label}_post_norm_{precision}_samples_s"] = [round(v, 5) for v in samples[label]]
+        ratios = [w / wo for w, wo in zip(samples["with"], samples["without"])]
+        with_s, without_s = out[f"penalty_with_post_norm_{precision}_s"], out[f"penalty_without_post_norm_{precision}_s"]
+        out[f"post_norm_overhead_{precision}"] = with_s / without_s - 1
+        out[f"post_norm_overhead_{precision}_median_of_pairs"] = statistics.median(ratios) - 1
+        del steps
+        gc.collect()
+    out["post_norm_overhead_flop_estimate"] = post_norm_flop_share(size, batch)
+    out["post_norm_overhead_flop_estimate_gemma_2_2b_16k_batch_4096"] = post_norm_flop_share(GEMMA_2_2B, 4096)
     return out
 
 
@@ -586,6 +663,7 @@ def run_benchmark(
     work_dir: str | None = None,
     keep_memory: bool = True,
     profile: bool = False,
+    post_norm_only: bool = False,
 ) -> dict[str, Any]:
     """All sections in this process. `keep_memory`: glibc keeps freed blocks for every contender
     alike (`util.keep_freed_memory`, as the training runner does on CPU)."""
@@ -598,6 +676,8 @@ def run_benchmark(
     dev = torch.device(device)
     kept = keep_memory and dev.type == "cpu" and keep_freed_memory()
     sizes = QUICK_SIZES if quick else SIZES
+    pn_size, pn_batch = QUICK_POST_NORM_SIZE if quick else POST_NORM_SIZE
+    pn_batch = batch or pn_batch  # section 6 keeps gemma's tokens/d_sae unless --batch is given
     batch = batch or (64 if quick else 4096)
     autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else None
     result: dict[str, Any] = {
@@ -608,6 +688,10 @@ def run_benchmark(
         "timing": f"median of {repeats} timed steps after {warmup} warm-up step(s), all in this one process",
     }
     t_start = time.perf_counter()
+    if post_norm_only:
+        result["post_norm_overhead"] = bench_post_norm(pn_size, pn_batch, dev, warmup, repeats)
+        result["total_s"] = time.perf_counter() - t_start
+        return result
     result["steps"] = {name: bench_steps(name, size, batch, dev, warmup, repeats, autocast) for name, size in sizes.items()}
     if profile and dev.type == "cpu":
         result["profile_self_cpu_s_per_step"] = {name: profile_steps(size, batch, dev) for name, size in sizes.items()}
@@ -622,6 +706,7 @@ def run_benchmark(
                 result["offline"] = bench_offline(True, Path(tmp), tokens=256, batch=64, d_sae=64, k=4, context_size=16)
             else:
                 result["offline"] = bench_offline(False, Path(tmp), tokens=32768, batch=4096, d_sae=4608, k=32, context_size=128)
+    result["post_norm_overhead"] = bench_post_norm(pn_size, pn_batch, dev, warmup, repeats)
     result["total_s"] = time.perf_counter() - t_start
     return result
 
@@ -631,6 +716,7 @@ def write_result(result: dict[str, Any], out_dir: str | Path = "benchmarks/resul
     out.mkdir(parents=True, exist_ok=True)
     tag = (
         ("quick-" if result["quick"] else "")
+        + ("post-norm-" if "steps" not in result else "")
         + result["machine"]["device"].split(":")[0]
         + ("-bf16" if "bf16" in result["precision"] else "")
     )
@@ -651,6 +737,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-keep-freed-memory", action="store_true", help="leave glibc's default (unmap large freed blocks) instead of util.keep_freed_memory"
     )
+    parser.add_argument("--post-norm-only", action="store_true", help="run only section 6 (penalty with vs without a post-MLP norm)")
     parser.add_argument("--out-dir", default="benchmarks/results", help="where the JSON result is written")
 
 
@@ -665,6 +752,7 @@ def run(args: argparse.Namespace) -> int:
         skip_offline=args.skip_offline,
         keep_memory=not args.no_keep_freed_memory,
         profile=args.profile,
+        post_norm_only=args.post_norm_only,
     )
     path = write_result(result, args.out_dir)
     result["result_file"] = str(path)

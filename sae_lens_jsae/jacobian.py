@@ -14,6 +14,15 @@ Both are `J[t] = Bᵀ[K2_t] · (Σ_r A_r[K1_t] ⊙ c_r[t])ᵀ` with per-token sl
 then costs R·k·d_mlp (mixing the terms) + k²·d_mlp multiply-adds instead of a d_sae² Jacobian
 (and 2·k²·d_mlp in backward). docs/performance.md has the measured costs and the FLOP floor.
 
+Post-MLP norm (Gemma 2/3's `ln2_post`, f = w ⊙ z / rms(z)): B becomes W_out diag(w) W_enc_out,
+the slopes c_r carry 1/rms(z), and each token's gathered Bᵀ[K2] gets one rank-one correction,
+
+    J[t] = (Bᵀ[K2_t] − e_t q_tᵀ) · (Σ_r A_r[K1_t] ⊙ c_r[t])ᵀ,   e_t = (y_t W_enc_out)[K2_t],  q_t = n_t W_outᵀ / d
+
+(n = z / rms(z), y = w ⊙ n; docs/jacobian_post_norm.md): k_out·d_mlp more per token in each
+pass, k_out·d for e (`gathered_dots`), and one tokens × d × d_mlp product for q. Blocks without a
+post-norm pass `post_norm=None` and run exactly the code above.
+
 No maintained library computes this: `torch.func.jacrev` gives the same numbers (that is the
 test oracle) but at d_sae² cost, hence this file.
 """
@@ -37,8 +46,18 @@ class ActiveJacobian(NamedTuple):
     """(tokens, k_in): the input SAE's latents selected by TopK at each token (columns of J)."""
 
 
+class PostNormTerm(NamedTuple):
+    """The rank-one term a post-MLP RMSNorm adds to each token's Jacobian (see the module doc)."""
+
+    rows: torch.Tensor
+    """(tokens, k_out): e = (y W_enc_out)[K2], y the post-normed MLP output; differentiable
+    (its gradient reaches W_enc_out through `gathered_dots`)."""
+    hidden: torch.Tensor
+    """(tokens, d_mlp): q = n W_outᵀ / d_model, n = z / rms(z); a constant of the frozen MLP."""
+
+
 class _GatheredJacobian(torch.autograd.Function):
-    """J[t] = Bt[K2_t] @ (Σ_r A_r[K1_t] * c_r[t])ᵀ, token chunk by token chunk.
+    """J[t] = P_t @ (Σ_r A_r[K1_t] * c_r[t])ᵀ, P_t = Bt[K2_t] (− E_t q_tᵀ), token chunk by token chunk.
 
     Autograd of a plain gather-then-bmm saves the (tokens, k, d_mlp) gathers for backward; this
     Function saves only the A_r, Bt, the indices and the slopes, and re-gathers one chunk at a
@@ -49,11 +68,12 @@ class _GatheredJacobian(torch.autograd.Function):
     no allocation; on CPU a fresh large tensor costs more in page faults than the gather itself.
     The gated terms are mixed in place (one (t, k, d_mlp) slice, not one per term), H = Gᵀ Bt[K2]
     is formed once for all terms, and the scatters are `index_add_` (contiguous rows).
-    Inputs: Bt (d_sae, m), K1/K2 (T, k), chunk, then the R A_r (d_sae, m) and the R c_r (T, m).
+    Inputs: Bt (d_sae, m), K1/K2 (T, k), chunk, the post-norm E (T, k_out) and q (T, m) (both
+    None without a post-norm), then the R A_r (d_sae, m) and the R c_r (T, m).
     """
 
     @staticmethod
-    def forward(ctx, Bt: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor, chunk: int, *terms: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, Bt: torch.Tensor, K1: torch.Tensor, K2: torch.Tensor, chunk: int, E, q, *terms):  # type: ignore[override]
         R = len(terms) // 2
         As, cs = terms[:R], terms[R:]
         T, k_in, k_out, m = K1.shape[0], K1.shape[1], K2.shape[1], Bt.shape[1]
@@ -62,21 +82,22 @@ class _GatheredJacobian(torch.autograd.Function):
         ws = _Workspace(Bt, chunk, k_in, k_out, m, n=3 if R > 1 else 2)
         for s in range(0, T, chunk):
             e = min(s + chunk, T)
-            P = ws.gather(0, Bt, K2[s:e])  # (t, k_out, m)
+            P = ws.gather_output_rows(Bt, K2, E, q, s, e)  # (t, k_out, m)
             Q = ws.mix(As, cs, K1[s:e], s, e, slot=1)  # (t, k_in, m)
             torch.bmm(P, Q.transpose(1, 2), out=out[s:e])
-        ctx.save_for_backward(Bt, K1, K2, *terms)
+        ctx.save_for_backward(Bt, K1, K2, E, q, *terms)
         ctx.chunk, ctx.R = chunk, R
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        Bt, K1, K2, *terms = ctx.saved_tensors
+        Bt, K1, K2, E, q, *terms = ctx.saved_tensors
         R = ctx.R
         As, cs = terms[:R], terms[R:]
         need_Bt = ctx.needs_input_grad[0]
-        need_A = [ctx.needs_input_grad[4 + r] for r in range(R)]
+        need_A = [ctx.needs_input_grad[6 + r] for r in range(R)]
         grad_Bt = torch.zeros_like(Bt) if need_Bt else None
+        grad_E = torch.zeros_like(E) if E is not None and ctx.needs_input_grad[4] else None
         grad_As = [torch.zeros_like(A) if need else None for A, need in zip(As, need_A)]
         T, k_in, k_out, m = K1.shape[0], K1.shape[1], K2.shape[1], Bt.shape[1]
         chunk = max(1, min(ctx.chunk, T))
@@ -84,10 +105,10 @@ class _GatheredJacobian(torch.autograd.Function):
         ws = _Workspace(Bt, chunk, k_in, k_out, m, n=3)
         for s in range(0, T, chunk):
             e = min(s + chunk, T)
-            P = ws.gather(0, Bt, K2[s:e])
+            P = ws.gather_output_rows(Bt, K2, E, q, s, e)
             Q = ws.mix(As, cs, K1[s:e], s, e, slot=1)
-            ws.add_chunk_gradients(grad_out[s:e], P, Q, cs, K1[s:e], K2[s:e], s, e, grad_Bt, grad_As)
-        return (grad_Bt, None, None, None, *grad_As, *([None] * R))
+            ws.add_chunk_gradients(grad_out[s:e], P, Q, cs, K1[s:e], K2[s:e], s, e, grad_Bt, grad_As, q, grad_E)
+        return (grad_Bt, None, None, None, grad_E, None, *grad_As, *([None] * R))
 
 
 class _Workspace:
@@ -109,6 +130,13 @@ class _Workspace:
         torch.index_select(table, 0, idx.reshape(-1), out=out.view(t * k, self.m))
         return out
 
+    def gather_output_rows(self, Bt, K2, E, q, s: int, e: int) -> torch.Tensor:
+        """P = Bt[K2[s:e]] into slot 0, minus the post-norm's rank-one E qᵀ per token if E is given."""
+        P = self.gather(0, Bt, K2[s:e])
+        if E is not None:
+            P.baddbmm_(E[s:e, :, None], q[s:e, None, :], alpha=-1)
+        return P
+
     def scatter(self, acc: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor) -> None:
         """acc[idx[i]] += rows[i] for the (t, k, m) `rows` of a (t, k) `idx`, widening if needed."""
         rows = rows.reshape(-1, self.m)
@@ -117,20 +145,23 @@ class _Workspace:
             rows = self.wide[: rows.numel()].view_as(rows).copy_(rows)
         _scatter_rows(acc, idx.reshape(-1), rows)
 
-    def add_chunk_gradients(self, G, P, Q, cs, K1, K2, s: int, e: int, grad_Bt, grad_As) -> None:
-        """Add one chunk's share of ∂L/∂Bᵀ and ∂L/∂A_r (tables that are None are skipped).
+    def add_chunk_gradients(self, G, P, Q, cs, K1, K2, s: int, e: int, grad_Bt, grad_As, q=None, grad_E=None) -> None:
+        """Add one chunk's share of ∂L/∂Bᵀ, ∂L/∂A_r and ∂L/∂E (tables that are None are skipped).
 
-        G (t, k_out, k_in) = ∂L/∂J of the chunk, P = Bᵀ[K2] in slot 0, Q = Σ_r A_r[K1] ⊙ c_r in
-        slot 1: ∂Bᵀ[K2] += G·Q, ∂A_r[K1] += (Gᵀ·P) ⊙ c_r. Overwrites all three slots.
+        G (t, k_out, k_in) = ∂L/∂J of the chunk, P = Bᵀ[K2] − E qᵀ in slot 0, Q = Σ_r A_r[K1] ⊙ c_r
+        in slot 1: ∂Bᵀ[K2] += G·Q, ∂E = −(G·Q)·q, ∂A_r[K1] += (Gᵀ·P) ⊙ c_r. Overwrites all three slots.
         """
         t, k_out, k_in = G.shape
         if any(g is not None for g in grad_As):
             H = self.buffer(2, t, k_in)
             torch.bmm(G.transpose(1, 2), P, out=H)  # (t, k_in, m): ∂L/∂(mixed rows)
-        if grad_Bt is not None:
+        if grad_Bt is not None or grad_E is not None:
             GQ = self.buffer(0, t, k_out)  # P is dead once H is formed
-            torch.bmm(G, Q, out=GQ)
-            self.scatter(grad_Bt, K2, GQ)
+            torch.bmm(G, Q, out=GQ)  # ∂L/∂P
+            if grad_E is not None:  # (1 × m)·(m × k_out) per token: bmm with a 1-column right side is ~10× slower on CPU
+                grad_E[s:e] -= torch.bmm(q[s:e, None, :], GQ.transpose(1, 2)).squeeze(1).to(grad_E.dtype)
+            if grad_Bt is not None:
+                self.scatter(grad_Bt, K2, GQ)
         for r, grad_A in enumerate(grad_As):
             if grad_A is not None:
                 scaled = H if len(grad_As) == 1 else self.buffer(1, t, k_in)  # Q is dead too
@@ -165,18 +196,20 @@ class _JacobianL1(torch.autograd.Function):
     must do for an arbitrary upstream gradient). Backward only scales the stored gradients by
     the incoming scalar. Gradients accumulate in float32 (or the inputs' dtype, if wider), so
     bf16 products (`jacobian_dtype` or autocast) keep full-precision sums over tokens.
-    Inputs: Bt (d_sae, m), K1/K2 (T, k), keep_in/keep_out (T, k) 0/1 masks, chunk, then the R
-    A_r (d_sae, m) and the R c_r (T, m), all in one compute dtype.
+    Inputs: Bt (d_sae, m), K1/K2 (T, k), keep_in/keep_out (T, k) 0/1 masks, chunk, the
+    post-norm E (T, k_out) and q (T, m) (None without one), then the R A_r (d_sae, m) and the R
+    c_r (T, m), all in one compute dtype.
     """
 
     @staticmethod
-    def forward(ctx, Bt, K1, K2, keep_in, keep_out, chunk: int, *terms):  # type: ignore[override]
+    def forward(ctx, Bt, K1, K2, keep_in, keep_out, chunk: int, E, q, *terms):  # type: ignore[override]
         R = len(terms) // 2
         As, cs = terms[:R], terms[R:]
         T, k_in, k_out, m = K1.shape[0], K1.shape[1], K2.shape[1], Bt.shape[1]
         acc_dtype = torch.promote_types(Bt.dtype, torch.float32)
-        need_Bt, need_A = ctx.needs_input_grad[0], [ctx.needs_input_grad[6 + r] for r in range(R)]
+        need_Bt, need_A = ctx.needs_input_grad[0], [ctx.needs_input_grad[8 + r] for r in range(R)]
         grad_Bt = Bt.new_zeros(Bt.shape, dtype=acc_dtype) if need_Bt else None
+        grad_E = E.new_zeros(E.shape, dtype=acc_dtype) if E is not None and ctx.needs_input_grad[6] else None
         grad_As = [A.new_zeros(A.shape, dtype=acc_dtype) if need else None for A, need in zip(As, need_A)]
         values = Bt.new_empty(T, k_out, k_in, dtype=acc_dtype)
         chunk = max(1, min(chunk, T))
@@ -186,15 +219,15 @@ class _JacobianL1(torch.autograd.Function):
         with torch.autocast(Bt.device.type, enabled=False):
             for s in range(0, T, chunk):
                 e, t = min(s + chunk, T), min(chunk, T - s)
-                P = ws.gather(0, Bt, K2[s:e])  # (t, k_out, m)
+                P = ws.gather_output_rows(Bt, K2, E, q, s, e)  # (t, k_out, m)
                 Q = ws.mix(As, cs, K1[s:e], s, e, slot=1)  # (t, k_in, m); slot 2 was scratch
                 Jc, Gc = J[: t * k_out * k_in].view(t, k_out, k_in), G[: t * k_out * k_in].view(t, k_out, k_in)
                 torch.bmm(P, Q.transpose(1, 2), out=Jc)
                 Jc.mul_(keep_out[s:e, :, None]).mul_(keep_in[s:e, None, :])
                 values[s:e].copy_(Jc)
                 torch.sign(Jc, out=Gc)  # ∂|J|/∂J, 0 where masked
-                ws.add_chunk_gradients(Gc, P, Q, cs, K1[s:e], K2[s:e], s, e, grad_Bt, grad_As)
-        ctx.grads = (grad_Bt, grad_As)
+                ws.add_chunk_gradients(Gc, P, Q, cs, K1[s:e], K2[s:e], s, e, grad_Bt, grad_As, q, grad_E)
+        ctx.grads = (grad_Bt, grad_As, grad_E)
         ctx.numel = values.numel()
         ctx.mark_non_differentiable(values)
         return values.abs().sum() / max(1, values.numel()), values
@@ -203,12 +236,12 @@ class _JacobianL1(torch.autograd.Function):
     def backward(ctx, grad_mean, _grad_values):  # type: ignore[override]
         if not hasattr(ctx, "grads"):
             raise RuntimeError("The fused Jacobian penalty was already backpropagated once; recompute it for another backward.")
-        grad_Bt, grad_As = ctx.grads
+        grad_Bt, grad_As, grad_E = ctx.grads
         del ctx.grads  # scaled in place and handed on: a second backward would double-scale
         scale = grad_mean / max(1, ctx.numel)
         scaled = lambda g: None if g is None else g.mul_(scale)  # noqa: E731
         R = len(grad_As)
-        return (scaled(grad_Bt), None, None, None, None, None, *(scaled(g) for g in grad_As), *([None] * R))
+        return (scaled(grad_Bt), None, None, None, None, None, scaled(grad_E), None, *(scaled(g) for g in grad_As), *([None] * R))
 
 
 CACHE_CHUNK_ELEMENTS = 1 << 20
@@ -226,13 +259,21 @@ def chunk_tokens(max_bytes: int | None, k: int, d_mlp: int, element_size: int) -
     return max(1, min(int(max_bytes // per_token), CACHE_CHUNK_ELEMENTS // (k * d_mlp)))
 
 
-def _tables(decoder_times_mlp_in: list[torch.Tensor], mlp_out_times_encoder: torch.Tensor, slopes: list[torch.Tensor]):
-    """(A_r, c_r, Bt) contiguous in the A_r's dtype: the rows of Bt = (W_out W_enc_out)ᵀ are
-    what a token's K2 gathers (contiguous rows for index_select)."""
+def _tables(
+    decoder_times_mlp_in: list[torch.Tensor],
+    mlp_out_times_encoder: torch.Tensor,
+    slopes: list[torch.Tensor],
+    post_norm: PostNormTerm | None,
+):
+    """(A_r, c_r, Bt, E, q) contiguous in the A_r's dtype: the rows of Bt = (W_out W_enc_out)ᵀ
+    are what a token's K2 gathers (contiguous rows for index_select); E, q are None without a post-norm."""
     dtype = decoder_times_mlp_in[0].dtype
     As = [A.contiguous() for A in decoder_times_mlp_in]
     cs = [c.to(dtype).contiguous() for c in slopes]
-    return As, cs, mlp_out_times_encoder.to(dtype).T.contiguous()
+    E = q = None
+    if post_norm is not None:
+        E, q = post_norm.rows.to(dtype).contiguous(), post_norm.hidden.to(dtype).contiguous()
+    return As, cs, mlp_out_times_encoder.to(dtype).T.contiguous(), E, q
 
 
 def active_jacobian_values(
@@ -242,19 +283,21 @@ def active_jacobian_values(
     input_indices: torch.Tensor,
     output_indices: torch.Tensor,
     chunk_size: int | None = None,
+    post_norm: PostNormTerm | None = None,
 ) -> torch.Tensor:
     """The (tokens, k_out, k_in) Jacobian on the active sets (without masking).
 
     Args:
         decoder_times_mlp_in: [W_dec_in @ W] for W in `FrozenMLP.input_weights()`, each (d_sae, d_mlp).
-        mlp_out_times_encoder: W_out @ W_enc_out, (d_mlp, d_sae).
+        mlp_out_times_encoder: `FrozenMLP.output_weight()` @ W_enc_out, (d_mlp, d_sae).
         slopes: `FrozenMLP.local_slopes(pre)`, each (tokens, d_mlp), matching `decoder_times_mlp_in`.
         input_indices, output_indices: (tokens, k) TopK indices of the input / output SAE.
         chunk_size: tokens per chunk (None: all at once). Values and gradients do not depend on it.
+        post_norm: the post-MLP norm's rank-one term (None: the block has no post-norm).
     """
-    As, cs, Bt = _tables(decoder_times_mlp_in, mlp_out_times_encoder, slopes)
+    As, cs, Bt, E, q = _tables(decoder_times_mlp_in, mlp_out_times_encoder, slopes, post_norm)
     T = input_indices.shape[0]
-    return _GatheredJacobian.apply(Bt, input_indices.contiguous(), output_indices.contiguous(), chunk_size or max(T, 1), *As, *cs)
+    return _GatheredJacobian.apply(Bt, input_indices.contiguous(), output_indices.contiguous(), chunk_size or max(T, 1), E, q, *As, *cs)
 
 
 def active_jacobian_l1(
@@ -266,6 +309,7 @@ def active_jacobian_l1(
     input_values: torch.Tensor,
     output_values: torch.Tensor,
     chunk_size: int | None = None,
+    post_norm: PostNormTerm | None = None,
 ) -> JacobianPenalty:
     """mean |J| over the active sets (the training penalty) and the masked J, in one pass.
 
@@ -274,14 +318,15 @@ def active_jacobian_l1(
     `mask_inactive(active_jacobian_values(...), ...).abs().mean()`; only the order of float
     additions differs. The products run in the dtype of `decoder_times_mlp_in`.
     """
-    As, cs, Bt = _tables(decoder_times_mlp_in, mlp_out_times_encoder, slopes)
+    As, cs, Bt, E, q = _tables(decoder_times_mlp_in, mlp_out_times_encoder, slopes, post_norm)
     keep_in = (input_values > 0).to(Bt.dtype)
     keep_out = (output_values > 0).to(Bt.dtype)
     if not torch.is_grad_enabled():  # no gradient sums to form in the pass
         As, cs, Bt = [A.detach() for A in As], [c.detach() for c in cs], Bt.detach()
+        E = None if E is None else E.detach()
     T = input_indices.shape[0]
     mean_abs, values = _JacobianL1.apply(
-        Bt, input_indices.contiguous(), output_indices.contiguous(), keep_in, keep_out, chunk_size or max(T, 1), *As, *cs
+        Bt, input_indices.contiguous(), output_indices.contiguous(), keep_in, keep_out, chunk_size or max(T, 1), E, q, *As, *cs
     )
     return JacobianPenalty(mean_abs, values)
 
@@ -327,6 +372,59 @@ def _token_chunk(k: int, width: int) -> int:
     return max(1, _ROWS_PER_SCATTER * 64 // max(1, k * width))
 
 
+def _column_outer_sum(x: torch.Tensor, g: torch.Tensor, indices: torch.Tensor, n_columns: int) -> torch.Tensor:
+    """(d, n_columns) gradient Σ_t Σ_i g[t, i] · x[t] placed in column indices[t, i] (chunked)."""
+    T, k = indices.shape
+    d = x.shape[1]
+    grad_WT = x.new_zeros(n_columns, d, dtype=g.dtype)
+    step = _token_chunk(k, d)
+    buf = grad_WT.new_empty(min(step, T) * k * d)
+    for s in range(0, T, step):
+        e = min(s + step, T)
+        rows = buf[: (e - s) * k * d].view(e - s, k, d)
+        torch.mul(g[s:e, :, None], x[s:e, None, :], out=rows)
+        _scatter_rows(grad_WT, indices[s:e].reshape(-1), rows.view(-1, d))
+    return grad_WT.T
+
+
+class _GatheredDots(torch.autograd.Function):
+    """e[t, i] = y[t] · W[:, idx[t, i]] from the k picked columns only (k·d per token both ways)."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, W: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        T, k = idx.shape
+        d = y.shape[1]
+        WT = W.T.contiguous()
+        out = y.new_empty(T, k, dtype=W.dtype)
+        step = _token_chunk(k, d)
+        with torch.autocast(W.device.type, enabled=False):
+            for s in range(0, T, step):
+                e = min(s + step, T)
+                cols = WT[idx[s:e].reshape(-1)].view(e - s, k, d)
+                torch.bmm(y[s:e, None, :].to(W.dtype), cols.transpose(1, 2), out=out[s:e, None, :])  # not cols·y: see ∂E
+        ctx.save_for_backward(y, W, idx)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        y, W, idx = ctx.saved_tensors
+        grad = grad.to(W.dtype).contiguous()
+        grad_y = grad_W = None
+        if ctx.needs_input_grad[0]:
+            grad_y = torch.nn.functional.embedding_bag(idx, W.T.contiguous(), per_sample_weights=grad, mode="sum").to(y.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_W = _column_outer_sum(y.to(W.dtype), grad, idx, W.shape[1])
+        return grad_y, grad_W, None
+
+
+def gathered_dots(y: torch.Tensor, W: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(tokens, k) e[t, i] = y[t] · W[:, idx[t, i]] for y (tokens, d), W (d, n), idx (tokens, k).
+
+    Equals `(y @ W).gather(1, idx)` in value and gradient, at tokens·k·d instead of tokens·n·d.
+    """
+    return _GatheredDots.apply(y, W, idx)
+
+
 class _TopKEncoder(torch.autograd.Function):
     """values, indices, hidden_pre of `TopK(x W_enc + b_enc)` then ReLU, with a sparse backward."""
 
@@ -348,17 +446,7 @@ class _TopKEncoder(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = torch.nn.functional.embedding_bag(indices, W_enc.T.contiguous(), per_sample_weights=g, mode="sum")
         if ctx.needs_input_grad[1]:
-            T, k = indices.shape
-            d = x.shape[1]
-            grad_WT = W_enc.new_zeros(W_enc.shape[1], d)
-            step = _token_chunk(k, d)
-            buf = x.new_empty(min(step, T) * k * d)
-            for s in range(0, T, step):
-                e = min(s + step, T)
-                rows = buf[: (e - s) * k * d].view(e - s, k, d)
-                torch.mul(g[s:e, :, None], x[s:e, None, :], out=rows)
-                _scatter_rows(grad_WT, indices[s:e].reshape(-1), rows.view(-1, d))
-            grad_W = grad_WT.T
+            grad_W = _column_outer_sum(x, g, indices, W_enc.shape[1])
         if ctx.needs_input_grad[2]:
             grad_b = torch.zeros(W_enc.shape[1], dtype=g.dtype, device=g.device).index_add_(0, indices.reshape(-1), g.reshape(-1))
         return grad_x, grad_W, grad_b, None

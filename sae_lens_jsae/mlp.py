@@ -4,10 +4,16 @@ TransformerLens fires `blocks.L.ln2.hook_normalized` on `x / scale`, before ln2'
 (and bias `b` for LayerNorm). `FrozenMLP` therefore folds ln2's affine into the MLP, exactly as
 TransformerLens' `fold_ln` would, so that `FrozenMLP(hook_normalized) == hook_mlp_out`.
 
-Dense:  f(x) = φ(x W_in + b_in) W_out + b_out
-Gated:  f(x) = (σ(x W_gate + b_gate) ⊙ (x W_in + b_lin) + b_in) W_out + b_out
+Dense:  z(x) = φ(x W_in + b_in) W_out + b_out
+Gated:  z(x) = (σ(x W_gate + b_gate) ⊙ (x W_in + b_lin) + b_in) W_out + b_out
 (`b_gate`/`b_lin` are zero unless a LayerNorm bias was folded in; TransformerLens' GatedMLP adds
-`b_in` after the product.)
+`b_in` after the product.) f(x) = z(x), or, for a block with a norm after the MLP (Gemma 2/3:
+TransformerLens' `ln2_post`, which fires before `hook_mlp_out`), the RMSNorm of it:
+
+    f(x) = w_post ⊙ z / rms(z),   rms(z) = sqrt(mean(z²) + eps)
+
+(TransformerLens' `RMSNorm`; Gemma's `1 + w` is already in `w_post`). Its Jacobian is one rank-one
+correction per token: docs/jacobian_post_norm.md.
 """
 
 from __future__ import annotations
@@ -77,13 +83,16 @@ class MLPPreActivations(NamedTuple):
     """`x W_in + b` (dense: the argument of φ; gated: the linear branch u). Shape (..., d_mlp)."""
     gate: torch.Tensor | None
     """Gated MLPs only: `x W_gate + b_gate`, the argument of σ. Shape (..., d_mlp)."""
+    unnormed: torch.Tensor | None = None
+    """Post-norm MLPs only: z, the MLP's output before the norm. Shape (..., d_model)."""
 
 
 class FrozenMLP(nn.Module):
     """A copy of one block's MLP with ln2's affine folded in; weights are buffers (never trained).
 
     The buffers are persistent, so they are saved in the SAE's safetensors and a saved JSAE is
-    self-contained.
+    self-contained. `post_norm_eps` (not None) adds the post-MLP RMSNorm: buffers `w_post` and
+    `post_norm_eps` (a 0-dim tensor, so the saved file carries it).
     """
 
     W_in: torch.Tensor
@@ -99,6 +108,7 @@ class FrozenMLP(nn.Module):
         gated: bool,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        post_norm_eps: float | None = None,
     ):
         super().__init__()
         check_activation(act_fn, gated)
@@ -117,6 +127,14 @@ class FrozenMLP(nn.Module):
             self.register_buffer("W_gate", empty(d_model, d_mlp))
             self.register_buffer("b_gate", empty(d_mlp))
             self.register_buffer("b_lin", empty(d_mlp))
+        if post_norm_eps is not None:
+            self.register_buffer("w_post", torch.ones(d_model, dtype=dtype, device=device))
+            self.register_buffer("post_norm_eps", torch.tensor(float(post_norm_eps), dtype=dtype, device=device))
+
+    @property
+    def post_norm(self) -> bool:
+        """Whether an RMSNorm follows the MLP (f = w_post ⊙ z / rms(z))."""
+        return "w_post" in self._buffers
 
     @property
     def d_model(self) -> int:
@@ -144,8 +162,11 @@ class FrozenMLP(nn.Module):
         dtype, device = W_in.dtype, W_in.device
         w = torch.ones(cfg.d_model, dtype=dtype, device=device) if w is None else w.detach()
         b = torch.zeros(cfg.d_model, dtype=dtype, device=device) if b is None else b.detach()
-        frozen = cls(cfg.d_model, cfg.d_mlp, cfg.act_fn, bool(cfg.gated_mlp), dtype, device)
+        post = block.ln2_post if getattr(cfg, "use_normalization_before_and_after", False) else None
+        frozen = cls(cfg.d_model, cfg.d_mlp, cfg.act_fn, bool(cfg.gated_mlp), dtype, device, None if post is None else post.eps)
         with torch.no_grad():
+            if post is not None:
+                frozen.w_post.copy_(post.w.detach())
             frozen.W_in.copy_(w[:, None] * W_in)
             frozen.W_out.copy_(mlp.W_out.detach())
             frozen.b_out.copy_(mlp.b_out.detach())
@@ -160,18 +181,33 @@ class FrozenMLP(nn.Module):
         return frozen
 
     def pre_activations(self, x: torch.Tensor) -> MLPPreActivations:
-        """Hidden pre-activations at `x` (reused by the Jacobian: no second MLP pass)."""
+        """Hidden pre-activations at `x` (reused by the Jacobian: no second MLP pass); with a
+        post-norm also the un-normed output z (the norm's scale enters the Jacobian)."""
         if self.gated:
-            return MLPPreActivations(linear=x @ self.W_in + self.b_lin, gate=x @ self.W_gate + self.b_gate)
-        return MLPPreActivations(linear=x @ self.W_in + self.b_in, gate=None)
+            pre = MLPPreActivations(linear=x @ self.W_in + self.b_lin, gate=x @ self.W_gate + self.b_gate)
+        else:
+            pre = MLPPreActivations(linear=x @ self.W_in + self.b_in, gate=None)
+        if self.post_norm:
+            pre = pre._replace(unnormed=self._unnormed_output(pre))
+        return pre
 
-    def output_from_pre_activations(self, pre: MLPPreActivations) -> torch.Tensor:
-        """`f(x)` given `pre_activations(x)`."""
+    def _unnormed_output(self, pre: MLPPreActivations) -> torch.Tensor:
         if pre.gate is None:
             hidden = self.act_fn(pre.linear)
         else:
             hidden = self.act_fn(pre.gate) * pre.linear + self.b_in
         return hidden @ self.W_out + self.b_out
+
+    def _inverse_rms(self, z: torch.Tensor) -> torch.Tensor:
+        """1 / rms(z) = 1 / sqrt(mean(z²) + eps), (..., 1), as TransformerLens' RMSNorm."""
+        return torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + self.post_norm_eps)
+
+    def output_from_pre_activations(self, pre: MLPPreActivations) -> torch.Tensor:
+        """`f(x)` given `pre_activations(x)`."""
+        if not self.post_norm:
+            return self._unnormed_output(pre)
+        z = pre.unnormed if pre.unnormed is not None else self._unnormed_output(pre)
+        return z * self._inverse_rms(z) * self.w_post
 
     @torch.no_grad()
     def pre_activations_and_output(self, x: torch.Tensor) -> tuple[MLPPreActivations, torch.Tensor]:
@@ -193,6 +229,22 @@ class FrozenMLP(nn.Module):
         """`f(x)`: equals the model's `hook_mlp_out` given `ln2.hook_normalized`."""
         return self.output_from_pre_activations(self.pre_activations(x.to(self.W_in.dtype)))
 
+    def output_weight(self) -> torch.Tensor:
+        """The (d_mlp × d_model) weight the hidden layer leaves through: W_out, or W_out diag(w_post)."""
+        return self.W_out * self.w_post if self.post_norm else self.W_out
+
+    def post_norm_factors(self, pre: MLPPreActivations) -> tuple[torch.Tensor, torch.Tensor]:
+        """Post-norm MLPs only: (y, q) of the per-token rank-one Jacobian term.
+
+        y = f(x) = w_post ⊙ n (d_model) and q = n W_outᵀ / d_model (d_mlp), with n = z / rms(z):
+        the norm's derivative along a hidden direction v is (v W_out diag(w_post) − (v·q) y) / rms(z)
+        (docs/jacobian_post_norm.md). q costs one (tokens × d_model × d_mlp) product.
+        """
+        if not self.post_norm or pre.unnormed is None:
+            raise ValueError("post_norm_factors needs a post-norm MLP's pre_activations (with `unnormed`).")
+        n = pre.unnormed * self._inverse_rms(pre.unnormed)
+        return n * self.w_post, (n @ self.W_out.T) / self.d_model
+
     def input_weights(self) -> list[torch.Tensor]:
         """The (d_model × d_mlp) weights directions enter through: [W_in] or [W_gate, W_in]."""
         return [self.W_gate, self.W_in] if self.gated else [self.W_in]
@@ -201,14 +253,23 @@ class FrozenMLP(nn.Module):
         """Per-token coefficients pairing with `input_weights()` in the directional derivative.
 
         Dense: [φ'(h)].  Gated: [σ'(g) ⊙ u, σ(g)], since
-        d f(x)[v] = ((σ'(g) ⊙ u) ⊙ (v W_gate) + σ(g) ⊙ (v W_in)) W_out.
+        d z(x)[v] = ((σ'(g) ⊙ u) ⊙ (v W_gate) + σ(g) ⊙ (v W_in)) W_out.
+        With a post-norm each is divided by the token's rms(z) (the norm's diagonal part).
         """
         if pre.gate is None:
-            return [self.act_fn_derivative(pre.linear)]
-        return [self.act_fn_derivative(pre.gate) * pre.linear, self.act_fn(pre.gate)]
+            slopes = [self.act_fn_derivative(pre.linear)]
+        else:
+            slopes = [self.act_fn_derivative(pre.gate) * pre.linear, self.act_fn(pre.gate)]
+        if self.post_norm:
+            if pre.unnormed is None:
+                raise ValueError("local_slopes of a post-norm MLP needs pre_activations with `unnormed`.")
+            scale = self._inverse_rms(pre.unnormed)
+            slopes = [c * scale for c in slopes]
+        return slopes
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, d_mlp={self.d_mlp}, act_fn={self.act_fn_name!r}, gated={self.gated}"
+        post = f", post_norm_eps={float(self.post_norm_eps):g}" if self.post_norm else ""
+        return f"d_model={self.d_model}, d_mlp={self.d_mlp}, act_fn={self.act_fn_name!r}, gated={self.gated}{post}"
 
 
 def _check_supported(cfg: object, name: str, layer: int) -> None:
@@ -229,10 +290,13 @@ def _check_supported(cfg: object, name: str, layer: int) -> None:
         refuse(f"act_fn={act_fn!r} has a LayerNorm inside the MLP, which has no closed-form Jacobian here")
     if getattr(cfg, "normalization_type", None) is None:
         refuse("the model has no ln2, so there is no `ln2.hook_normalized` input hook")
-    if getattr(cfg, "use_normalization_before_and_after", False):
-        refuse("a norm after the MLP (ln2_post, e.g. Gemma 2) sits between the MLP and hook_mlp_out")
+    if getattr(cfg, "use_normalization_before_and_after", False) and not str(cfg.normalization_type).startswith("RMS"):
+        refuse(f"the norm after the MLP (ln2_post) is {cfg.normalization_type!r}; only an RMSNorm there is supported")
     from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
     if getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES:
-        refuse("post-norm architectures apply ln2 after the MLP")
+        refuse(
+            "post-norm architectures (OLMo 2/3) have no norm before the MLP: the MLP reads hook_resid_mid and "
+            "ln2 normalises its output, so ln2.hook_normalized is not the MLP's input"
+        )
     check_activation(act_fn, bool(getattr(cfg, "gated_mlp", False)))  # type: ignore[arg-type]

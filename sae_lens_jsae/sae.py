@@ -33,9 +33,11 @@ from typing_extensions import override
 from sae_lens_jsae.jacobian import (
     ActiveJacobian,
     JacobianPenalty,
+    PostNormTerm,
     active_jacobian_l1,
     active_jacobian_values,
     chunk_tokens,
+    gathered_dots,
     mask_inactive,
 )
 from sae_lens_jsae.mlp import FrozenMLP, check_activation
@@ -287,8 +289,11 @@ class _JacobianPairMixin:
         if "mlp.W_in" in state_dict:
             W_in, W_out = state_dict["mlp.W_in"], state_dict["mlp.W_out"]
             gated = "mlp.W_gate" in state_dict
-            if self.mlp is None or self.mlp.W_in.shape != W_in.shape or self.mlp.gated != gated:
-                self.mlp = FrozenMLP(W_in.shape[0], W_in.shape[1], self.cfg.mlp_act_fn, gated, W_out.dtype, W_out.device)
+            eps = state_dict.get("mlp.post_norm_eps")
+            post = eps is not None
+            if self.mlp is None or self.mlp.W_in.shape != W_in.shape or self.mlp.gated != gated or self.mlp.post_norm != post:
+                eps = None if eps is None else float(eps)
+                self.mlp = FrozenMLP(W_in.shape[0], W_in.shape[1], self.cfg.mlp_act_fn, gated, W_out.dtype, W_out.device, eps)
                 self.cfg.d_mlp, self.cfg.gated_mlp = W_in.shape[1], gated
         return super().load_state_dict(state_dict, strict=strict, assign=assign)  # type: ignore[misc]
 
@@ -388,13 +393,19 @@ class _JacobianPairMixin:
             pre = mlp.pre_activations(x.to(self.dtype))
         decoder_times_mlp_in, mlp_out_times_encoder = self._weight_products(mlp, dtype)
         element_size = decoder_times_mlp_in[0].element_size()
+        output_indices = _token_rows(top_out.indices)
+        post_norm = None
+        if mlp.post_norm:  # the rank-one term of the norm after the MLP
+            y, q = mlp.post_norm_factors(pre)
+            post_norm = PostNormTerm(gathered_dots(_token_rows(y), self.W_enc_out, output_indices), _token_rows(q))
         return {
             "decoder_times_mlp_in": decoder_times_mlp_in,
             "mlp_out_times_encoder": mlp_out_times_encoder,
             "slopes": [_token_rows(c) for c in mlp.local_slopes(pre)],
             "input_indices": _token_rows(top_in.indices),
-            "output_indices": _token_rows(top_out.indices),
+            "output_indices": output_indices,
             "chunk_size": chunk_tokens(self.cfg.jacobian_chunk_bytes, self.cfg.k, mlp.d_mlp, element_size),
+            "post_norm": post_norm,
         }
 
     def _jacobian(
@@ -422,7 +433,7 @@ class _JacobianPairMixin:
         (evaluation: thousands of batches, fixed weights) they are cached until a weight
         changes in place (tensor version counters) or is replaced.
         """
-        tensors = (self.W_dec, self.W_enc_out, *mlp.input_weights(), mlp.W_out)
+        tensors = (self.W_dec, self.W_enc_out, *mlp.input_weights(), mlp.W_out, *([mlp.w_post] if mlp.post_norm else []))
         cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)  # noqa: E731
         if torch.is_grad_enabled():
             self.__dict__.pop("_weight_products_cache", None)
@@ -436,7 +447,7 @@ class _JacobianPairMixin:
         # an explicit dtype wins over autocast; without one, autocast (if on) picks it
         with torch.autocast(W_dec.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
             # B as the transpose of a contiguous Bᵀ: the Jacobian gathers rows of Bᵀ, so no copy
-            products = ([W_dec @ cast(W) for W in mlp.input_weights()], (W_enc_out.T @ cast(mlp.W_out).T).T)
+            products = ([W_dec @ cast(W) for W in mlp.input_weights()], (W_enc_out.T @ cast(mlp.output_weight()).T).T)
         if not torch.is_grad_enabled():
             self.__dict__["_weight_products_cache"] = (key, products)
         return products
@@ -457,7 +468,25 @@ class _JacobianPairMixin:
     # ---- SAELens contract ---------------------------------------------------------------
     @torch.no_grad()
     def fold_W_dec_norm(self) -> None:
-        """Fold decoder norms into the encoders of both SAEs (exact for unit-norm decoders)."""
+        """Fold decoder norms into the encoders of both SAEs.
+
+        Only exact when every decoder row already has unit norm (as a JSAE trained here has): on
+        other rows the fold rescales the encoder's pre-activations per latent, which changes
+        which latents TopK picks. Like SAELens' `TopKSAE`, that case raises NotImplementedError,
+        before any weight is touched.
+        """
+        for name in ("W_dec", "W_dec_out"):
+            W = getattr(self, name)
+            tolerance = min(100 * torch.finfo(W.dtype).eps, 1e-2)
+            off = float((W.norm(dim=-1) - 1).abs().max()) if W.numel() else 0.0
+            if off > tolerance:
+                which = "input" if name == "W_dec" else "output"
+                raise NotImplementedError(
+                    f"Folding W_dec_norm is not safe for this Jacobian SAE: the {which} SAE's decoder ({name}) has rows "
+                    f"whose norm is off 1 by up to {off:.3g}, and folding them into the encoder would change which "
+                    "latents TopK picks (SAELens' TopKSAE refuses this too). Load without fold_W_dec_norm; call "
+                    "normalize_decoders() only if you accept changed outputs."
+                )
         self.fold_and_get_W_dec_norm()  # type: ignore[attr-defined]  # the input SAE
         norms = self.W_dec_out.norm(dim=-1).clamp(min=1e-8)
         self.W_dec_out.data.div_(norms[:, None])

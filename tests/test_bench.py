@@ -32,6 +32,9 @@ def test_bench_quick_writes_valid_json(tmp_path):
     assert result["offline"]["llm_ran_past_hooked_block"] is False
     assert 0 < result["offline"]["sweep_ratio"] and 0 < result["offline"]["sweep_ratio_floor"] <= 1
     assert result["offline"]["end_to_end_ratio_bf16_jacobian"] > 0
+    post = result["post_norm_overhead"]
+    assert post["penalty_with_post_norm_float32_s"] > 0 and post["penalty_without_post_norm_bf16_s"] > 0
+    assert 0 < post["post_norm_overhead_flop_estimate_gemma_2_2b_16k_batch_4096"] < 0.1
     assert json.loads(proc.stdout[proc.stdout.index("{") :])["result_file"].endswith(files[0].name)
 
 

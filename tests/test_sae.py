@@ -1,5 +1,6 @@
 """The `jacobian` architecture against SAELens' contract for registered SAEs."""
 
+import copy
 import importlib
 import json
 import subprocess
@@ -284,3 +285,35 @@ def test_layer_hook_validation():
     assert layer_of_input_hook("blocks.3.ln2.hook_normalized") == 3
     with pytest.raises(ValueError, match="not an MLP input hook"):
         layer_of_input_hook("blocks.3.hook_resid_pre")
+
+
+@pytest.mark.parametrize("which", ["W_dec", "W_dec_out", "both"])
+def test_fold_W_dec_norm_refuses_non_unit_decoders_like_saelens_topk(pair, which, tmp_path):
+    """Folding non-unit decoder norms changes TopK's picks; the pair refuses (as SAELens' TopKSAE
+    does), leaves every weight untouched, and so does loading with fold_W_dec_norm=True."""
+    _, sae, x = pair
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name in (["W_dec", "W_dec_out"] if which == "both" else [which]):
+            W = getattr(sae, name)
+            W.mul_(torch.rand(W.shape[0], 1, generator=gen, dtype=W.dtype) * 1.5 + 0.25)
+    # the hazard is real: a plain fold changes the picked latents of the rescaled SAE
+    naive = copy.deepcopy(sae)
+    with torch.no_grad():
+        for W, W_enc, b_enc in ((naive.W_dec, naive.W_enc, naive.b_enc), (naive.W_dec_out, naive.W_enc_out, naive.b_enc_out)):
+            norms = W.norm(dim=-1)
+            W.div_(norms[:, None]), W_enc.mul_(norms[None, :]), b_enc.mul_(norms)
+    before, after = sae.forward_pair(x), naive.forward_pair(x)
+    changed = "input_latents" if which == "W_dec" else "output_latents"
+    assert not torch.equal(getattr(before, changed) > 0, getattr(after, changed) > 0)
+
+    state = {k: v.clone() for k, v in sae.state_dict().items()}
+    with pytest.raises(NotImplementedError, match=r"not safe.*" + ("W_dec\\)" if which != "W_dec_out" else "W_dec_out")):
+        sae.fold_W_dec_norm()
+    for k, v in sae.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    sae.save_model(tmp_path)
+    with pytest.raises(NotImplementedError, match="not safe"):
+        SAE.load_from_disk(tmp_path, fold_W_dec_norm=True)
+    with pytest.raises(NotImplementedError):  # the exported halves are SAELens TopKSAEs: refused there too
+        (sae.input_sae if which != "W_dec_out" else sae.output_sae).fold_W_dec_norm()
