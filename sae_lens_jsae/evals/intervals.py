@@ -239,3 +239,34 @@ def paired_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, 
             iv = unpaired_difference(ea[key], eb[key]).to_dict()
         out[key] = {**iv, "paired": bool(same)}
     return dict(sorted(out.items()))
+
+
+# --------------------------------------------------------------------------- verdicts
+PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
+
+
+def difference(a: Mapping[str, Any], b: Mapping[str, Any], key: str, scale_b: float = 1.0) -> tuple[Interval, bool]:
+    """(interval of a[key] − scale_b·b[key], paired?) from two summaries' per-sequence sums.
+
+    Paired when both were evaluated on the same tokens; otherwise independent (unpaired)."""
+    ea, eb = summary_estimates(a).get(key), summary_estimates(b).get(key)
+    if ea is None or eb is None:
+        missing = "a" if ea is None else "b"
+        return Interval(None, None, None, 0, f"{key} has no per-sequence data in summary {missing} (re-run jsae eval)"), False
+    block = "jacobian_sparsity" if key.startswith("jacobian_sparsity") else "splice"
+    same = _digests(a).get(block) is not None and _digests(a).get(block) == _digests(b).get(block) and ea.n == eb.n
+    if same:
+        return (ea - eb.scale(scale_b)).interval(), True
+    return unpaired_difference(ea, eb.scale(scale_b)), False
+
+
+def verdict(iv: Interval, bound: float = 0.0, want: str = "below") -> str:
+    """PASS if the whole 95% interval is on the wanted side of `bound` ('below' or 'above'), FAIL if
+    the whole interval is on the other side, INCONCLUSIVE if it straddles the bound (or is n/a)."""
+    if want not in ("below", "above"):
+        raise ValueError(f"want must be 'below' or 'above'; got {want!r}")
+    if not iv.ok or iv.lo is None or iv.hi is None:
+        return INCONCLUSIVE
+    lo, hi = (iv.lo, iv.hi) if want == "below" else (-iv.hi, -iv.lo)
+    b = bound if want == "below" else -bound
+    return PASS if hi < b else FAIL if lo > b else INCONCLUSIVE
