@@ -79,3 +79,12 @@ def test_cli_accepts_sweeps_and_randomized_sweeps():
     cli_eval.add_arguments(p)
     a = p.parse_args(["s1", "s2", "--randomized-sweep", "r1", "--output-dir", "o"])
     assert a.checkpoint == ["s1", "s2"] and a.randomized_sweep == ["r1"] and a.n_splice_tokens == 32_768
+
+
+def test_a_pair_from_another_model_is_refused_before_any_work(sweeps, tmp_path):
+    root, _ = sweeps
+    model = make_tiny_model("gated_silu")
+    tokens = torch.randint(1, model.cfg.d_vocab, (4, 16), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="frozen MLP does not match"):  # randomized pairs on the trained model
+        evaluate_sweeps_and_compare([], model, tokens, tmp_path / "o", randomized_dirs=[root / "rsweep"], randomized_model=model, **KW)
+    assert not (tmp_path / "o").exists()

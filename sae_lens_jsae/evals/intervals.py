@@ -109,11 +109,13 @@ class Estimate:
         return Estimate(c * self.value + shift, c * self.psi, self.na_reason)
 
 
-def ratio(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, check_denominator: str | None = None) -> Estimate:
+def ratio(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, check_denominator: str | None = None,
+          per: Sequence[float] | np.ndarray | None = None) -> Estimate:
     """Σa / Σb over sequences (a, b: per-sequence sums), with ψ for its standard error.
 
-    `check_denominator`: a name; when given, the ratio is n/a unless the mean of b per sequence is
-    resolved (95% interval excludes 0 and is narrower than ±50% of it)."""
+    `check_denominator`: a name; when given, the ratio is n/a unless the denominator Σb/Σper (per
+    token when `per` holds token counts; per sequence by default) is resolved: its 95% interval
+    excludes 0 and is narrower than ±50% of it."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1 or a.size == 0:
@@ -121,7 +123,7 @@ def ratio(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, c
     sb = b.sum()
     reason = None
     if check_denominator is not None:
-        reason = unresolved_reason(b, check_denominator)
+        reason = unresolved_reason(b, check_denominator, per)
     if sb == 0:
         return Estimate(float("nan"), np.zeros_like(a), reason or "denominator is 0")
     r = a.sum() / sb
@@ -134,14 +136,17 @@ def mean(values: Sequence[float] | np.ndarray) -> Estimate:
     return ratio(v, np.ones_like(v))
 
 
-def unresolved_reason(b: np.ndarray, name: str) -> str | None:
-    """Why a denominator (per-sequence sums b) is not resolved, or None if it is."""
-    d = ratio(b, np.ones_like(b)).interval()
+def unresolved_reason(b: np.ndarray, name: str, per: Sequence[float] | np.ndarray | None = None) -> str | None:
+    """Why a denominator (per-sequence sums b, normalised by Σper; per sequence by default) is not
+    resolved, or None if it is."""
+    b = np.asarray(b, dtype=np.float64)
+    d = ratio(b, np.ones_like(b) if per is None else per).interval()
     if d.value is None:
         return f"{name} could not be estimated"
     half = (d.hi - d.lo) / 2  # type: ignore[operator]
     if d.lo <= 0 or half > MAX_RELATIVE_DENOMINATOR_HALF_WIDTH * abs(d.value):  # type: ignore[operator]
-        return (f"{name} = {d.value:.3g} per sequence, 95% [{d.lo:.3g}, {d.hi:.3g}]: not resolved above 0 to within "
+        unit = "per sequence" if per is None else "per token"
+        return (f"{name} = {d.value:.3g} {unit}, 95% [{d.lo:.3g}, {d.hi:.3g}]: not resolved above 0 to within "
                 f"±{MAX_RELATIVE_DENOMINATOR_HALF_WIDTH:.0%}, so the ratio means nothing")
     return None
 
@@ -177,8 +182,8 @@ def splice_estimates(ps: Mapping[str, Any]) -> dict[str, Estimate]:
         out[f"splice.{s}.ce_zero_ablation"] = ratio(ce_z, col["n_pred"])
         out[f"splice.{s}.kl_spliced"] = ratio(kl_s, col["n_pos"])
         out[f"splice.{s}.kl_zero_ablation"] = ratio(kl_z, col["n_pos"])
-        out[f"splice.{s}.ce_loss_score"] = ratio(ce_z - ce_s, ce_z - col["ce_clean"], check_denominator="CE_zero − CE_clean")
-        out[f"splice.{s}.kl_score"] = ratio(kl_z - kl_s, kl_z, check_denominator="KL(clean ‖ zero-ablated)")
+        out[f"splice.{s}.ce_loss_score"] = ratio(ce_z - ce_s, ce_z - col["ce_clean"], check_denominator="CE_zero − CE_clean", per=col["n_pred"])
+        out[f"splice.{s}.kl_score"] = ratio(kl_z - kl_s, kl_z, check_denominator="KL(clean ‖ zero-ablated)", per=col["n_pos"])
     if "splice.input.ce_loss_score" in out and "splice.output.ce_loss_score" in out:
         out["splice.average_ce_loss_score"] = (out["splice.input.ce_loss_score"] + out["splice.output.ce_loss_score"]).scale(0.5)
     for name, err, var in (("input", "sqerr_input", "var_input"), ("output", "sqerr_output", "var_output"),

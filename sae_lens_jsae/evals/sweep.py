@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -125,7 +126,7 @@ def evaluate_sweep(
 
     Splices of all pairs in one pass, then `evaluate_checkpoint` per pair (Jacobian sparsity,
     linearity, optional core) with the pair's labels in its summary. Returns the summary paths."""
-    from sae_lens_jsae.evals.pipeline import evaluate_checkpoint, load_checkpoint
+    from sae_lens_jsae.evals.pipeline import check_mlp_matches, evaluate_checkpoint, load_checkpoint
     from sae_lens_jsae.evals.splice import splice_scores_multi
 
     if len({p.randomized for p in pairs}) > 1:
@@ -133,10 +134,16 @@ def evaluate_sweep(
     saes = {p.file_label: load_checkpoint(p.path).to(model.cfg.device) for p in pairs}
     if len(saes) != len(pairs):
         raise ValueError(f"two pairs share a folder name: {[str(p.path) for p in pairs]}; give the sweeps distinct folder names.")
+    if kwargs.get("check_mlp", True):  # before any work: a pair trained on another model (e.g. a wrong --seed)
+        for sae in saes.values():
+            check_mlp_matches(model, sae, tokens)
+    t0 = time.time()
     splices = splice_scores_multi(model, saes, tokens, batch_size=max(1, batch_size // 2), max_tokens=n_splice_tokens, progress=progress)
+    shared_s = time.time() - t0
     paths = []
     for p in pairs:
-        extra = {"pair_name": p.name, "series": p.series, "series_label": p.series_label, "sweep_dir": str(p.path.parent)}
+        extra = {"pair_name": p.name, "series": p.series, "series_label": p.series_label, "sweep_dir": str(p.path.parent),
+                 "splice_pass": {"pairs": list(saes), "seconds": shared_s}}
         paths.append(evaluate_checkpoint(p.path, model, tokens, output_dir, label=p.file_label, randomized=p.randomized,
                                          jacobian_coefficient=p.jacobian_coefficient, n_splice_tokens=n_splice_tokens,
                                          batch_size=batch_size, progress=progress, splice=splices[p.file_label], extra=extra, **kwargs))
