@@ -278,8 +278,9 @@ def write_report(
           "its own 95% interval reaches 0 or is wider than ±50% of it (e.g. the randomized model, where removing the MLP costs ≈ 0 nats).")
 
     doc.h(2, "Linearity")
-    doc.table(["SAE", "linear", "JumpReLU-like", "other", "ablation on line", "curves", "source"],
-              [[_name(d), d["linearity"]["linear"], d["linearity"]["jumprelu"], d["linearity"]["other"], d["linearity"]["ablation_on_line"], d["linearity"]["n_curves"], f"{rel(p)}: linearity"] for p, d in items])
+    doc.table(["SAE", "linear", "JumpReLU-like", "other", "ablation on line", "curves", "source", "linear, 95% interval", "ablation on line, 95% interval"],
+              [[_name(d), d["linearity"]["linear"], d["linearity"]["jumprelu"], d["linearity"]["other"], d["linearity"]["ablation_on_line"], d["linearity"]["n_curves"],
+                f"{rel(p)}: linearity", metric(d, "linearity.linear").fmt(3), metric(d, "linearity.ablation_on_line").fmt(3)] for p, d in items])
 
     core_rows = []
     for p, d in items:

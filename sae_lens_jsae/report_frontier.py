@@ -90,11 +90,12 @@ def rows_spec(d: dict[str, Any]) -> list[tuple[str, str | None]]:
         ("explained variance, input SAE", "explained_variance.input"),
         ("explained variance, output SAE", "explained_variance.output"),
         ("explained variance of f(x̂) vs f(x)", "explained_variance.mlp_of_input_reconstruction"),
+        ("linear fraction (linearity)", "linearity.linear"),
     ]
 
 
-DELTA_ROWS = (0, 1, 4, 5, 8)
-"""Indices into rows_spec of the metrics whose paired difference to λ = 0 is tabulated."""
+DELTA_KEYS = ("count", SCALE_FREE_KEY, "splice.average_ce_loss_score", "splice.input.ce_loss_score", "explained_variance.input", "linearity.linear")
+"""Metrics whose paired difference to λ = 0 is tabulated ('count': the count |J| > COUNT_TAU)."""
 
 
 def _cell(iv: Interval) -> str:
@@ -127,13 +128,11 @@ def frontier_table(items: list[tuple[Path, dict[str, Any]]]) -> tuple[list[str],
         a, b = metric(d, count_key(d)), metric(ref, count_key(ref)) if ref else Interval(None, None, None, 0, "no λ=0")
         ratio_row.append(f"{a.value / b.value:.3f}" if a.ok and b.ok and b.value else "")
     rows.append(ratio_row)
-    for i in DELTA_ROWS:
-        label = spec[i][0]
+    for want in DELTA_KEYS:
+        label = next(lab for lab, key in spec if (key == count_key(ordered[0][1]) if want == "count" else key == want))
         row = [f"Δ vs λ=0 (paired): {label}"]
         for _, d in ordered:
-            ref = reference(items, d)
-            key = spec[i][1] if spec[i][1] != count_key(ordered[0][1]) else count_key(d)
-            row.append(_delta(d, ref, key))
+            row.append(_delta(d, reference(items, d), count_key(d) if want == "count" else want))
         rows.append(row)
     return header, rows, notes
 

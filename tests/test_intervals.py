@@ -147,3 +147,20 @@ def test_paired_differences_between_summaries(tiny):
     assert d[key]["lo"] == pytest.approx((ea[key] - eb[key]).interval().lo)
     other = splice_scores(model, saes["b"], tokens[:8], batch_size=4, progress=False)  # other tokens: unpaired
     assert not paired_differences(sa, {"splice": other.to_dict()})[key]["paired"]
+
+
+def test_linearity_per_token_counts_reproduce_the_fractions(tiny):
+    from sae_lens_jsae.evals import linearity
+    from sae_lens_jsae.evals.intervals import linearity_estimates
+
+    model, saes, tokens = tiny
+    r = linearity(model, saes["a"], tokens, n_tokens=20, progress=False)
+    assert len(r.per_token["n_curves"]) == 20 and sum(r.per_token["n_curves"]) == r.n_curves
+    est = linearity_estimates(r.per_token)
+    for c in ("linear", "jumprelu", "other"):
+        assert est[f"linearity.{c}"].value == pytest.approx(getattr(r, c), abs=1e-12)
+    assert est["linearity.ablation_on_line"].value == pytest.approx(r.ablation_on_line, abs=1e-12)
+    other = linearity(model, saes["b"], tokens, n_tokens=20, progress=False)  # same sampled tokens: paired
+    assert other.per_token["sample_digest"] == r.per_token["sample_digest"]
+    d = paired_differences({"linearity": r.to_dict()}, {"linearity": other.to_dict()})["linearity.linear"]
+    assert d["paired"] and d["value"] == pytest.approx(r.linear - other.linear)

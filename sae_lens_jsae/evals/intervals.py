@@ -206,6 +206,20 @@ def sparsity_estimates(ps: Mapping[str, Any], k: int) -> dict[str, Estimate]:
     return out
 
 
+def linearity_estimates(pt: Mapping[str, Any]) -> dict[str, Estimate]:
+    """Estimates of the linearity fractions from a `LinearityResult.per_token` block.
+
+    Units are the sampled tokens (drawn at random from the first 4·n_tokens positions, so mostly
+    from different places in the text; not clustered by sequence)."""
+    n = np.asarray(pt["n_curves"], dtype=np.float64)
+    if n.size == 0 or n.sum() == 0:
+        return {}
+    out = {f"linearity.{c}": ratio(pt[c], n) for c in ("linear", "jumprelu", "other")}
+    if np.sum(pt["n_pairs"]) > 0:
+        out["linearity.ablation_on_line"] = ratio(pt["on_line"], pt["n_pairs"])
+    return out
+
+
 def summary_estimates(summary: Mapping[str, Any]) -> dict[str, Estimate]:
     """Every estimated metric of an `evaluate_checkpoint` summary that has per-sequence data."""
     out: dict[str, Estimate] = {}
@@ -215,6 +229,9 @@ def summary_estimates(summary: Mapping[str, Any]) -> dict[str, Estimate]:
     spl = summary.get("splice") or {}
     if spl.get("per_sequence"):
         out.update(splice_estimates(spl["per_sequence"]))
+    lin = summary.get("linearity") or {}
+    if lin.get("per_token"):
+        out.update(linearity_estimates(lin["per_token"]))
     return out
 
 
@@ -224,7 +241,15 @@ def summary_intervals(summary: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _digests(summary: Mapping[str, Any]) -> dict[str, str | None]:
-    return {block: ((summary.get(block) or {}).get("per_sequence") or {}).get("tokens_digest") for block in ("jacobian_sparsity", "splice")}
+    out = {block: ((summary.get(block) or {}).get("per_sequence") or {}).get("tokens_digest") for block in ("jacobian_sparsity", "splice")}
+    out["linearity"] = ((summary.get("linearity") or {}).get("per_token") or {}).get("sample_digest")
+    return out
+
+
+def _block(key: str) -> str:
+    """Which per-sequence block (and tokens digest) a metric key comes from."""
+    head = key.split(".")[0]
+    return head if head in ("jacobian_sparsity", "linearity") else "splice"
 
 
 def paired_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -236,8 +261,7 @@ def paired_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, 
     da, db = _digests(a), _digests(b)
     out: dict[str, dict[str, Any]] = {}
     for key in ea.keys() & eb.keys():
-        block = key.split(".")[0]
-        same = da.get("splice" if block in ("splice", "explained_variance") else block) == db.get("splice" if block in ("splice", "explained_variance") else block)
+        same = da.get(_block(key)) is not None and da.get(_block(key)) == db.get(_block(key))
         if same and ea[key].n == eb[key].n:
             iv = (ea[key] - eb[key]).interval().to_dict()
         else:
@@ -258,7 +282,7 @@ def difference(a: Mapping[str, Any], b: Mapping[str, Any], key: str, scale_b: fl
     if ea is None or eb is None:
         missing = "a" if ea is None else "b"
         return Interval(None, None, None, 0, f"{key} has no per-sequence data in summary {missing} (re-run jsae eval)"), False
-    block = "jacobian_sparsity" if key.startswith("jacobian_sparsity") else "splice"
+    block = _block(key)
     same = _digests(a).get(block) is not None and _digests(a).get(block) == _digests(b).get(block) and ea.n == eb.n
     if same:
         return (ea - eb.scale(scale_b)).interval(), True
