@@ -164,3 +164,16 @@ def test_linearity_per_token_counts_reproduce_the_fractions(tiny):
     assert other.per_token["sample_digest"] == r.per_token["sample_digest"]
     d = paired_differences({"linearity": r.to_dict()}, {"linearity": other.to_dict()})["linearity.linear"]
     assert d["paired"] and d["value"] == pytest.approx(r.linear - other.linear)
+
+
+def test_saebench_format_json_carries_the_intervals(tiny, tmp_path):
+    import json
+
+    from sae_lens_jsae.evals import saebench as sb
+
+    model, saes, tokens = tiny
+    sb.run_eval(sb.JacobianSparsityEvalConfig(n_tokens=64, batch_size_prompts=4), [("a", saes["a"])], "cpu", str(tmp_path), model=model, tokens=tokens)
+    data = json.loads((tmp_path / "a_custom_sae_eval_results.json").read_text())
+    iv = data["eval_result_unstructured"]["intervals"]["jacobian_sparsity.l1_l2_ratio"]
+    assert iv["lo"] <= data["eval_result_metrics"]["jacobian_sparsity"]["l1_l2_ratio"] <= iv["hi"]
+    assert sb.read_eval_output(tmp_path / "a_custom_sae_eval_results.json").eval_type_id == "jacobian_sparsity"  # still valid
