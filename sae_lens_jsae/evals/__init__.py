@@ -2,7 +2,8 @@
 
 Pure functions over a TransformerLens model, a JSAE and token batches ((n_seqs, ctx) tensors or
 iterables of them); `evaluate_checkpoint` runs them all and writes SAEBench-format JSONs plus a
-summary, `compare` renders `report.md` / `report.html` from summaries.
+summary, `compare` renders `report.md` / `report.html` from summaries; `evaluate_sweeps_and_compare`
+does whole λ sweeps (the frontier). Intervals: `sae_lens_jsae.evals.intervals`.
 """
 
 from sae_lens_jsae.evals.linearity import (
@@ -27,7 +28,8 @@ from sae_lens_jsae.evals.sparsity import (
     jacobian_sparsity,
     jacobian_sparsity_of_values,
 )
-from sae_lens_jsae.evals.splice import SpliceResult, SpliceScore, splice_scores
+from sae_lens_jsae.evals.splice import SpliceResult, SpliceScore, splice_scores, splice_scores_multi
+from sae_lens_jsae.evals.sweep import evaluate_sweep, evaluate_sweeps_and_compare, find_pairs
 
 __all__ = [
     "JacobianSparsityAccumulator",
@@ -40,6 +42,9 @@ __all__ = [
     "compare",
     "evaluate_and_compare",
     "evaluate_checkpoint",
+    "evaluate_sweep",
+    "evaluate_sweeps_and_compare",
+    "find_pairs",
     "jacobian_sparsity",
     "jacobian_sparsity_of_values",
     "linearity",
@@ -51,4 +56,5 @@ __all__ = [
     "scan_curves",
     "score_saes",
     "splice_scores",
+    "splice_scores_multi",
 ]

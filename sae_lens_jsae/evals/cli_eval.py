@@ -1,4 +1,8 @@
-"""`jsae eval CHECKPOINT [--baseline λ0_CHECKPOINT] [--saes release/id …]`: metrics, JSONs and report."""
+"""`jsae eval CHECKPOINT [--baseline λ0_CHECKPOINT] [--saes release/id …]`: metrics, JSONs and report.
+
+`jsae eval SWEEP_DIR [SWEEP_DIR …] [--randomized-sweep DIR …]`: every pair of the sweeps (what
+`jsae train --sweep` writes) on the same tokens, and a report led by the λ frontier.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,11 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="JSAE checkpoint directory (cfg.json + sae_weights.safetensors)")
-    p.add_argument("--baseline", help="λ=0 pair checkpoint to compare against")
+    p.add_argument("checkpoint", nargs="+", help="JSAE checkpoint directory (cfg.json + sae_weights.safetensors), "
+                   "or one or more sweep directories (subfolders = pairs, as `jsae train --sweep` writes)")
+    p.add_argument("--baseline", help="λ=0 pair checkpoint to compare against (single-checkpoint mode)")
+    p.add_argument("--randomized-sweep", nargs="*", default=[], metavar="DIR",
+                   help="sweep directories (or checkpoints) trained on the randomized model; evaluated on it (--seed) with the same tokens")
     p.add_argument("--saes", nargs="*", default=[], help="other SAELens SAEs on the same hook: 'release/sae_id' or a directory (SAEBench core eval)")
     p.add_argument("--also", nargs="*", default=[], help="summary JSONs of earlier `jsae eval` runs to include (λ sweep, randomized control)")
     p.add_argument("--output-dir", default="eval_results", help="where JSONs, PNGs and report.md/html go")
@@ -18,12 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--context-size", type=int, default=128)
     p.add_argument("--n-tokens", type=int, default=102_400, help="tokens for Jacobian sparsity")
-    p.add_argument("--n-splice-tokens", type=int, default=4096, help="tokens for the CE/KL splices")
+    p.add_argument("--n-splice-tokens", type=int, default=32_768, help="tokens for the CE/KL splices and explained variances")
     p.add_argument("--n-core-reconstruction-tokens", type=int, default=4096, help="tokens for SAEBench core CE/KL")
     p.add_argument("--n-core-sparsity-tokens", type=int, default=32_768, help="tokens for SAEBench core variance/L0/dead latents")
     p.add_argument("--n-linearity-tokens", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
-    p.add_argument("--no-core", action="store_true", help="skip SAEBench's core eval of the two SAEs")
+    p.add_argument("--no-core", action="store_true", help="skip SAEBench's core eval of the two SAEs (single-checkpoint mode)")
+    p.add_argument("--core", action="store_true", help="sweep mode: also run SAEBench's core eval of every SAE (off by default there)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,19 +41,28 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from sae_lens_jsae.evals.pipeline import evaluate_and_compare
+    from sae_lens_jsae.evals.sweep import evaluate_sweeps_and_compare, find_pairs
     from sae_lens_jsae.sources import load_hooked_model, sotu_token_dataset
 
-    model_name = args.model_name or json.loads((Path(args.checkpoint) / "cfg.json").read_text())["metadata"]["model_name"]
+    sweep_mode = len(args.checkpoint) > 1 or bool(args.randomized_sweep) or not (Path(args.checkpoint[0]) / "cfg.json").exists()
+    if sweep_mode and args.baseline:
+        raise SystemExit("--baseline is for one checkpoint; a sweep directory brings its own λ=0 pair (jacobian_coefficient=0).")
+    first = find_pairs(args.checkpoint[0])[0]
+    model_name = args.model_name or json.loads((first / "cfg.json").read_text())["metadata"]["model_name"]
     model = load_hooked_model(args.model_source, model_name, device=args.device, randomize=args.randomized, seed=args.seed)
     ds = sotu_token_dataset(model.tokenizer, args.context_size, split="eval")
     n_seqs = -(-max(args.n_tokens, args.n_splice_tokens, args.n_core_sparsity_tokens) // args.context_size)
     tokens = torch.tensor(ds["input_ids"][: min(n_seqs, len(ds))])
-    if tokens.numel() < args.n_tokens:
-        print(f"note: the eval split has {tokens.numel()} tokens (< --n-tokens {args.n_tokens}); using all of them")
-    report = evaluate_and_compare(
-        args.checkpoint, model, tokens, args.output_dir, baseline=args.baseline, saes=args.saes, also=args.also, randomized=args.randomized,
-        n_tokens=args.n_tokens, n_splice_tokens=args.n_splice_tokens, n_core_reconstruction_tokens=args.n_core_reconstruction_tokens,
-        n_core_sparsity_tokens=args.n_core_sparsity_tokens, n_linearity_tokens=args.n_linearity_tokens, batch_size=args.batch_size, core=not args.no_core,
-    )
+    if tokens.numel() < max(args.n_tokens, args.n_splice_tokens):
+        print(f"note: the eval split has {tokens.numel()} tokens (< the requested {max(args.n_tokens, args.n_splice_tokens)}); using all of them")
+    kw = dict(n_tokens=args.n_tokens, n_splice_tokens=args.n_splice_tokens, n_core_reconstruction_tokens=args.n_core_reconstruction_tokens,
+              n_core_sparsity_tokens=args.n_core_sparsity_tokens, n_linearity_tokens=args.n_linearity_tokens, batch_size=args.batch_size)
+    if sweep_mode:
+        rmodel = load_hooked_model(args.model_source, model_name, device=args.device, randomize=True, seed=args.seed) if args.randomized_sweep else None
+        report = evaluate_sweeps_and_compare(args.checkpoint, model, tokens, args.output_dir, randomized_dirs=args.randomized_sweep,
+                                             randomized_model=rmodel, randomized=args.randomized, also=args.also, core=args.core, **kw)
+    else:
+        report = evaluate_and_compare(args.checkpoint[0], model, tokens, args.output_dir, baseline=args.baseline, saes=args.saes, also=args.also,
+                                      randomized=args.randomized, core=not args.no_core, **kw)
     print(f"wrote {report} and {Path(report).with_suffix('.html')}")
     return 0

@@ -104,6 +104,9 @@ class LinearityResult:
     """The grid runs over s_x[j] · [0, max_factor]."""
     around: str
     """'reconstruction' (decode s_x) or 'input' (the true x plus the change along W_dec[j])."""
+    per_token: dict[str, Any] | None = None
+    """Per sampled token (lists) for intervals: linear, jumprelu, other, n_curves, on_line, n_pairs
+    counts, and sample_digest (which tokens were sampled); `intervals.linearity_estimates`."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,20 +169,30 @@ def linearity_of_inputs(
     counts = torch.zeros(3, dtype=torch.long)
     on_line = n_pairs = 0
     n_grid_used = n_grid + (n_grid % 2 == 0)
+    per_token: list[torch.Tensor] = []  # (T, 6): linear, jumprelu, other, n_curves, on_line, n_pairs
     for s in range(0, x.shape[0], chunk_tokens):
         factors, curves, delta, predicted = scan_curves(sae, x[s : s + chunk_tokens], n_grid=n_grid, max_factor=max_factor, around=around)
+        T = curves.shape[0]
         flat = curves.reshape(-1, curves.shape[-1])
-        flat = flat[~flat.isnan().any(-1)]
-        counts += torch.bincount(classify_curves(factors, flat, tol), minlength=3)
+        keep = ~flat.isnan().any(-1)
+        token = torch.arange(T, device=flat.device).repeat_interleave(flat.shape[0] // max(T, 1))[keep]
+        classes = classify_curves(factors, flat[keep], tol)
+        counts += torch.bincount(classes, minlength=3).cpu()
         ok = ~delta.isnan()
-        on_line += int(((delta - predicted).abs()[ok] <= ablation_tol).sum())
+        hit = ((delta - predicted).abs() <= ablation_tol) & ok
+        on_line += int(hit.sum())
         n_pairs += int(ok.sum())
+        by_class = torch.bincount(token * 3 + classes.to(token.device), minlength=3 * T).reshape(T, 3)
+        per_token.append(torch.cat([by_class, by_class.sum(1, keepdim=True), hit.flatten(1).sum(1, keepdim=True),
+                                    ok.flatten(1).sum(1, keepdim=True)], 1).cpu())
+    P = torch.cat(per_token).T.tolist() if per_token else [[] for _ in range(6)]
     n = int(counts.sum())
     fr = (counts.double() / max(n, 1)).tolist()
     return LinearityResult(
         n_tokens=int(x.shape[0]), n_curves=n, linear=fr[0], jumprelu=fr[1], other=fr[2], n_pairs=n_pairs,
         ablation_on_line=on_line / max(n_pairs, 1), tol=tol, ablation_tol=ablation_tol, n_grid=n_grid_used,
         max_factor=max_factor, around=around,
+        per_token=dict(zip(("linear", "jumprelu", "other", "n_curves", "on_line", "n_pairs"), P)),
     )
 
 
@@ -206,8 +219,10 @@ def linearity(
     (sequence position 0, usually BOS, is skipped when `skip_first_position`).
     """
     pool = []
+    seen = []  # the token batches the sample came from (identifies it for paired differences)
     n_pool = 0
     for batch in iter_token_batches(tokens, batch_size, None, desc=None):
+        seen.append(batch)
         acts = mlp_inputs_of(model, sae, batch).reshape(batch.shape[0], batch.shape[1], -1)
         if skip_first_position and acts.shape[1] > 1:
             acts = acts[:, 1:]
@@ -228,6 +243,16 @@ def linearity(
     for s in tqdm(range(0, x.shape[0], step), desc="Linearity", disable=not progress, leave=False):
         parts.append(linearity_of_inputs(sae, x[s : s + step], n_grid=n_grid, max_factor=max_factor, tol=tol, ablation_tol=ablation_tol, around=around))
     result = merge_linearity(parts)
+    if result.per_token is not None:
+        import hashlib
+
+        from sae_lens_jsae.evals.sparsity import tokens_digest
+
+        digest = hashlib.sha256()
+        for batch in seen:
+            tokens_digest(digest, batch)
+        tokens_digest(digest, pick)
+        result.per_token["sample_digest"] = digest.hexdigest()
     return result
 
 
@@ -237,8 +262,12 @@ def merge_linearity(parts: list[LinearityResult]) -> LinearityResult:
     pairs = sum(p.n_pairs for p in parts)
     frac = lambda name: sum(getattr(p, name) * p.n_curves for p in parts) / max(n, 1)  # noqa: E731
     first = parts[0]
+    per_token = None
+    if all(p.per_token is not None for p in parts):
+        per_token = {k: [v for p in parts for v in p.per_token[k]] for k in first.per_token}  # type: ignore[index]
     return LinearityResult(
         n_tokens=sum(p.n_tokens for p in parts), n_curves=n, linear=frac("linear"), jumprelu=frac("jumprelu"), other=frac("other"),
         n_pairs=pairs, ablation_on_line=sum(p.ablation_on_line * p.n_pairs for p in parts) / max(pairs, 1),
         tol=first.tol, ablation_tol=first.ablation_tol, n_grid=first.n_grid, max_factor=first.max_factor, around=first.around,
+        per_token=per_token,
     )

@@ -21,7 +21,8 @@ from sae_lens_jsae.evals.saebench import (
     run_eval,
     run_linearity_eval,
 )
-from sae_lens_jsae.evals.splice import splice_scores
+from sae_lens_jsae.evals.intervals import METHOD, summary_intervals
+from sae_lens_jsae.evals.splice import SpliceResult, splice_scores
 from sae_lens_jsae.sae import layer_of_input_hook, saved_jacobian_coefficient
 
 SUMMARY_FORMAT = "sae_lens_jsae.eval/1"
@@ -86,7 +87,7 @@ def evaluate_checkpoint(
     randomized: bool = False,
     jacobian_coefficient: float | None = None,
     n_tokens: int = 102_400,
-    n_splice_tokens: int = 4096,
+    n_splice_tokens: int = 32_768,
     n_core_reconstruction_tokens: int = 4096,
     n_core_sparsity_tokens: int = 32_768,
     n_linearity_tokens: int = 512,
@@ -96,6 +97,8 @@ def evaluate_checkpoint(
     sparsity_kwargs: dict[str, Any] | None = None,
     check_mlp: bool = True,
     progress: bool = True,
+    splice: SpliceResult | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Evaluate one JSAE (a checkpoint directory or a loaded JSAE) on `model` and `tokens`.
 
@@ -105,8 +108,11 @@ def evaluate_checkpoint(
         (SAEBench core eval of the two SAEs; skipped when `core=False`);
       * `{label}_summary.json`: every number the report uses (sparsity incl. histogram, splice
         CE/KL for input/output/replacement, linearity, core headline numbers) with the paths of
-        the JSONs they come from.
+        the JSONs they come from, per-sequence sums, and `intervals`: a 95% interval per metric
+        (`sae_lens_jsae.evals.intervals`; n/a with the reason where a score means nothing).
     Returns the summary's path. `tokens`: (n_seqs, ctx) tensor or iterable of batches.
+    `splice`: splice scores computed already (by `splice_scores_multi`, several pairs in one pass);
+    `extra`: fields added to the summary (e.g. sweep labels).
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,8 +137,9 @@ def evaluate_checkpoint(
     run_linearity_eval(lin_cfg, [(label, sae)], str(model.cfg.device), str(out / "jacobian_linearity"), force_rerun=True, model=model, tokens=toks)
     timings["linearity_s"] = time.time() - t0
     t0 = time.time()
-    splice = splice_scores(model, sae, toks, batch_size=max(1, batch_size // 2), max_tokens=n_splice_tokens, progress=progress)
-    timings["splice_s"] = time.time() - t0
+    if splice is None:
+        splice = splice_scores(model, sae, toks, batch_size=max(1, batch_size // 2), max_tokens=n_splice_tokens, progress=progress)
+        timings["splice_s"] = time.time() - t0
     core_files: dict[str, Any] = {}
     if core:
         t0 = time.time()
@@ -161,10 +168,14 @@ def evaluate_checkpoint(
         "jacobian_sparsity": sp_json["eval_result_unstructured"]["result"],
         "linearity": lin_json["eval_result_unstructured"]["result"],
         "splice": splice.to_dict(),
+        "explained_variance": splice.explained_variance,
         "core": core_files,
         "files": {"jacobian_sparsity": str(sp_file.relative_to(out)), "jacobian_linearity": str(lin_file.relative_to(out))},
         "timings": timings,
+        **(extra or {}),
     }
+    summary["interval_method"] = METHOD
+    summary["intervals"] = summary_intervals(summary)
     path = out / f"{label}_summary.json"
     path.write_text(json.dumps(summary, indent=2))
     return path
@@ -216,10 +227,22 @@ def evaluate_and_compare(
                 f"--baseline {baseline} was trained with jacobian_coefficient={lam}, not 0. The baseline must be a "
                 "plain pair (λ=0); to compare two JSAEs, evaluate each and pass the other's summary with --also."
             )
-    toks = collect_tokens(tokens, max(kwargs.get("n_tokens", 102_400), kwargs.get("n_splice_tokens", 4096), kwargs.get("n_core_sparsity_tokens", 32_768)))
-    summaries = [evaluate_checkpoint(checkpoint, model, toks, output_dir, label="randomized_jsae" if randomized else "jsae", randomized=randomized, **kwargs)]
+    toks = collect_tokens(tokens, max(kwargs.get("n_tokens", 102_400), kwargs.get("n_splice_tokens", 32_768), kwargs.get("n_core_sparsity_tokens", 32_768)))
+    # both pairs' splices in one pass over the same tokens (shared clean and zero-ablated runs)
+    from sae_lens_jsae.evals.splice import splice_scores_multi
+
+    pairs = {"jsae": checkpoint, **({"lambda0": baseline} if baseline is not None else {})}
+    loaded = {k: (load_checkpoint(v) if isinstance(v, (str, os.PathLike)) else v).to(model.cfg.device) for k, v in pairs.items()}
+    if kwargs.get("check_mlp", True):
+        for sae in loaded.values():
+            check_mlp_matches(model, sae, toks)
+    splices = splice_scores_multi(model, loaded, toks, batch_size=max(1, kwargs.get("batch_size", 16) // 2),
+                                  max_tokens=kwargs.get("n_splice_tokens", 32_768), progress=kwargs.get("progress", True))
+    summaries = [evaluate_checkpoint(checkpoint, model, toks, output_dir, label="randomized_jsae" if randomized else "jsae", randomized=randomized,
+                                     splice=splices["jsae"], **kwargs)]
     if baseline is not None:
-        summaries.append(evaluate_checkpoint(baseline, model, toks, output_dir, label="randomized_lambda0" if randomized else "lambda0", randomized=randomized, jacobian_coefficient=0.0, **kwargs))
+        summaries.append(evaluate_checkpoint(baseline, model, toks, output_dir, label="randomized_lambda0" if randomized else "lambda0", randomized=randomized,
+                                             jacobian_coefficient=0.0, splice=splices["lambda0"], **kwargs))
     core_paths = []
     if saes:
         core_kw = {k: v for k, v in kwargs.items() if k in ("batch_size",)}

@@ -388,6 +388,16 @@ def _load_tokens(config, model, sae) -> torch.Tensor:
     return store.get_batch_tokens(n)
 
 
+def _intervals(per: dict[str, Any] | None, kind: str, k: int = 0) -> dict[str, Any]:
+    """{'intervals': {metric: 95% interval}, 'interval_method': …} from a result's per-sequence sums."""
+    from sae_lens_jsae.evals.intervals import METHOD, linearity_estimates, sparsity_estimates
+
+    if not per:
+        return {}
+    est = sparsity_estimates(per, k) if kind == "sparsity" else linearity_estimates(per)
+    return {"intervals": {key: e.interval().to_dict() for key, e in est.items()}, "interval_method": METHOD}
+
+
 def _run_eval(
     eval_type_id: str,
     config,
@@ -436,7 +446,7 @@ def _run_eval(
                 eval_config=config, eval_result_metrics=sparsity_metric_categories(r),
                 eval_result_details=[JacobianThresholdDetail(threshold=t, mean_count=c, mean_fraction=f, std_count=s)
                                      for t, c, f, s in zip(r.thresholds, r.mean_count_above, r.mean_fraction_above, r.std_count_above)],
-                eval_result_unstructured={"histogram": asdict(r.histogram), "result": r.to_dict()}, **common,
+                eval_result_unstructured={"histogram": asdict(r.histogram), "result": r.to_dict(), **_intervals(r.per_sequence, "sparsity", r.k)}, **common,
             )
         else:
             r = linearity(
@@ -445,7 +455,7 @@ def _run_eval(
             )
             out = JacobianLinearityEvalOutput(
                 eval_config=config, eval_result_metrics=linearity_metric_categories(r), eval_result_details=[],
-                eval_result_unstructured={"result": r.to_dict()}, **common,
+                eval_result_unstructured={"result": r.to_dict(), **_intervals(r.per_token, "linearity")}, **common,
             )
         out.to_json_file(path, indent=2)
         results[f"{release}_{sae_id}"] = asdict(out)

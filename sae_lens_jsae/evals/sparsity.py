@@ -19,6 +19,8 @@ THRESHOLDS: tuple[float, ...] = (0.005, 0.01, 0.015, 0.02)
 """The paper's |J| thresholds τ."""
 TOP_M: tuple[int, ...] = (1, 4, 16)
 """m of the 'fraction of L1 mass in the top-m entries' measure."""
+RELATIVE_THRESHOLDS: tuple[float, ...] = (0.1,)
+"""r of the scale-free count #{|J_ij| > r · max|J|} per token."""
 
 
 @dataclass
@@ -65,6 +67,14 @@ class JacobianSparsityResult:
     """Tokens whose J is entirely 0; excluded from the two scale-invariant means."""
     histogram: JacobianHistogram
     """Histogram of |J|."""
+    relative_thresholds: list[float] = field(default_factory=list)
+    """The r of the relative counts."""
+    relative_count_above: list[float] = field(default_factory=list)
+    """Per r: mean over tokens of #{|J_ij| > r · max_ij |J_ij|} (scale-free; 0 for an all-zero J)."""
+    per_sequence: dict[str, Any] | None = None
+    """Per-sequence sums for intervals (`intervals.sparsity_estimates`): n_tokens, n_nonzero,
+    count_above (per τ), relative_count_above (per r), abs_sum, ratio_sum, top_m_mass_sum (per m),
+    and tokens_digest (which tokens); None when the sequences were not given."""
 
     def count_above(self, threshold: float) -> float:
         """mean_count_above for the threshold `threshold` (KeyError-like ValueError if not measured)."""
@@ -81,6 +91,11 @@ class JacobianSparsityResult:
         return cls(**{**d, "histogram": JacobianHistogram(**d["histogram"])})
 
 
+def tokens_digest(digest: Any, batch: torch.Tensor) -> None:
+    """Feed a token batch into a hashlib digest (identifies the eval sequences for paired differences)."""
+    digest.update(batch.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+
+
 @dataclass
 class JacobianSparsityAccumulator:
     """Streaming sums for `JacobianSparsityResult`; call `update(values)` per batch, then `result()`."""
@@ -89,6 +104,10 @@ class JacobianSparsityAccumulator:
     top_m: Sequence[int] = TOP_M
     hist_bins: int = 100
     hist_max: float = 0.2
+    relative_thresholds: Sequence[float] = RELATIVE_THRESHOLDS
+    _per_seq: list[torch.Tensor] = field(default_factory=list)
+    _rel_sum: torch.Tensor | None = None
+    _digest: Any = None
     _n: int = 0
     _k: int = 0
     _count_sum: torch.Tensor | None = None
@@ -104,10 +123,15 @@ class JacobianSparsityAccumulator:
     _entries: int = field(default=0)
 
     @torch.no_grad()
-    def update(self, values: torch.Tensor) -> None:
-        """Add a batch of active Jacobians, (tokens, k_out, k_in)."""
+    def update(self, values: torch.Tensor, tokens: torch.Tensor | None = None) -> None:
+        """Add a batch of active Jacobians, (tokens, k_out, k_in).
+
+        `tokens`: the (n_seqs, ctx) token batch they come from (row-major); when given (every
+        update), per-sequence sums are kept for intervals."""
         if values.ndim != 3:
             raise ValueError(f"values must be (tokens, k_out, k_in); got {tuple(values.shape)}")
+        if tokens is not None and tokens.numel() != values.shape[0]:
+            raise ValueError(f"tokens {tuple(tokens.shape)} do not match {values.shape[0]} Jacobians")
         A = values.detach().abs().to(torch.float64).flatten(1)  # (T, k²)
         T, n = A.shape
         if T == 0:
@@ -123,6 +147,19 @@ class JacobianSparsityAccumulator:
         top = A.topk(m_max, dim=1).values.cumsum(1)  # (T, m_max)
         top_idx = torch.tensor([min(m, n) - 1 for m in self.top_m], device=A.device)
         top_mass = top[:, top_idx] / l1.clamp_min(1e-300)[:, None]
+        rel_thr = torch.tensor(list(self.relative_thresholds), dtype=torch.float64, device=A.device)
+        rel = (A[:, :, None] > rel_thr * A.amax(1)[:, None, None]).sum(1).to(torch.float64)  # (T, n_rel)
+        if tokens is not None:
+            # per sequence: [n_tokens, n_nonzero, counts…, rel counts…, abs sum, ratio sum, top-m mass…]
+            ratio_tok = torch.where(nz, l1 / (l2.clamp_min(1e-300) * n**0.5), 0.0)
+            cols = torch.cat([torch.ones_like(l1)[:, None], nz.to(torch.float64)[:, None], counts, rel, l1[:, None],
+                              ratio_tok[:, None], torch.where(nz[:, None], top_mass, 0.0)], 1)
+            self._per_seq.append(cols.reshape(tokens.shape[0], -1, cols.shape[1]).sum(1).cpu())
+            if self._digest is None:
+                import hashlib
+
+                self._digest = hashlib.sha256()
+            tokens_digest(self._digest, tokens)
         hist = torch.histc(A.clamp_max(self.hist_max), bins=self.hist_bins, min=0.0, max=self.hist_max)
         over = int((A > self.hist_max).sum())
         hist[-1] -= over  # clamped overflow landed in the last bin
@@ -130,11 +167,13 @@ class JacobianSparsityAccumulator:
             self._count_sum = counts.sum(0)
             self._count_sq_sum = counts.pow(2).sum(0)
             self._top_sum = top_mass[nz].sum(0)
+            self._rel_sum = rel.sum(0)
             self._hist = hist
         else:
             self._count_sum += counts.sum(0)
             self._count_sq_sum += counts.pow(2).sum(0)
             self._top_sum += top_mass[nz].sum(0)
+            self._rel_sum += rel.sum(0)
             self._hist += hist
         self._n += T
         self._entries += A.numel()
@@ -153,6 +192,20 @@ class JacobianSparsityAccumulator:
         var = (self._count_sq_sum / self._n - mean.pow(2)).clamp_min(0)
         nnz = max(self._n_nonzero, 1)
         edges = torch.linspace(0, self.hist_max, self.hist_bins + 1, dtype=torch.float64)
+        per_seq = None
+        if self._per_seq:
+            from sae_lens_jsae.evals.intervals import rounded
+
+            P = torch.cat(self._per_seq).T.numpy()  # (columns, n_seqs)
+            nt, nr, nm = len(self.thresholds), len(self.relative_thresholds), len(self.top_m)
+            per_seq = {
+                "n_tokens": rounded(P[0]), "n_nonzero": rounded(P[1]),
+                "count_above": [rounded(r) for r in P[2 : 2 + nt]],
+                "relative_count_above": [rounded(r) for r in P[2 + nt : 2 + nt + nr]],
+                "abs_sum": rounded(P[2 + nt + nr]), "ratio_sum": rounded(P[3 + nt + nr]),
+                "top_m_mass_sum": [rounded(r) for r in P[4 + nt + nr : 4 + nt + nr + nm]],
+                "tokens_digest": self._digest.hexdigest() if self._digest is not None else None,
+            }
         return JacobianSparsityResult(
             n_tokens=self._n,
             k=self._k,
@@ -172,6 +225,9 @@ class JacobianSparsityAccumulator:
                 overflow=self._overflow,
                 n_exact_zero=self._zeros,
             ),
+            relative_thresholds=[float(r) for r in self.relative_thresholds],
+            relative_count_above=(self._rel_sum / self._n).tolist(),
+            per_sequence=per_seq,
         )
 
 
@@ -192,6 +248,7 @@ def jacobian_sparsity(
     top_m: Sequence[int] = TOP_M,
     hist_bins: int = 100,
     hist_max: float = 0.2,
+    relative_thresholds: Sequence[float] = RELATIVE_THRESHOLDS,
     batch_size: int = 16,
     max_tokens: int | None = None,
     progress: bool = True,
@@ -201,7 +258,8 @@ def jacobian_sparsity(
     Streams `batch_size` sequences at a time (model run up to the JSAE's block only); at most
     `max_tokens` tokens (whole sequences; None: all).
     """
-    acc = JacobianSparsityAccumulator(thresholds=thresholds, top_m=top_m, hist_bins=hist_bins, hist_max=hist_max)
+    acc = JacobianSparsityAccumulator(thresholds=thresholds, top_m=top_m, hist_bins=hist_bins, hist_max=hist_max,
+                                      relative_thresholds=relative_thresholds)
     for batch in iter_token_batches(tokens, batch_size, max_tokens, desc="Jacobian sparsity" if progress else None):
-        acc.update(sae.active_jacobian(mlp_inputs_of(model, sae, batch)).values)
+        acc.update(sae.active_jacobian(mlp_inputs_of(model, sae, batch)).values, tokens=batch)
     return acc.result()

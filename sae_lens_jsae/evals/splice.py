@@ -8,18 +8,34 @@ Three splices, each scored against zero-ablation of the same hook:
 
 CE-loss score = (CE_zero − CE_spliced) / (CE_zero − CE_clean); KL score = (KL_zero − KL_spliced) /
 KL_zero (SAEBench's definitions), with KL(clean ‖ intervened) of next-token distributions.
+
+Cost: `splice_scores_multi` scores many pairs in one pass over the tokens. Per batch it runs the
+clean model once (caching block L's residual before the MLP is added), then, for each
+intervention, only blocks L+1… and the unembedding (`start_at_layer`), from residual + new MLP
+output. The two zero-ablations (ln2.hook_normalized → MLP(0); hook_mlp_out → 0) are shared by all
+pairs on a layer and by the output and replacement splices. So n pairs cost 1 + 2 + 3n partial
+passes instead of 7n full ones. Log-softmax and KL run in float32 (float64 for a float64 model):
+on SmolLM2 the float32 KL differs from float64 by ≪ its sampling error (docs/metrics.md).
+
+Explained variances (1 − Σ‖x − x̂‖² / Σ‖x − μ‖², μ the eval-set mean, special tokens excluded as in
+SAEBench's core eval) of the input SAE, the output SAE and of the MLP through the input SAE's
+reconstruction (f(x̂) against y = f(x)) come from the same pass. Everything is also kept as
+per-sequence sums (`SpliceResult.per_sequence`) for intervals and paired differences
+(`sae_lens_jsae.evals.intervals`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches
+from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, layer_of
+from sae_lens_jsae.evals.sparsity import tokens_digest
 
 SPLICES: tuple[str, ...] = ("input", "output", "replacement")
 
@@ -58,6 +74,13 @@ class SpliceResult:
     """Output SAE at hook_mlp_out."""
     replacement: SpliceScore | None
     """Input SAE → MLP → output SAE in place of the MLP (at hook_mlp_out)."""
+    explained_variance: dict[str, float] = field(default_factory=dict)
+    """1 − Σ‖x − x̂‖²/Σ‖x − μ‖² of `input` (x̂ = input SAE(x)), `output` (ŷ = output SAE(y)) and
+    `mlp_of_input_reconstruction` (f(x̂) against y); see the module docstring."""
+    per_sequence: dict[str, Any] | None = None
+    """Per-sequence sums (lists, one entry per sequence) for intervals: n_pred, n_pos, n_ev, ce_clean,
+    ce_/kl_ of zero_input, zero_mlp_out and each splice, sqerr_/var_ input and output,
+    sqerr_mlp_of_recon; tokens_digest names the token sequences."""
 
     @property
     def average_ce_loss_score(self) -> float:
@@ -72,12 +95,14 @@ class SpliceResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SpliceResult:
-        return cls(n_tokens=d["n_tokens"], **{s: SpliceScore(**d[s]) if d.get(s) else None for s in SPLICES})
+        return cls(n_tokens=d["n_tokens"], **{s: SpliceScore(**d[s]) if d.get(s) else None for s in SPLICES},
+                   explained_variance=d.get("explained_variance") or {}, per_sequence=d.get("per_sequence"))
 
 
-def _kl_sum(clean_logp: torch.Tensor, logits: torch.Tensor) -> float:
-    logp = F.log_softmax(logits.to(torch.float64), dim=-1)
-    return float((clean_logp.exp() * (clean_logp - logp)).sum())
+def _check_splices(splices: Sequence[str]) -> None:
+    unknown = set(splices) - set(SPLICES)
+    if unknown:
+        raise ValueError(f"Unknown splices {sorted(unknown)}; choose from {SPLICES}.")
 
 
 @torch.no_grad()
@@ -92,70 +117,165 @@ def splice_scores(
     progress: bool = True,
 ) -> SpliceResult:
     """CE-loss and KL scores of the JSAE's `splices` (see the module docstring) on `tokens`."""
-    unknown = set(splices) - set(SPLICES)
-    if unknown:
-        raise ValueError(f"Unknown splices {sorted(unknown)}; choose from {SPLICES}.")
-    in_hook = sae.cfg.metadata.hook_name
-    out_hook = sae.output_hook
-    mlp = sae.require_mlp()
+    return splice_scores_multi(model, {"jsae": sae}, tokens, splices=splices, batch_size=batch_size,
+                               max_tokens=max_tokens, progress=progress)["jsae"]
 
-    def cast(f):
-        def hook(act, hook):  # noqa: ARG001
-            return f(act.to(sae.dtype)).to(act.dtype)
 
-        return hook
+def _special_token_ids(model) -> list[int]:
+    tok = getattr(model, "tokenizer", None)
+    return [] if tok is None else sorted({t for t in (tok.pad_token_id, tok.eos_token_id, tok.bos_token_id) if t is not None})
 
-    saved: dict[str, torch.Tensor] = {}
 
-    def save_x(act, hook):  # noqa: ARG001
-        saved["x"] = act
-        return act
+class _Losses:
+    """Per-sequence CE and KL of intervened logits against the clean run of one batch."""
 
-    interventions: dict[str, tuple[str, list, list]] = {
-        "input": (in_hook, [(in_hook, cast(lambda x: sae.decode(sae.encode(x))))], [(in_hook, lambda a, hook: torch.zeros_like(a))]),
-        "output": (out_hook, [(out_hook, cast(lambda y: sae.decode_output(sae.encode_output(y))))], [(out_hook, lambda a, hook: torch.zeros_like(a))]),
-        "replacement": (
-            out_hook,
-            [
-                (in_hook, save_x),
-                (out_hook, lambda a, hook: sae.decode_output(sae.encode_output(mlp(sae.decode(sae.encode(saved["x"].to(sae.dtype))))))
-                 .to(a.dtype)),
-            ],
-            [(out_hook, lambda a, hook: torch.zeros_like(a))],
-        ),
-    }
-    sums = {s: {"ce_spliced": 0.0, "ce_zero_ablation": 0.0, "kl_spliced": 0.0, "kl_zero_ablation": 0.0} for s in splices}
-    ce_clean = 0.0
-    n_pred = n_pos = n_tok = 0
+    def __init__(self, model, batch: torch.Tensor, logits: torch.Tensor) -> None:
+        self.dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        self.batch = batch
+        self.clean_logp = F.log_softmax(logits.to(self.dtype), dim=-1)
+        self.clean_p = self.clean_logp.exp()
+        self.clean_ce = self.ce(self.clean_logp)
+
+    def ce(self, logp: torch.Tensor) -> torch.Tensor:
+        return -logp[:, :-1].gather(-1, self.batch[:, 1:, None]).squeeze(-1).to(torch.float64).sum(1)
+
+    def __call__(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logp = F.log_softmax(logits.to(self.dtype), dim=-1)
+        kl = (self.clean_p * (self.clean_logp - logp)).sum(-1).to(torch.float64).sum(1)
+        return self.ce(logp), kl
+
+
+@torch.no_grad()
+def splice_scores_multi(
+    model,
+    saes: Mapping[str, Any],
+    tokens: TokenSource,
+    *,
+    splices: Sequence[str] = SPLICES,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    progress: bool = True,
+) -> dict[str, SpliceResult]:
+    """`splice_scores` of several JSAEs ({name: JSAE}) in one pass over `tokens`, sharing the clean
+    and zero-ablated runs (see the module docstring). Returns {name: SpliceResult}."""
+    _check_splices(splices)
+    if not saes:
+        raise ValueError("splice_scores_multi needs at least one JSAE.")
+    if getattr(model.cfg, "positional_embedding_type", None) == "shortformer":
+        raise ValueError("splice_scores_multi runs blocks L+1… from the residual; shortformer models are not supported.")
+    layers = {name: layer_of(sae) for name, sae in saes.items()}
+    parallel = bool(getattr(model.cfg, "parallel_attn_mlp", False))
+    names: set[str] = set()
+    for L in set(layers.values()):
+        names |= {f"blocks.{L}.ln2.hook_normalized", f"blocks.{L}.hook_mlp_out"}
+        names |= {f"blocks.{L}.hook_resid_pre", f"blocks.{L}.hook_attn_out"} if parallel else {f"blocks.{L}.hook_resid_mid"}
+    special = _special_token_ids(model)
+    cols: dict[str, dict[str, list[torch.Tensor]]] = {name: {} for name in saes}
+    moments: dict[int, dict[str, list[torch.Tensor]]] = {L: {} for L in set(layers.values())}  # per-seq Σx, Σ‖x‖², Σy, Σ‖y‖²
+    digest = hashlib.sha256()
+    n_tok = 0
+
+    def add(store: dict[str, list[torch.Tensor]], key: str, v: torch.Tensor) -> None:
+        store.setdefault(key, []).append(v.detach().to("cpu", torch.float64))
+
     for batch in iter_token_batches(tokens, batch_size, max_tokens, desc="Splice CE/KL" if progress else None):
         batch = batch.to(model.cfg.device)
-        logits = model(batch, return_type="logits")
-        clean_logp = F.log_softmax(logits.to(torch.float64), dim=-1)
-        ce_clean += float(model.loss_fn(logits, batch, per_token=True).to(torch.float64).sum())
-        for s in splices:
-            _, spliced_hooks, zero_hooks = interventions[s]
-            for key, hooks in (("spliced", spliced_hooks), ("zero_ablation", zero_hooks)):
-                out = model.run_with_hooks(batch, return_type="logits", fwd_hooks=hooks)
-                sums[s][f"ce_{key}"] += float(model.loss_fn(out, batch, per_token=True).to(torch.float64).sum())
-                sums[s][f"kl_{key}"] += _kl_sum(clean_logp, out)
-        n_pred += batch.shape[0] * (batch.shape[1] - 1)
-        n_pos += batch.numel()
+        tokens_digest(digest, batch)
         n_tok += batch.numel()
+        logits, cache = model.run_with_cache(batch, return_type="logits", names_filter=sorted(names))
+        losses = _Losses(model, batch, logits)
+        del logits
+        keep = ~torch.isin(batch, torch.tensor(special, device=batch.device)) if special else torch.ones_like(batch, dtype=torch.bool)
+        keep_f = keep.to(torch.float64)
+        common = {"n_pred": torch.full((batch.shape[0],), float(batch.shape[1] - 1)), "n_pos": torch.full((batch.shape[0],), float(batch.shape[1])),
+                  "n_ev": keep_f.sum(1), "ce_clean": losses.clean_ce}
+        shared: dict[int, dict[str, torch.Tensor]] = {}
+        for L in set(layers.values()):
+            block = model.blocks[L]
+            base = cache[f"blocks.{L}.hook_resid_pre"] + cache[f"blocks.{L}.hook_attn_out"] if parallel else cache[f"blocks.{L}.hook_resid_mid"]
+            x, y = cache[f"blocks.{L}.ln2.hook_normalized"], cache[f"blocks.{L}.hook_mlp_out"]
+
+            ln2_in = cache[f"blocks.{L}.hook_resid_pre"] if parallel else base
+
+            def rest(mlp_out: torch.Tensor, base=base, L=L) -> tuple[torch.Tensor, torch.Tensor]:
+                return losses(model(base + mlp_out, start_at_layer=L + 1, return_type="logits"))
+
+            def mlp_of(new_x: torch.Tensor, block=block, ln2_in=ln2_in, L=L) -> torch.Tensor:
+                """The block's MLP output with ln2.hook_normalized replaced by new_x (as a hook would)."""
+                with model.hooks(fwd_hooks=[(f"blocks.{L}.ln2.hook_normalized", lambda a, hook: new_x.to(a.dtype))]):
+                    return block.apply_mlp(block.ln2(ln2_in))
+
+            ce_zi, kl_zi = rest(mlp_of(torch.zeros_like(x)))
+            ce_zo, kl_zo = rest(torch.zeros_like(y))
+            shared[L] = {"ce_zero_input": ce_zi, "kl_zero_input": kl_zi, "ce_zero_mlp_out": ce_zo, "kl_zero_mlp_out": kl_zo}
+            m = moments[L]
+            add(m, "sum_x", (x.to(torch.float64) * keep_f[..., None]).sum(1))
+            add(m, "sq_x", (x.to(torch.float64).pow(2).sum(-1) * keep_f).sum(1))
+            add(m, "sum_y", (y.to(torch.float64) * keep_f[..., None]).sum(1))
+            add(m, "sq_y", (y.to(torch.float64).pow(2).sum(-1) * keep_f).sum(1))
+            shared[L]["_rest"], shared[L]["_mlp_of"] = rest, mlp_of  # type: ignore[assignment]
+        for name, sae in saes.items():
+            L = layers[name]
+            rest, mlp_of = shared[L]["_rest"], shared[L]["_mlp_of"]
+            x, y = cache[f"blocks.{L}.ln2.hook_normalized"], cache[f"blocks.{L}.hook_mlp_out"]
+            c = cols[name]
+            for key, v in {**common, **{k: v for k, v in shared[L].items() if not k.startswith("_")}}.items():
+                add(c, key, v)
+            x_hat = sae.decode(sae.encode(x.to(sae.dtype)))
+            y_hat = sae.decode_output(sae.encode_output(y.to(sae.dtype)))
+            f_x_hat = sae.require_mlp()(x_hat)
+            add(c, "sqerr_input", ((x.to(torch.float64) - x_hat.to(torch.float64)).pow(2).sum(-1) * keep_f).sum(1))
+            add(c, "sqerr_output", ((y.to(torch.float64) - y_hat.to(torch.float64)).pow(2).sum(-1) * keep_f).sum(1))
+            add(c, "sqerr_mlp_of_recon", ((y.to(torch.float64) - f_x_hat.to(torch.float64)).pow(2).sum(-1) * keep_f).sum(1))
+            outs = {
+                "input": lambda: mlp_of(x_hat),
+                "output": lambda: y_hat.to(y.dtype),
+                "replacement": lambda: sae.decode_output(sae.encode_output(f_x_hat)).to(y.dtype),
+            }
+            for s in splices:
+                ce, kl = rest(outs[s]())
+                add(c, f"ce_{s}", ce)
+                add(c, f"kl_{s}", kl)
+        del cache, losses
     if n_tok == 0:
         raise ValueError("No tokens to evaluate.")
-    clean = ce_clean / n_pred
+    var: dict[int, dict[str, torch.Tensor]] = {}
+    for L, m in moments.items():
+        var[L] = {}
+        for v in ("x", "y"):
+            S, Q = torch.cat(m[f"sum_{v}"]), torch.cat(m[f"sq_{v}"])
+            n_ev = torch.cat(cols[next(n for n in saes if layers[n] == L)]["n_ev"])
+            mu = S.sum(0) / n_ev.sum().clamp_min(1)
+            var[L]["var_input" if v == "x" else "var_output"] = Q - 2 * S @ mu + n_ev * mu.dot(mu)
+    return {name: _result(n_tok, splices, {k: torch.cat(v) for k, v in cols[name].items()} | var[layers[name]], digest.hexdigest(),
+                          saes[name].cfg.metadata.hook_name, saes[name].output_hook)
+            for name in saes}
+
+
+def _result(n_tok: int, splices: Sequence[str], col: dict[str, torch.Tensor], digest: str, in_hook: str, out_hook: str) -> SpliceResult:
+    from sae_lens_jsae.evals.intervals import SPLICE_ZERO, rounded
+
+    t = {k: float(v.sum()) for k, v in col.items()}
+    n_pred, n_pos = t["n_pred"], t["n_pos"]
+    clean = t["ce_clean"] / n_pred
     scores: dict[str, SpliceScore | None] = {s: None for s in SPLICES}
     for s in splices:
-        ce_s, ce_z = sums[s]["ce_spliced"] / n_pred, sums[s]["ce_zero_ablation"] / n_pred
-        kl_s, kl_z = sums[s]["kl_spliced"] / n_pos, sums[s]["kl_zero_ablation"] / n_pos
+        z = SPLICE_ZERO[s]
+        ce_s, ce_z = t[f"ce_{s}"] / n_pred, t[f"ce_{z}"] / n_pred
+        kl_s, kl_z = t[f"kl_{s}"] / n_pos, t[f"kl_{z}"] / n_pos
         scores[s] = SpliceScore(
-            hook_name=interventions[s][0],
+            hook_name=in_hook if s == "input" else out_hook,
             ce_clean=clean,
             ce_spliced=ce_s,
             ce_zero_ablation=ce_z,
-            ce_loss_score=(ce_z - ce_s) / (ce_z - clean),
+            ce_loss_score=(ce_z - ce_s) / (ce_z - clean) if ce_z != clean else float("nan"),
             kl_spliced=kl_s,
             kl_zero_ablation=kl_z,
             kl_score=(kl_z - kl_s) / kl_z if kl_z > 0 else float("nan"),
         )
-    return SpliceResult(n_tokens=n_tok, **scores)  # type: ignore[arg-type]
+    ev = {name: 1 - t[err] / t[v] if t[v] > 0 else float("nan") for name, err, v in (
+        ("input", "sqerr_input", "var_input"), ("output", "sqerr_output", "var_output"),
+        ("mlp_of_input_reconstruction", "sqerr_mlp_of_recon", "var_output"))}
+    per_seq: dict[str, Any] = {k: rounded(v.numpy()) for k, v in col.items()}
+    per_seq["tokens_digest"] = digest
+    return SpliceResult(n_tokens=n_tok, **scores, explained_variance=ev, per_sequence=per_seq)  # type: ignore[arg-type]

@@ -1,0 +1,301 @@
+"""95% intervals for every eval metric, from per-sequence sums; paired differences between SAEs.
+
+Every metric here is a smooth function of ratios of sums over sequences, R = Σᵢ aᵢ / Σᵢ bᵢ
+(a mean per token: a = per-sequence sum, b = per-sequence token count; a CE-loss score:
+a = CE_zero − CE_spliced, b = CE_zero − CE_clean summed over the sequence; an explained variance:
+1 − Σ‖x − x̂‖² / Σ‖x − μ‖²). Sequences, not tokens, are the independent units (tokens of one
+sequence are correlated), so the interval is a cluster-robust (delta-method) standard error over
+sequences: each estimate carries its per-sequence influence values
+
+    ψᵢ = (aᵢ − R·bᵢ) / Σⱼ bⱼ,        SE = √(n/(n−1) · Σᵢ ψᵢ²),        95% interval R ± 1.96·SE,
+
+and sums, differences and scalings of estimates add their ψ. A difference between two SAEs
+evaluated on the same sequences is *paired*: ψᵢ(A − B) = ψᵢ(A) − ψᵢ(B), so the sequence-to-
+sequence variation both share cancels (much narrower than the unpaired √(SE_A² + SE_B²)).
+
+A ratio whose denominator is not resolved — its own 95% interval reaches 0 or is wider than ±50%
+of its value, e.g. a CE-loss score on the randomized model, where zero-ablating the MLP costs
+≈ 0 nats — means nothing (the linearisation fails too): it is reported as n/a with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+Z95 = 1.959963984540054
+"""Two-sided 95% normal quantile."""
+METHOD = "delta-method standard error over sequences (cluster-robust), 95% = ±1.96 SE"
+"""How every interval is computed (written into the JSONs)."""
+MAX_RELATIVE_DENOMINATOR_HALF_WIDTH = 0.5
+"""A ratio is n/a when its denominator's 95% half-width exceeds this fraction of the denominator."""
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its 95% interval (or n/a with the reason)."""
+
+    value: float | None
+    """The estimate (None when n/a)."""
+    lo: float | None
+    """Lower end of the 95% interval."""
+    hi: float | None
+    """Upper end of the 95% interval."""
+    n_sequences: int
+    """Independent units (sequences) it rests on."""
+    na_reason: str | None = None
+    """Why the metric is not reported (None when it is)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.na_reason is None and self.value is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "lo": self.lo, "hi": self.hi, "n_sequences": self.n_sequences, "na_reason": self.na_reason}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Interval:
+        return cls(d.get("value"), d.get("lo"), d.get("hi"), int(d.get("n_sequences", 0)), d.get("na_reason"))
+
+    def fmt(self, digits: int = 3) -> str:
+        """'0.512 [0.498, 0.526]' or 'n/a (reason)'."""
+        if not self.ok:
+            return f"n/a ({self.na_reason})"
+        if self.lo is None or self.hi is None:
+            return f"{self.value:.{digits}g}"
+        return f"{self.value:.{digits}g} [{self.lo:.{digits}g}, {self.hi:.{digits}g}]"
+
+
+class Estimate:
+    """A statistic of per-sequence data with its per-sequence influence values ψ (see module docstring)."""
+
+    def __init__(self, value: float, psi: np.ndarray, na_reason: str | None = None) -> None:
+        self.value = float(value)
+        self.psi = np.asarray(psi, dtype=np.float64)
+        self.na_reason = na_reason
+
+    @property
+    def n(self) -> int:
+        return int(self.psi.shape[0])
+
+    @property
+    def se(self) -> float:
+        n = self.n
+        return float(np.sqrt(n / max(n - 1, 1) * np.sum(self.psi**2))) if n > 1 else float("inf")
+
+    def interval(self) -> Interval:
+        if self.na_reason is not None or not np.isfinite(self.value):
+            return Interval(None, None, None, self.n, self.na_reason or "not finite")
+        half = Z95 * self.se
+        return Interval(self.value, self.value - half, self.value + half, self.n)
+
+    def _check(self, other: Estimate) -> None:
+        if other.n != self.n:
+            raise ValueError(f"paired estimates need the same sequences; got {self.n} and {other.n} sequences")
+
+    def __sub__(self, other: Estimate) -> Estimate:
+        self._check(other)
+        return Estimate(self.value - other.value, self.psi - other.psi, self.na_reason or other.na_reason)
+
+    def __add__(self, other: Estimate) -> Estimate:
+        self._check(other)
+        return Estimate(self.value + other.value, self.psi + other.psi, self.na_reason or other.na_reason)
+
+    def scale(self, c: float, shift: float = 0.0) -> Estimate:
+        """c·self + shift."""
+        return Estimate(c * self.value + shift, c * self.psi, self.na_reason)
+
+
+def ratio(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, check_denominator: str | None = None,
+          per: Sequence[float] | np.ndarray | None = None) -> Estimate:
+    """Σa / Σb over sequences (a, b: per-sequence sums), with ψ for its standard error.
+
+    `check_denominator`: a name; when given, the ratio is n/a unless the denominator Σb/Σper (per
+    token when `per` holds token counts; per sequence by default) is resolved: its 95% interval
+    excludes 0 and is narrower than ±50% of it."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"ratio needs two equal-length, non-empty per-sequence vectors; got shapes {a.shape} and {b.shape}")
+    sb = b.sum()
+    reason = None
+    if check_denominator is not None:
+        reason = unresolved_reason(b, check_denominator, per)
+    if sb == 0:
+        return Estimate(float("nan"), np.zeros_like(a), reason or "denominator is 0")
+    r = a.sum() / sb
+    return Estimate(r, (a - r * b) / sb, reason)
+
+
+def mean(values: Sequence[float] | np.ndarray) -> Estimate:
+    """Mean of per-sequence values (each sequence weighted equally)."""
+    v = np.asarray(values, dtype=np.float64)
+    return ratio(v, np.ones_like(v))
+
+
+def unresolved_reason(b: np.ndarray, name: str, per: Sequence[float] | np.ndarray | None = None) -> str | None:
+    """Why a denominator (per-sequence sums b, normalised by Σper; per sequence by default) is not
+    resolved, or None if it is."""
+    b = np.asarray(b, dtype=np.float64)
+    d = ratio(b, np.ones_like(b) if per is None else per).interval()
+    if d.value is None:
+        return f"{name} could not be estimated"
+    half = (d.hi - d.lo) / 2  # type: ignore[operator]
+    if d.lo <= 0 or half > MAX_RELATIVE_DENOMINATOR_HALF_WIDTH * abs(d.value):  # type: ignore[operator]
+        unit = "per sequence" if per is None else "per token"
+        return (f"{name} = {d.value:.3g} {unit}, 95% [{d.lo:.3g}, {d.hi:.3g}]: not resolved above 0 to within "
+                f"±{MAX_RELATIVE_DENOMINATOR_HALF_WIDTH:.0%}, so the ratio means nothing")
+    return None
+
+
+def unpaired_difference(a: Estimate, b: Estimate) -> Interval:
+    """a − b for estimates on different sequences (independent): SE = √(SE_a² + SE_b²)."""
+    if a.na_reason or b.na_reason:
+        return Interval(None, None, None, min(a.n, b.n), a.na_reason or b.na_reason)
+    v = a.value - b.value
+    half = Z95 * float(np.hypot(a.se, b.se))
+    return Interval(v, v - half, v + half, min(a.n, b.n))
+
+
+def rounded(values: np.ndarray | Sequence[float], digits: int = 9) -> list[float]:
+    """Per-sequence sums as a compact JSON list (9 significant digits)."""
+    return [float(f"{float(v):.{digits}g}") for v in np.asarray(values, dtype=np.float64).ravel()]
+
+
+# --------------------------------------------------------------------------- metrics of a summary
+SPLICE_ZERO = {"input": "zero_input", "output": "zero_mlp_out", "replacement": "zero_mlp_out"}
+"""The zero-ablation each splice is scored against (per-sequence column suffix)."""
+
+
+def splice_estimates(ps: Mapping[str, Any]) -> dict[str, Estimate]:
+    """Estimates of the splice metrics from a `SpliceResult.per_sequence` block (keys as in the summary)."""
+    col = {k: np.asarray(v, dtype=np.float64) for k, v in ps.items() if isinstance(v, list)}
+    out: dict[str, Estimate] = {"splice.ce_clean": ratio(col["ce_clean"], col["n_pred"])}
+    for s, z in SPLICE_ZERO.items():
+        if f"ce_{s}" not in col:
+            continue
+        ce_z, kl_z, ce_s, kl_s = col[f"ce_{z}"], col[f"kl_{z}"], col[f"ce_{s}"], col[f"kl_{s}"]
+        out[f"splice.{s}.ce_spliced"] = ratio(ce_s, col["n_pred"])
+        out[f"splice.{s}.ce_zero_ablation"] = ratio(ce_z, col["n_pred"])
+        out[f"splice.{s}.kl_spliced"] = ratio(kl_s, col["n_pos"])
+        out[f"splice.{s}.kl_zero_ablation"] = ratio(kl_z, col["n_pos"])
+        out[f"splice.{s}.ce_loss_score"] = ratio(ce_z - ce_s, ce_z - col["ce_clean"], check_denominator="CE_zero − CE_clean", per=col["n_pred"])
+        out[f"splice.{s}.kl_score"] = ratio(kl_z - kl_s, kl_z, check_denominator="KL(clean ‖ zero-ablated)", per=col["n_pos"])
+    if "splice.input.ce_loss_score" in out and "splice.output.ce_loss_score" in out:
+        out["splice.average_ce_loss_score"] = (out["splice.input.ce_loss_score"] + out["splice.output.ce_loss_score"]).scale(0.5)
+    for name, err, var in (("input", "sqerr_input", "var_input"), ("output", "sqerr_output", "var_output"),
+                           ("mlp_of_input_reconstruction", "sqerr_mlp_of_recon", "var_output")):
+        if err in col and var in col:
+            out[f"explained_variance.{name}"] = ratio(col[err], col[var]).scale(-1.0, 1.0)
+    return out
+
+
+def sparsity_estimates(ps: Mapping[str, Any], k: int) -> dict[str, Estimate]:
+    """Estimates of the Jacobian sparsity metrics from a `JacobianSparsityResult.per_sequence` block."""
+    n_tok = np.asarray(ps["n_tokens"], dtype=np.float64)
+    nnz = np.asarray(ps["n_nonzero"], dtype=np.float64)
+    out = {f"jacobian_sparsity.mean_count_above[{i}]": ratio(c, n_tok) for i, c in enumerate(ps["count_above"])}
+    out.update({f"jacobian_sparsity.relative_count_above[{i}]": ratio(c, n_tok) for i, c in enumerate(ps.get("relative_count_above", []))})
+    out["jacobian_sparsity.mean_abs"] = ratio(ps["abs_sum"], n_tok * k * k)
+    if nnz.sum() > 0:
+        out["jacobian_sparsity.l1_l2_ratio"] = ratio(ps["ratio_sum"], nnz)
+        out.update({f"jacobian_sparsity.top_m_mass[{i}]": ratio(c, nnz) for i, c in enumerate(ps["top_m_mass_sum"])})
+    return out
+
+
+def linearity_estimates(pt: Mapping[str, Any]) -> dict[str, Estimate]:
+    """Estimates of the linearity fractions from a `LinearityResult.per_token` block.
+
+    Units are the sampled tokens (drawn at random from the first 4·n_tokens positions, so mostly
+    from different places in the text; not clustered by sequence)."""
+    n = np.asarray(pt["n_curves"], dtype=np.float64)
+    if n.size == 0 or n.sum() == 0:
+        return {}
+    out = {f"linearity.{c}": ratio(pt[c], n) for c in ("linear", "jumprelu", "other")}
+    if np.sum(pt["n_pairs"]) > 0:
+        out["linearity.ablation_on_line"] = ratio(pt["on_line"], pt["n_pairs"])
+    return out
+
+
+def summary_estimates(summary: Mapping[str, Any]) -> dict[str, Estimate]:
+    """Every estimated metric of an `evaluate_checkpoint` summary that has per-sequence data."""
+    out: dict[str, Estimate] = {}
+    sp = summary.get("jacobian_sparsity") or {}
+    if sp.get("per_sequence"):
+        out.update(sparsity_estimates(sp["per_sequence"], int(sp["k"])))
+    spl = summary.get("splice") or {}
+    if spl.get("per_sequence"):
+        out.update(splice_estimates(spl["per_sequence"]))
+    lin = summary.get("linearity") or {}
+    if lin.get("per_token"):
+        out.update(linearity_estimates(lin["per_token"]))
+    return out
+
+
+def summary_intervals(summary: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """{metric key: Interval dict} for a summary (written into it as `intervals`)."""
+    return {k: e.interval().to_dict() for k, e in summary_estimates(summary).items()}
+
+
+def _digests(summary: Mapping[str, Any]) -> dict[str, str | None]:
+    out = {block: ((summary.get(block) or {}).get("per_sequence") or {}).get("tokens_digest") for block in ("jacobian_sparsity", "splice")}
+    out["linearity"] = ((summary.get("linearity") or {}).get("per_token") or {}).get("sample_digest")
+    return out
+
+
+def _block(key: str) -> str:
+    """Which per-sequence block (and tokens digest) a metric key comes from."""
+    head = key.split(".")[0]
+    return head if head in ("jacobian_sparsity", "linearity") else "splice"
+
+
+def paired_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """{metric key: Interval dict of a − b, plus `paired`} for every metric both summaries estimate.
+
+    Paired (ψ subtracted sequence by sequence) when both were evaluated on the same tokens (same
+    `tokens_digest`); otherwise the unpaired √(SE_a² + SE_b²) interval, with `paired: false`."""
+    ea, eb = summary_estimates(a), summary_estimates(b)
+    da, db = _digests(a), _digests(b)
+    out: dict[str, dict[str, Any]] = {}
+    for key in ea.keys() & eb.keys():
+        same = da.get(_block(key)) is not None and da.get(_block(key)) == db.get(_block(key))
+        if same and ea[key].n == eb[key].n:
+            iv = (ea[key] - eb[key]).interval().to_dict()
+        else:
+            iv = unpaired_difference(ea[key], eb[key]).to_dict()
+        out[key] = {**iv, "paired": bool(same)}
+    return dict(sorted(out.items()))
+
+
+# --------------------------------------------------------------------------- verdicts
+PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
+
+
+def difference(a: Mapping[str, Any], b: Mapping[str, Any], key: str, scale_b: float = 1.0) -> tuple[Interval, bool]:
+    """(interval of a[key] − scale_b·b[key], paired?) from two summaries' per-sequence sums.
+
+    Paired when both were evaluated on the same tokens; otherwise independent (unpaired)."""
+    ea, eb = summary_estimates(a).get(key), summary_estimates(b).get(key)
+    if ea is None or eb is None:
+        missing = "a" if ea is None else "b"
+        return Interval(None, None, None, 0, f"{key} has no per-sequence data in summary {missing} (re-run jsae eval)"), False
+    block = _block(key)
+    same = _digests(a).get(block) is not None and _digests(a).get(block) == _digests(b).get(block) and ea.n == eb.n
+    if same:
+        return (ea - eb.scale(scale_b)).interval(), True
+    return unpaired_difference(ea, eb.scale(scale_b)), False
+
+
+def verdict(iv: Interval, bound: float = 0.0, want: str = "below") -> str:
+    """PASS if the whole 95% interval is on the wanted side of `bound` ('below' or 'above'), FAIL if
+    the whole interval is on the other side, INCONCLUSIVE if it straddles the bound (or is n/a)."""
+    if want not in ("below", "above"):
+        raise ValueError(f"want must be 'below' or 'above'; got {want!r}")
+    if not iv.ok or iv.lo is None or iv.hi is None:
+        return INCONCLUSIVE
+    lo, hi = (iv.lo, iv.hi) if want == "below" else (-iv.hi, -iv.lo)
+    b = bound if want == "below" else -bound
+    return PASS if hi < b else FAIL if lo > b else INCONCLUSIVE

@@ -1,0 +1,180 @@
+"""Evaluate whole sweeps (`jsae train --sweep jacobian_coefficient=…`) on the same tokens: frontiers.
+
+A sweep directory holds one JSAE pair per subfolder (`jacobian_coefficient=0`, `…=auto`,
+`jacobian_coefficient=0.89,mlp_reconstruction_coefficient=1`, …; each with a cfg.json). Every pair
+of every sweep is evaluated on the same tokens; the CE/KL splices of all pairs on one model run in
+one pass (`splice_scores_multi`), so paired differences (JSAE − λ=0, same sequences) are exact.
+
+Labels come from each pair's cfg.json, not the folder name: λ (resolved, `auto` → the rule of
+thumb) and the *series* — the cfg fields other than λ whose values differ between the pairs
+(e.g. `mlp_reconstruction_coefficient`); a field a cfg lacks takes the config class's default, and
+a pair whose series fields are all at their defaults is the paper's loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sae_lens_jsae.sae import saved_jacobian_coefficient
+
+NOT_SERIES = {"jacobian_coefficient", "device", "dtype", "jacobian_chunk_bytes", "metadata", "architecture"}
+"""cfg fields that never distinguish a series (λ is the frontier's own axis)."""
+PAPER_LOSS = "paper loss"
+"""Series label of pairs trained with the paper's loss (all series fields at their defaults)."""
+
+
+@dataclass
+class SweepPair:
+    """One pair of a sweep, with its labels."""
+
+    path: Path
+    """The checkpoint directory (cfg.json + weights)."""
+    jacobian_coefficient: float
+    """λ it was trained with (resolved)."""
+    randomized: bool
+    """Trained on the randomized model (evaluated on it too)."""
+    cfg: dict[str, Any]
+    """Flattened cfg: top-level fields and metadata.training_architecture_details."""
+    series: dict[str, Any]
+    """The loss-variant fields (differing between pairs) and their values; filled in by `label_pairs`."""
+    series_label: str = PAPER_LOSS
+    """'paper loss' or 'field=value, …' (non-default series values)."""
+
+    @property
+    def name(self) -> str:
+        """Readable name: 'λ=0.89 (paper loss)', prefixed 'randomized ' for the control."""
+        return f"{'randomized ' if self.randomized else ''}λ={self.jacobian_coefficient:.3g} ({self.series_label})"
+
+    @property
+    def file_label(self) -> str:
+        """File-name-safe label (used for the summary and SAEBench JSON names)."""
+        base = ("randomized_" if self.randomized else "") + self.path.name
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", base)
+
+
+def find_pairs(sweep_dir: str | os.PathLike[str]) -> list[Path]:
+    """Checkpoint directories of a sweep: `sweep_dir` itself if it has a cfg.json, else its subfolders that do."""
+    root = Path(sweep_dir)
+    if (root / "cfg.json").exists():
+        return [root]
+    pairs = sorted(p for p in root.iterdir() if (p / "cfg.json").exists()) if root.is_dir() else []
+    if not pairs:
+        raise ValueError(f"{root} is neither a JSAE checkpoint (cfg.json) nor a sweep directory with checkpoint subfolders; "
+                         "pass what `jsae train --sweep` wrote (its runner.output_path).")
+    return pairs
+
+
+def _flat_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    details = (cfg.get("metadata") or {}).get("training_architecture_details") or {}
+    return {**details, **{k: v for k, v in cfg.items() if k != "metadata"}}
+
+
+def _defaults() -> dict[str, Any]:
+    from sae_lens_jsae.sae import JacobianTrainingSAEConfig
+
+    out = {}
+    for f in fields(JacobianTrainingSAEConfig):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:  # type: ignore[misc]
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+    return out
+
+
+def load_pair(path: Path, randomized: bool = False) -> SweepPair:
+    cfg = json.loads((path / "cfg.json").read_text())
+    return SweepPair(path, saved_jacobian_coefficient(cfg), randomized, _flat_cfg(cfg), {})
+
+
+def label_pairs(pairs: Sequence[SweepPair]) -> list[SweepPair]:
+    """Fill in each pair's series (fields differing between all `pairs`, λ excluded) and label."""
+    defaults = _defaults()
+    keys = set().union(*(p.cfg for p in pairs)) - NOT_SERIES if pairs else set()
+
+    def value(p: SweepPair, k: str) -> Any:
+        return p.cfg.get(k, defaults.get(k))
+
+    varying = sorted(k for k in keys if len({json.dumps(value(p, k), sort_keys=True, default=str) for p in pairs}) > 1)
+    for p in pairs:
+        p.series = {k: value(p, k) for k in varying}
+        shown = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.series.items() if v != defaults.get(k)]
+        p.series_label = ", ".join(shown) or PAPER_LOSS
+    return list(pairs)
+
+
+def evaluate_sweep(
+    pairs: Sequence[SweepPair],
+    model,
+    tokens: torch.Tensor,
+    output_dir: str | os.PathLike[str],
+    *,
+    n_splice_tokens: int = 32_768,
+    batch_size: int = 16,
+    progress: bool = True,
+    **kwargs: Any,
+) -> list[Path]:
+    """Evaluate `pairs` (all on `model`: all trained or all randomized) on the same `tokens`.
+
+    Splices of all pairs in one pass, then `evaluate_checkpoint` per pair (Jacobian sparsity,
+    linearity, optional core) with the pair's labels in its summary. Returns the summary paths."""
+    from sae_lens_jsae.evals.pipeline import check_mlp_matches, evaluate_checkpoint, load_checkpoint
+    from sae_lens_jsae.evals.splice import splice_scores_multi
+
+    if len({p.randomized for p in pairs}) > 1:
+        raise ValueError("evaluate_sweep: trained and randomized pairs need different models; evaluate them in two calls.")
+    saes = {p.file_label: load_checkpoint(p.path).to(model.cfg.device) for p in pairs}
+    if len(saes) != len(pairs):
+        raise ValueError(f"two pairs share a folder name: {[str(p.path) for p in pairs]}; give the sweeps distinct folder names.")
+    if kwargs.get("check_mlp", True):  # before any work: a pair trained on another model (e.g. a wrong --seed)
+        for sae in saes.values():
+            check_mlp_matches(model, sae, tokens)
+    t0 = time.time()
+    splices = splice_scores_multi(model, saes, tokens, batch_size=max(1, batch_size // 2), max_tokens=n_splice_tokens, progress=progress)
+    shared_s = time.time() - t0
+    paths = []
+    for p in pairs:
+        extra = {"pair_name": p.name, "series": p.series, "series_label": p.series_label, "sweep_dir": str(p.path.parent),
+                 "splice_pass": {"pairs": list(saes), "seconds": shared_s}}
+        paths.append(evaluate_checkpoint(p.path, model, tokens, output_dir, label=p.file_label, randomized=p.randomized,
+                                         jacobian_coefficient=p.jacobian_coefficient, n_splice_tokens=n_splice_tokens,
+                                         batch_size=batch_size, progress=progress, splice=splices[p.file_label], extra=extra, **kwargs))
+    return paths
+
+
+def evaluate_sweeps_and_compare(
+    sweep_dirs: Sequence[str | os.PathLike[str]],
+    model,
+    tokens: torch.Tensor,
+    output_dir: str | os.PathLike[str],
+    *,
+    randomized_dirs: Sequence[str | os.PathLike[str]] = (),
+    randomized_model=None,
+    randomized: bool = False,
+    also: Sequence[str | os.PathLike[str]] = (),
+    **kwargs: Any,
+) -> Path:
+    """`jsae eval SWEEP_DIR … [--randomized-sweep DIR …]`: every pair on the same tokens, then the report.
+
+    `sweep_dirs` hold pairs trained on `model` (on the randomized model when `randomized`);
+    `randomized_dirs` pairs trained on `randomized_model`. Summaries go to `output_dir` (randomized
+    ones to `output_dir/randomized`); returns report.md (led by the frontier)."""
+    from sae_lens_jsae.evals.pipeline import compare
+
+    main = [load_pair(p, randomized) for d in sweep_dirs for p in find_pairs(d)]
+    rand = [load_pair(p, True) for d in randomized_dirs for p in find_pairs(d)]
+    if rand and randomized_model is None:
+        raise ValueError("randomized sweep pairs need the randomized model (randomized_model=…).")
+    label_pairs([*main, *rand])  # one series labelling across both, so the same loss gets the same label
+    summaries = evaluate_sweep(main, model, tokens, output_dir, **kwargs) if main else []
+    if rand:
+        summaries += evaluate_sweep(rand, randomized_model, tokens, Path(output_dir) / "randomized", **kwargs)
+    return compare([*summaries, *also], output_dir, title="Jacobian SAE evaluation: λ frontier")

@@ -1,0 +1,90 @@
+"""`jsae eval` over sweeps: every pair on the same tokens, labels from cfg.json, the frontier report."""
+
+import json
+from argparse import ArgumentParser
+
+import pytest
+import torch
+from helpers import make_tiny_model
+
+from sae_lens_jsae import build_jacobian_sae
+from sae_lens_jsae.evals.sweep import evaluate_sweeps_and_compare, find_pairs, label_pairs, load_pair
+from sae_lens_jsae.sae import resolve_jacobian_coefficient
+
+KW = dict(n_tokens=64, n_splice_tokens=96, n_linearity_tokens=4, batch_size=4, core=False, progress=False)
+
+
+def _save(model, path, **cfg):
+    torch.manual_seed(0)
+    build_jacobian_sae(model, 1, d_sae=32, k=4, **cfg).save_model(path)
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweeps")
+    model, rmodel = make_tiny_model("gated_silu"), make_tiny_model("gated_silu", seed=5)
+    _save(model, root / "sweep" / "jacobian_coefficient=0", jacobian_coefficient=0.0)
+    _save(model, root / "sweep" / "jacobian_coefficient=auto", jacobian_coefficient=None)
+    _save(model, root / "sweep" / "odd_name", jacobian_coefficient=0.5)  # the label must come from cfg.json
+    _save(model, root / "sweep2" / "jacobian_coefficient=0.5,output_mse_coefficient=2", jacobian_coefficient=0.5, output_mse_coefficient=2.0)
+    _save(rmodel, root / "rsweep" / "jacobian_coefficient=0", jacobian_coefficient=0.0)
+    _save(rmodel, root / "rsweep" / "jacobian_coefficient=0.5", jacobian_coefficient=0.5)
+    tokens = torch.randint(1, model.cfg.d_vocab, (8, 16), generator=torch.Generator().manual_seed(0))
+    report = evaluate_sweeps_and_compare([root / "sweep", root / "sweep2"], model, tokens, root / "out",
+                                         randomized_dirs=[root / "rsweep"], randomized_model=rmodel, **KW)
+    return root, report
+
+
+def test_labels_come_from_cfg_and_series_from_differing_fields(sweeps):
+    root, _ = sweeps
+    pairs = label_pairs([load_pair(p) for d in ("sweep", "sweep2") for p in find_pairs(root / d)])
+    by_folder = {p.path.name: p for p in pairs}
+    assert by_folder["odd_name"].jacobian_coefficient == 0.5 and by_folder["odd_name"].series_label == "paper loss"
+    assert by_folder["jacobian_coefficient=auto"].jacobian_coefficient == pytest.approx(resolve_jacobian_coefficient(None, 4, 16))
+    assert by_folder["jacobian_coefficient=0.5,output_mse_coefficient=2"].series_label == "output_mse_coefficient=2"
+    assert find_pairs(root / "sweep" / "odd_name") == [root / "sweep" / "odd_name"]  # a checkpoint is a one-pair sweep
+    with pytest.raises(ValueError, match="neither a JSAE checkpoint"):
+        find_pairs(root)
+
+
+def test_frontier_report_leads_with_plot_and_side_by_side_table(sweeps):
+    root, report = sweeps
+    text = report.read_text()
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings[0].startswith("## Frontier") and (root / "out" / "frontier.png").stat().st_size > 5000
+    table = [line for line in text.splitlines() if line.startswith("| metric |")][0]
+    assert table.count(" | ") == 6  # metric + 4 trained + 2 randomized pairs
+    assert "λ=0.5 (paper loss)" in table and "λ=0.5 (output_mse_coefficient=2)" in table and "randomized λ=0 (paper loss)" in table
+    delta = [line for line in text.splitlines() if line.startswith("| Δ vs λ=0 (paired): count")][0].split(" | ")
+    assert delta[1] == "—" and "[" in delta[2]  # λ=0 itself; the others have a paired interval
+
+
+def test_summaries_carry_intervals_and_the_same_tokens(sweeps):
+    root, _ = sweeps
+    summaries = [json.loads(p.read_text()) for p in sorted((root / "out").glob("*_summary.json"))]
+    rand = [json.loads(p.read_text()) for p in sorted((root / "out" / "randomized").glob("*_summary.json"))]
+    assert len(summaries) == 4 and len(rand) == 2 and all(d["randomized"] for d in rand)
+    digests = {d["splice"]["per_sequence"]["tokens_digest"] for d in summaries + rand}
+    assert len(digests) == 1  # trained and randomized pairs saw the same splice tokens
+    for d in summaries:
+        iv = d["intervals"]["jacobian_sparsity.mean_count_above[1]"]
+        assert iv["lo"] <= iv["value"] <= iv["hi"] and iv["value"] == pytest.approx(d["jacobian_sparsity"]["mean_count_above"][1])
+        assert "explained_variance.input" in d["intervals"] and d["interval_method"].startswith("delta-method")
+
+
+def test_cli_accepts_sweeps_and_randomized_sweeps():
+    from sae_lens_jsae.evals import cli_eval
+
+    p = ArgumentParser()
+    cli_eval.add_arguments(p)
+    a = p.parse_args(["s1", "s2", "--randomized-sweep", "r1", "--output-dir", "o"])
+    assert a.checkpoint == ["s1", "s2"] and a.randomized_sweep == ["r1"] and a.n_splice_tokens == 32_768
+
+
+def test_a_pair_from_another_model_is_refused_before_any_work(sweeps, tmp_path):
+    root, _ = sweeps
+    model = make_tiny_model("gated_silu")
+    tokens = torch.randint(1, model.cfg.d_vocab, (4, 16), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="frozen MLP does not match"):  # randomized pairs on the trained model
+        evaluate_sweeps_and_compare([], model, tokens, tmp_path / "o", randomized_dirs=[root / "rsweep"], randomized_model=model, **KW)
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,179 @@
+"""Intervals: coverage on synthetic data with known answers, paired vs unpaired, the n/a rule,
+and the per-sequence sums the evals store (against direct computations)."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_tiny_model
+
+from sae_lens_jsae import build_jacobian_sae
+from sae_lens_jsae.evals import jacobian_sparsity
+from sae_lens_jsae.evals.intervals import (
+    mean,
+    paired_differences,
+    ratio,
+    sparsity_estimates,
+    splice_estimates,
+    unpaired_difference,
+    unresolved_reason,
+)
+from sae_lens_jsae.evals.splice import SPLICES, splice_scores, splice_scores_multi
+
+
+def _sequences(rng, n_seq, true_mean, seq_sd=1.0, tok_sd=2.0):
+    """Per-sequence sums and lengths of tokens correlated within a sequence (shared sequence effect)."""
+    lengths = rng.integers(5, 40, n_seq).astype(float)
+    effect = rng.normal(0, seq_sd, n_seq)
+    sums = lengths * (true_mean + effect) + rng.normal(0, tok_sd, n_seq) * np.sqrt(lengths)
+    return sums, lengths, effect
+
+
+def test_mean_and_ratio_intervals_cover_the_truth_95_percent():
+    rng = np.random.default_rng(0)
+    hits_mean = hits_ratio = 0
+    reps = 600
+    for _ in range(reps):
+        sums, lengths, _ = _sequences(rng, 60, true_mean=3.0)
+        iv = ratio(sums, lengths).interval()
+        hits_mean += iv.lo <= 3.0 <= iv.hi
+        # a CE-loss-score-like ratio Σ(z−s)/Σ(z−c) with true value 0.6
+        den = lengths * (1.0 + rng.normal(0, 0.3, 60))
+        num = 0.6 * den + rng.normal(0, 1.0, 60) * np.sqrt(lengths)
+        iv = ratio(num, den).interval()
+        hits_ratio += iv.lo <= 0.6 <= iv.hi
+    assert 0.92 <= hits_mean / reps <= 0.98
+    assert 0.92 <= hits_ratio / reps <= 0.98
+
+
+def test_se_of_a_plain_mean_is_the_textbook_one():
+    x = np.random.default_rng(1).normal(size=40)
+    e = mean(x)
+    assert e.value == pytest.approx(x.mean()) and e.se == pytest.approx(x.std(ddof=1) / np.sqrt(40))
+
+
+def test_paired_difference_is_narrower_on_correlated_data_and_covers():
+    rng = np.random.default_rng(2)
+    hits = 0
+    for _ in range(300):
+        sums_a, lengths, effect = _sequences(rng, 50, true_mean=1.0, seq_sd=2.0, tok_sd=0.5)
+        sums_b = sums_a - 0.2 * lengths + rng.normal(0, 0.5, 50) * np.sqrt(lengths)  # B = A − 0.2 + small noise
+        a, b = ratio(sums_a, lengths), ratio(sums_b, lengths)
+        paired = (a - b).interval()
+        unpaired = unpaired_difference(a, b)
+        assert paired.hi - paired.lo < 0.25 * (unpaired.hi - unpaired.lo)
+        hits += paired.lo <= 0.2 <= paired.hi
+    assert hits / 300 >= 0.9
+
+
+def test_unresolved_denominator_makes_a_ratio_na_with_the_reason():
+    rng = np.random.default_rng(3)
+    den = rng.normal(0.0005, 0.01, 100)  # ≈ 0: e.g. zero-ablating the randomized model's MLP
+    r = ratio(rng.normal(0, 0.01, 100), den, check_denominator="CE_zero − CE_clean")
+    iv = r.interval()
+    assert not iv.ok and iv.value is None and "CE_zero − CE_clean" in iv.na_reason and "not resolved" in iv.na_reason
+    assert unresolved_reason(np.full(50, 1.0) + rng.normal(0, 0.1, 50), "d") is None
+    # resolved above 0 but only to ±60%: still n/a
+    wide = np.full(4, 1.0) + np.array([-1.5, 1.5, -0.9, 0.9])
+    assert unresolved_reason(wide, "d") is not None
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = make_tiny_model("gated_silu")
+    saes = {"a": build_jacobian_sae(model, 1, d_sae=48, k=6, jacobian_coefficient=0.5),
+            "b": build_jacobian_sae(model, 1, d_sae=48, k=6, jacobian_coefficient=0.0),
+            "c": build_jacobian_sae(model, 0, d_sae=32, k=4, jacobian_coefficient=1.0)}
+    tokens = torch.randint(0, model.cfg.d_vocab, (10, 16), generator=torch.Generator().manual_seed(0))
+    return model, saes, tokens
+
+
+def test_multi_pair_splices_equal_single_pair_splices_exactly(tiny):
+    model, saes, tokens = tiny
+    multi = splice_scores_multi(model, saes, tokens, batch_size=4, progress=False)
+    for name, sae in saes.items():
+        assert multi[name] == splice_scores(model, sae, tokens, batch_size=4, progress=False)
+
+
+def test_replacement_splice_and_explained_variance_against_direct_computation(tiny):
+    """Independent oracle: full-model run with hooks (no start_at_layer, no shared passes)."""
+    model, saes, tokens = tiny
+    sae = saes["a"]
+    r = splice_scores(model, sae, tokens, batch_size=3, progress=False)
+    hook_in, hook_out = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
+    saved = {}
+    rep = [(hook_in, lambda a, hook: saved.__setitem__("x", a)),
+           (hook_out, lambda a, hook: sae.decode_output(sae.encode_output(sae.require_mlp()(sae.decode(sae.encode(saved["x"]))))))]
+    with torch.no_grad():
+        ce = model.run_with_hooks(tokens, return_type="loss", fwd_hooks=rep)
+        _, cache = model.run_with_cache(tokens, names_filter=[hook_in])
+    assert r.replacement.ce_spliced == pytest.approx(float(ce), rel=1e-9)
+    x = cache[hook_in].reshape(-1, 16)
+    with torch.no_grad():
+        ev = 1 - (x - sae.decode(sae.encode(x))).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert r.explained_variance["input"] == pytest.approx(float(ev), rel=1e-9)
+    est = splice_estimates(r.per_sequence)  # per-sequence sums reproduce the pooled numbers
+    assert est["explained_variance.input"].value == pytest.approx(float(ev), rel=1e-7)  # sums stored to 9 digits
+    for s in SPLICES:
+        assert est[f"splice.{s}.ce_spliced"].value == pytest.approx(getattr(r, s).ce_spliced, rel=1e-7)
+        assert est[f"splice.{s}.kl_score"].value == pytest.approx(getattr(r, s).kl_score, rel=1e-7)
+
+
+def test_sparsity_per_sequence_sums_reproduce_the_pooled_means(tiny):
+    model, saes, tokens = tiny
+    r = jacobian_sparsity(model, saes["a"], tokens, batch_size=3, progress=False)
+    assert len(r.per_sequence["n_tokens"]) == tokens.shape[0] and r.per_sequence["tokens_digest"]
+    est = sparsity_estimates(r.per_sequence, r.k)
+    for i, c in enumerate(r.mean_count_above):
+        assert est[f"jacobian_sparsity.mean_count_above[{i}]"].value == pytest.approx(c, rel=1e-9)
+    assert est["jacobian_sparsity.l1_l2_ratio"].value == pytest.approx(r.l1_l2_ratio, rel=1e-9)
+    assert est["jacobian_sparsity.top_m_mass[2]"].value == pytest.approx(r.top_m_mass[2], rel=1e-9)
+    assert est["jacobian_sparsity.relative_count_above[0]"].value == pytest.approx(r.relative_count_above[0], rel=1e-9)
+    # the relative count is scale-free: J·10 has the same one
+    vals = saes["a"].active_jacobian(torch.randn(20, 16, dtype=torch.float64)).values
+    from sae_lens_jsae.evals import jacobian_sparsity_of_values
+
+    assert jacobian_sparsity_of_values(vals).relative_count_above == jacobian_sparsity_of_values(vals * 10).relative_count_above
+
+
+def test_paired_differences_between_summaries(tiny):
+    model, saes, tokens = tiny
+    m = splice_scores_multi(model, {k: saes[k] for k in "ab"}, tokens, batch_size=4, progress=False)
+    sa, sb = ({"splice": m[k].to_dict()} for k in "ab")
+    d = paired_differences(sa, sb)
+    ea, eb = splice_estimates(m["a"].per_sequence), splice_estimates(m["b"].per_sequence)
+    key = "explained_variance.input"
+    assert d[key]["paired"] and d[key]["value"] == pytest.approx(ea[key].value - eb[key].value)
+    assert d[key]["lo"] == pytest.approx((ea[key] - eb[key]).interval().lo)
+    other = splice_scores(model, saes["b"], tokens[:8], batch_size=4, progress=False)  # other tokens: unpaired
+    assert not paired_differences(sa, {"splice": other.to_dict()})[key]["paired"]
+
+
+def test_linearity_per_token_counts_reproduce_the_fractions(tiny):
+    from sae_lens_jsae.evals import linearity
+    from sae_lens_jsae.evals.intervals import linearity_estimates
+
+    model, saes, tokens = tiny
+    r = linearity(model, saes["a"], tokens, n_tokens=20, progress=False)
+    assert len(r.per_token["n_curves"]) == 20 and sum(r.per_token["n_curves"]) == r.n_curves
+    est = linearity_estimates(r.per_token)
+    for c in ("linear", "jumprelu", "other"):
+        assert est[f"linearity.{c}"].value == pytest.approx(getattr(r, c), abs=1e-12)
+    assert est["linearity.ablation_on_line"].value == pytest.approx(r.ablation_on_line, abs=1e-12)
+    other = linearity(model, saes["b"], tokens, n_tokens=20, progress=False)  # same sampled tokens: paired
+    assert other.per_token["sample_digest"] == r.per_token["sample_digest"]
+    d = paired_differences({"linearity": r.to_dict()}, {"linearity": other.to_dict()})["linearity.linear"]
+    assert d["paired"] and d["value"] == pytest.approx(r.linear - other.linear)
+
+
+def test_saebench_format_json_carries_the_intervals(tiny, tmp_path):
+    import json
+
+    from sae_lens_jsae.evals import saebench as sb
+
+    model, saes, tokens = tiny
+    sb.run_eval(sb.JacobianSparsityEvalConfig(n_tokens=64, batch_size_prompts=4), [("a", saes["a"])], "cpu", str(tmp_path), model=model, tokens=tokens)
+    data = json.loads((tmp_path / "a_custom_sae_eval_results.json").read_text())
+    iv = data["eval_result_unstructured"]["intervals"]["jacobian_sparsity.l1_l2_ratio"]
+    assert iv["lo"] <= data["eval_result_metrics"]["jacobian_sparsity"]["l1_l2_ratio"] <= iv["hi"]
+    assert sb.read_eval_output(tmp_path / "a_custom_sae_eval_results.json").eval_type_id == "jacobian_sparsity"  # still valid
