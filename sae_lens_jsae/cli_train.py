@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from typing import Any
 
 import yaml
 
@@ -31,14 +33,44 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = latest_checkpoint(args.resume) or args.resume
         overrides.append(f"runner.resume_from_checkpoint={checkpoint}")
     cfg, options = load_run_config(args.config, overrides)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _run_distributed(args, cfg, options)
     if args.sweep:
-        key, _, raw = args.sweep.partition("=")
-        values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
-        if not values:
-            raise SystemExit("--sweep expects KEY=V1,V2,...")
-        saes = train_sweep(cfg, key.removeprefix("sae."), values, options)
+        key, values = _parse_sweep(args.sweep)
+        saes = train_sweep(cfg, key, values, options)
         print(f"trained {len(saes)} JSAEs under {cfg.output_path}: {', '.join(saes)}")
         return 0
     JacobianSAETrainingRunner(cfg, options).run()
     print(f"trained JSAE saved to {cfg.output_path}")
+    return 0
+
+
+def _parse_sweep(text: str) -> tuple[str, list[Any]]:
+    key, _, raw = text.partition("=")
+    values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
+    if not values:
+        raise SystemExit("--sweep expects KEY=V1,V2,...")
+    return key.removeprefix("sae."), values
+
+
+def _run_distributed(args: argparse.Namespace, cfg: Any, options: Any) -> int:
+    """One rank of `torchrun ... -m sae_lens_jsae train` (sae_lens_jsae/distributed.py)."""
+    from sae_lens_jsae.distributed import (
+        barrier_and_close,
+        init_from_env,
+        train_distributed,
+        train_sweep_over_ranks,
+    )
+
+    context = init_from_env(cfg.device, options.dist_backend, options.dist_timeout_s)
+    assert context is not None
+    if args.sweep:
+        key, values = _parse_sweep(args.sweep)
+        saes = train_sweep_over_ranks(cfg, key, values, options, context)
+        print(f"rank {context.rank}/{context.world_size} trained {len(saes)} JSAEs under {cfg.output_path}: {', '.join(saes)}")
+    else:
+        train_distributed(cfg, options, context)
+        if context.is_main:
+            print(f"trained JSAE saved to {cfg.output_path} ({context.world_size} ranks, {context.backend})")
+    barrier_and_close(context)
     return 0

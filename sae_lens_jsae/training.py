@@ -64,6 +64,11 @@ class RunOptions:
     keep_freed_memory: bool = True
     """On CPU, let glibc reuse freed large blocks instead of page-faulting them in every step
     (`util.keep_freed_memory`, process-wide; docs/performance.md has the measured gain)."""
+    dist_backend: str | None = None
+    """Under torchrun: torch.distributed backend; None picks "nccl" on CUDA, "gloo" on CPU."""
+    dist_timeout_s: float = 600.0
+    """Under torchrun: seconds a collective waits for the other ranks before the run stops with
+    an error (a dead or stuck rank); must exceed the longest checkpoint save."""
 
 
 def _tune_process(cfg: LanguageModelSAERunnerConfig[Any], options: RunOptions) -> None:
@@ -272,6 +277,10 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
             seed=self.cfg.seed,
         )
 
+    def make_trainer(self, **kwargs: Any) -> JacobianSAETrainer:
+        """The trainer `run` drives (a seam: `distributed.DistributedTrainingRunner` wraps it in DDP)."""
+        return JacobianSAETrainer(**kwargs)
+
     def run(self) -> JacobianTrainingSAE:  # type: ignore[override]
         """Train; on `resume_from_checkpoint`, continue exactly where that checkpoint stopped."""
         self._set_sae_metadata()
@@ -279,7 +288,7 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
         if self.cfg.logger.log_to_wandb:
             wandb.init(project=self.cfg.logger.wandb_project, entity=self.cfg.logger.wandb_entity, config=self.cfg.to_dict(), name=self.cfg.logger.run_name, id=self.cfg.logger.wandb_id)
         self.stream = self.make_stream()
-        trainer = JacobianSAETrainer(
+        trainer = self.make_trainer(
             cfg=self.cfg.to_sae_trainer_config(),
             sae=self.sae,
             data_provider=self.stream,
@@ -361,12 +370,25 @@ def train_sweep(
     `<output_path>/<key>=<value>/` (`=auto` for None, i.e. λ from the rule of thumb) and logs
     to `train_log.jsonl` there.
     """
-    from dataclasses import fields, replace
+    check_sweep_key(key)
+    runner = JacobianSAETrainingRunner(cfg, options, override_dataset=override_dataset, override_model=override_model)
+    return run_sweep(runner, key, values)
+
+
+def check_sweep_key(key: str) -> None:
+    """Raise before any work when `key` is not a JacobianTrainingSAEConfig field."""
+    from dataclasses import fields
 
     valid = {f.name for f in fields(JacobianTrainingSAEConfig)}
     if key not in valid:
         raise ValueError(f"Cannot sweep {key!r}: not a JacobianTrainingSAEConfig field ({', '.join(sorted(valid))}).")
-    runner = JacobianSAETrainingRunner(cfg, options, override_dataset=override_dataset, override_model=override_model)
+
+
+def run_sweep(runner: JacobianSAETrainingRunner, key: str, values: list[Any]) -> dict[str, JacobianTrainingSAE]:
+    """`train_sweep`'s training on a built runner: one pair per value, one activation stream."""
+    from dataclasses import replace
+
+    cfg = runner.cfg
     runner._set_sae_metadata()
     _tune_process(cfg, runner.options)
     out_root = Path(cfg.output_path or ".")
