@@ -1,8 +1,8 @@
 """One process of the distributed tests (tests/test_distributed.py): a tiny JSAE run, single
 process without WORLD_SIZE, one rank of a gloo job with it (torchrun or a plain launch).
 
-python dist_worker.py JSON_ARGS   (keys: tmp, mode "train"|"sweep", tokens, resume, die_at_step,
-die_after_checkpoint, timeout_s)
+python dist_worker.py JSON_ARGS   (keys: tmp, mode "train"|"sweep", steps, resume, die_at_step,
+hang, die_after_checkpoint, timeout_s)
 """
 
 import json
@@ -34,13 +34,13 @@ data = {"override_dataset": tiny_token_dataset(), "override_model": make_tiny_mo
 rank = int(os.environ.get("RANK", "0"))
 
 die_at = args.get("die_at_step")
-if die_at is not None and rank == 1:  # a rank that dies mid-run, without warning
+if die_at is not None and rank == 1:  # a rank that dies (SIGKILL) or hangs (SIGSTOP) mid-run
     step = JacobianSAETrainer.step
 
     def step_then_die(self, batch):
         if self.n_training_steps == die_at:
             (tmp / "died_at").write_text(repr(time.time()))
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGSTOP if args.get("hang") else signal.SIGKILL)
         return step(self, batch)
 
     JacobianSAETrainer.step = step_then_die
