@@ -5,9 +5,11 @@ thread per rank) against one process (one thread) on the offline default
 communication seconds per step (activation all-gather, DDP gradient all-reduce, statistics).
 
 Both runs time `runner.run()` (the training loop with its LLM forward, after the model is
-loaded). The result is one JSON object, printed and written to
-benchmarks/results/bench_distributed-cpu-<time>.json. The host's load average is recorded:
-on a shared machine the ratio is only as good as the idle cores.
+loaded): `speedup` is the ratio of wall-clock tokens/s. The host's load average is recorded: on a
+shared machine the wall-clock ratio is only as good as the idle cores, so the CPU seconds of each
+process are reported too (`cpu_time_speedup_bound`: the one process's over the busiest rank's).
+The result is one JSON object, printed and written to
+benchmarks/results/bench_distributed-cpu-<time>.json.
 
 python scripts/bench_distributed.py [--tokens 32768] [--nproc 2]
 """
@@ -42,10 +44,10 @@ def worker(args: argparse.Namespace) -> None:
     cfg, options = load_run_config(CONFIG, overrides)
     context = init_from_env(cfg.device, options.dist_backend, options.dist_timeout_s)
     runner = JacobianSAETrainingRunner(cfg, options) if context is None else DistributedTrainingRunner(cfg, options, context=context)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     runner.run()
-    seconds = time.perf_counter() - t0
-    result = {"run_s": seconds, "tokens_per_s": args.tokens / seconds, "steps": args.tokens // cfg.train_batch_size_tokens}
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    result = {"run_s": seconds, "cpu_s": cpu, "tokens_per_s": args.tokens / seconds, "steps": args.tokens // cfg.train_batch_size_tokens}
     if context is not None:
         times = context.times
         result |= {"rank": context.rank, **{f"{k}_per_step": v / result["steps"] for k, v in vars(times).items()}}
@@ -88,6 +90,9 @@ def main() -> int:
         "single": single,
         "parallel": parallel,
         "speedup": parallel["rank0"]["tokens_per_s"] / single["rank0"]["tokens_per_s"],
+        # CPU seconds (all threads) of the one process / of the busiest rank: the speedup if
+        # every rank had a core to itself (wall time on a shared machine also counts waiting)
+        "cpu_time_speedup_bound": single["rank0"]["cpu_s"] / max(r["cpu_s"] for r in parallel["ranks"]),
         "comm_s_per_step_rank0": parallel["rank0"]["comm_s_per_step"],
         "step_s_parallel": parallel["rank0"]["run_s"] / parallel["rank0"]["steps"],
     }
