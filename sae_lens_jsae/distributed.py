@@ -231,7 +231,10 @@ class DataParallelTrainer(JacobianSAETrainer):
     def _train_step(self, sae: JacobianTrainingSAE, sae_in: torch.Tensor) -> TrainStepOutput:  # type: ignore[override]
         W, r = self.context.world_size, self.context.rank
         if sae_in.shape[0] % W:
-            raise ValueError(f"A batch of {sae_in.shape[0]} tokens does not split over {W} ranks; set runner.train_batch_size_tokens to a multiple of {W}.")
+            raise ValueError(
+                f"A batch of {sae_in.shape[0]} tokens does not split over {W} ranks; "
+                f"set runner.train_batch_size_tokens to a multiple of {W}."
+            )
         n = sae_in.shape[0] // W
         freq_before = self.act_freq_scores.clone()
         sae.training_forward_pass = lambda step_input: self.ddp(step_input)  # type: ignore[method-assign]
@@ -264,8 +267,13 @@ class DataParallelTrainer(JacobianSAETrainer):
         dist.all_reduce(values)
         values /= self.context.world_size
         self.context.times.stats_s += time.perf_counter() - t0
+        self._averaged = replace(output, loss=values[0], losses=dict(zip(names, values[1:])))
         if self.context.is_main:
-            super()._write_log(replace(output, loss=values[0], losses=dict(zip(names, values[1:]))))
+            super()._write_log(self._averaged)
+
+    def _log_train_step(self, step_output: TrainStepOutput) -> None:
+        # W&B (rank 0) logs on the steps `_write_log` just averaged
+        super()._log_train_step(self.__dict__.pop("_averaged", step_output))
 
     def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
         if self.context.is_main:  # every rank's state is rank 0's
@@ -279,7 +287,8 @@ class DistributedTrainingRunner(JacobianSAETrainingRunner):
 
     def __init__(self, cfg: Any, options: RunOptions | None = None, *, context: DistributedContext, **overrides: Any):
         W = context.world_size
-        problems = [f"runner.{name}={getattr(cfg, name)}" for name in ("store_batch_size_prompts", "train_batch_size_tokens") if getattr(cfg, name) % W]
+        sizes = ("store_batch_size_prompts", "train_batch_size_tokens")
+        problems = [f"runner.{name}={getattr(cfg, name)}" for name in sizes if getattr(cfg, name) % W]
         if problems:
             raise ValueError(f"{' and '.join(problems)} must be multiples of the world size {W} (each rank takes an equal slice).")
         cfg = copy.copy(cfg)
@@ -308,12 +317,6 @@ class DistributedTrainingRunner(JacobianSAETrainingRunner):
     def save_final_sae(self, *args: Any, **kwargs: Any) -> None:
         if self.writes_outputs:
             super().save_final_sae(*args, **kwargs)
-
-    def log_summary(self, trainer: DataParallelTrainer) -> dict[str, float]:
-        """Communication seconds per step of this rank."""
-        steps = max(1, trainer.n_training_steps)
-        times = self.context.times
-        return {"gather_s_per_step": times.gather_s / steps, "gradient_s_per_step": times.gradient_s / steps, "stats_s_per_step": times.stats_s / steps}
 
 
 def train_distributed(cfg: Any, options: RunOptions | None, context: DistributedContext, **overrides: Any) -> JacobianTrainingSAE:

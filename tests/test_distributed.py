@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from sae_lens_jsae.distributed import DistributedContext, DistributedTrainingRunner
 from sae_lens_jsae.training import latest_checkpoint
 
-pytestmark = pytest.mark.slow  # process launches: about a minute on 2 loaded cores
+pytestmark = pytest.mark.slow  # 19 Python processes: 3-5 min on 2 shared cores
 
 WORKER = Path(__file__).parent / "dist_worker.py"
 TOL = 1e-5
@@ -147,7 +147,13 @@ def test_dead_or_hung_rank_stops_the_others_with_a_clear_error(tmp_path, hang):
     payload = json.dumps({"tmp": str(tmp_path), "mode": "train", "steps": 40, "die_at_step": 3, "hang": hang, "timeout_s": timeout_s})
     env = {**ENV, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
     procs = [
-        subprocess.Popen([sys.executable, str(WORKER), payload], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [sys.executable, str(WORKER), payload],
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for r in (0, 1)
     ]
     try:
