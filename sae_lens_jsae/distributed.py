@@ -271,9 +271,12 @@ class DataParallelTrainer(JacobianSAETrainer):
         if self.context.is_main:
             super()._write_log(self._averaged)
 
+    # W&B and the bar's loss (rank 0) show the losses `_write_log` averaged on the same step
     def _log_train_step(self, step_output: TrainStepOutput) -> None:
-        # W&B (rank 0) logs on the steps `_write_log` just averaged
-        super()._log_train_step(self.__dict__.pop("_averaged", step_output))
+        super()._log_train_step(self.__dict__.get("_averaged", step_output))
+
+    def _update_pbar(self, step_output: TrainStepOutput, pbar: Any, update_interval: int = 100) -> None:
+        super()._update_pbar(self.__dict__.get("_averaged", step_output), pbar, update_interval)
 
     def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
         if self.context.is_main:  # every rank's state is rank 0's
