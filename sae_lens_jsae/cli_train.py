@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +24,6 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_jsae.training import (
         JacobianSAETrainingRunner,
         latest_checkpoint,
-        sweep_grid,
         train_variants,
     )
 
@@ -31,14 +32,43 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = latest_checkpoint(args.resume) or args.resume
         overrides.append(f"runner.resume_from_checkpoint={checkpoint}")
     cfg, options = load_run_config(args.config, overrides)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _run_distributed(args, cfg, options)
     if args.sweep:
-        try:
-            variants = sweep_grid(args.sweep)
-        except ValueError as e:
-            raise SystemExit(str(e)) from None
-        saes = train_variants(cfg, variants, options)
+        saes = train_variants(cfg, _parse_sweep(args.sweep), options)
         print(f"trained {len(saes)} JSAEs under {cfg.output_path}: {', '.join(saes)}")
         return 0
     JacobianSAETrainingRunner(cfg, options).run()
     print(f"trained JSAE saved to {cfg.output_path}")
+    return 0
+
+
+def _parse_sweep(specs: list[str]) -> list[dict[str, Any]]:
+    from sae_lens_jsae.training import sweep_grid
+
+    try:
+        return sweep_grid(specs)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+
+
+def _run_distributed(args: argparse.Namespace, cfg: Any, options: Any) -> int:
+    """One rank of `torchrun ... -m sae_lens_jsae train` (sae_lens_jsae/distributed.py)."""
+    from sae_lens_jsae.distributed import (
+        barrier_and_close,
+        init_from_env,
+        train_distributed,
+        train_variants_over_ranks,
+    )
+
+    context = init_from_env(cfg.device, options.dist_backend, options.dist_timeout_s)
+    assert context is not None
+    if args.sweep:
+        saes = train_variants_over_ranks(cfg, _parse_sweep(args.sweep), options, context)
+        print(f"rank {context.rank}/{context.world_size} trained {len(saes)} JSAEs under {cfg.output_path}: {', '.join(saes)}")
+    else:
+        train_distributed(cfg, options, context)
+        if context.is_main:
+            print(f"trained JSAE saved to {cfg.output_path} ({context.world_size} ranks, {context.backend})")
+    barrier_and_close(context)
     return 0

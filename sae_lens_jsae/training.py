@@ -64,6 +64,11 @@ class RunOptions:
     keep_freed_memory: bool = True
     """On CPU, let glibc reuse freed large blocks instead of page-faulting them in every step
     (`util.keep_freed_memory`, process-wide; docs/performance.md has the measured gain)."""
+    dist_backend: str | None = None
+    """Under torchrun: torch.distributed backend; None picks "nccl" on CUDA, "gloo" on CPU."""
+    dist_timeout_s: float = 600.0
+    """Under torchrun: seconds a collective waits for the other ranks before the run stops with
+    an error (a dead or stuck rank); must exceed the longest checkpoint save."""
 
 
 def _tune_process(cfg: LanguageModelSAERunnerConfig[Any], options: RunOptions) -> None:
@@ -272,6 +277,10 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
             seed=self.cfg.seed,
         )
 
+    def make_trainer(self, **kwargs: Any) -> JacobianSAETrainer:
+        """The trainer `run` drives (a seam: `distributed.DistributedTrainingRunner` wraps it in DDP)."""
+        return JacobianSAETrainer(**kwargs)
+
     def run(self) -> JacobianTrainingSAE:  # type: ignore[override]
         """Train; on `resume_from_checkpoint`, continue exactly where that checkpoint stopped."""
         self._set_sae_metadata()
@@ -279,7 +288,7 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
         if self.cfg.logger.log_to_wandb:
             wandb.init(project=self.cfg.logger.wandb_project, entity=self.cfg.logger.wandb_entity, config=self.cfg.to_dict(), name=self.cfg.logger.run_name, id=self.cfg.logger.wandb_id)
         self.stream = self.make_stream()
-        trainer = JacobianSAETrainer(
+        trainer = self.make_trainer(
             cfg=self.cfg.to_sae_trainer_config(),
             sae=self.sae,
             data_provider=self.stream,
@@ -407,13 +416,26 @@ def train_variants(
     one or several fields, e.g. from `sweep_grid`). Each pair is saved under
     `<output_path>/<variant_name(overrides)>/`; see `train_sweep`.
     """
-    from dataclasses import fields, replace
+    check_sweep_keys(variants)
+    runner = JacobianSAETrainingRunner(cfg, options, override_dataset=override_dataset, override_model=override_model)
+    return run_variants(runner, variants)
+
+
+def check_sweep_keys(variants: list[dict[str, Any]]) -> None:
+    """Raise before any work when a swept key is not a JacobianTrainingSAEConfig field."""
+    from dataclasses import fields
 
     valid = {f.name for f in fields(JacobianTrainingSAEConfig)}
-    for key in {key for variant in variants for key in variant}:
+    for key in dict.fromkeys(key for variant in variants for key in variant):
         if key not in valid:
             raise ValueError(f"Cannot sweep {key!r}: not a JacobianTrainingSAEConfig field ({', '.join(sorted(valid))}).")
-    runner = JacobianSAETrainingRunner(cfg, options, override_dataset=override_dataset, override_model=override_model)
+
+
+def run_variants(runner: JacobianSAETrainingRunner, variants: list[dict[str, Any]]) -> dict[str, JacobianTrainingSAE]:
+    """`train_variants`' training on a built runner: one pair per variant, one activation stream."""
+    from dataclasses import replace
+
+    cfg = runner.cfg
     runner._set_sae_metadata()
     _tune_process(cfg, runner.options)
     out_root = Path(cfg.output_path or ".")
