@@ -90,11 +90,13 @@ def rows_spec(d: dict[str, Any]) -> list[tuple[str, str | None]]:
         ("explained variance, input SAE", "explained_variance.input"),
         ("explained variance, output SAE", "explained_variance.output"),
         ("explained variance of f(x̂) vs f(x)", "explained_variance.mlp_of_input_reconstruction"),
+        ("MLP's sensitivity to the input SAE's error (1 = isotropic)", "mlp_error.error_sensitivity"),
         ("linear fraction (linearity)", "linearity.linear"),
     ]
 
 
-DELTA_KEYS = ("count", SCALE_FREE_KEY, "splice.average_ce_loss_score", "splice.input.ce_loss_score", "explained_variance.input", "linearity.linear")
+DELTA_KEYS = ("count", SCALE_FREE_KEY, "splice.average_ce_loss_score", "splice.input.ce_loss_score", "explained_variance.input",
+              "explained_variance.mlp_of_input_reconstruction", "mlp_error.error_sensitivity", "linearity.linear")
 """Metrics whose paired difference to λ = 0 is tabulated ('count': the count |J| > COUNT_TAU)."""
 
 

@@ -260,7 +260,7 @@ def test_cli_modules_parse_and_saebench_skips_hub_evals_offline(setup, tmp_path,
 @pytest.mark.parametrize("kind", ["gated_silu", "dense_gelu"])
 def test_mlp_error_analysis_matches_direct_computation(kind):
     from sae_lens_jsae.evals._batches import mlp_inputs_of
-    from sae_lens_jsae.evals.error_analysis import RATIOS, mlp_error_analysis, ratios
+    from sae_lens_jsae.evals.error_analysis import error_estimates, mlp_error_analysis
 
     torch.manual_seed(0)
     model = make_tiny_model(kind)
@@ -269,27 +269,25 @@ def test_mlp_error_analysis_matches_direct_computation(kind):
     r = mlp_error_analysis(model, sae, tokens, batch_size=4, progress=False)
     x = mlp_inputs_of(model, sae, tokens)
     with torch.no_grad():
-        x_hat = sae.decode(sae.encode(x))
-        y, y_through = sae.mlp(x), sae.mlp(x_hat)
-    ev = lambda v, approx: float(1 - (v - approx).pow(2).sum() / (v - v.mean(0)).pow(2).sum())  # noqa: E731
+        e = x - sae.decode(sae.encode(x))
     W = torch.cat(sae.mlp.input_weights(), dim=1)
-    e = x - x_hat
-    assert r.n_tokens == 160 and r.n_sequences == 10
-    assert r.input_explained_variance == pytest.approx(ev(x, x_hat), rel=1e-9)
-    assert r.mlp_output_explained_variance == pytest.approx(ev(y, y_through), rel=1e-9)
     isotropic = float(W.pow(2).sum() / W.shape[0])
+    assert r.n_tokens == 160 and len(r.per_sequence["sqerr"]) == 10
     assert r.error_sensitivity == pytest.approx(float((e @ W).pow(2).sum() / e.pow(2).sum()) / isotropic, rel=1e-9)
-    # an isotropic error would score 1 and put q/d of its energy in the top q directions
+    # an isotropic error scores 1
     iso = torch.randn(20000, W.shape[0], dtype=torch.float64)
     assert float((iso @ W).pow(2).sum() / iso.pow(2).sum()) / isotropic == pytest.approx(1, rel=0.05)
     U = torch.linalg.svd(W, full_matrices=False)[0][:, : r.top_directions]
     assert r.error_share_in_top_directions == pytest.approx(float((e @ U).pow(2).sum() / e.pow(2).sum()), rel=1e-9)
-    assert r.random_share_in_top_directions == r.top_directions / W.shape[0]
-    # the per-sequence sums reproduce every ratio, and a subset of sequences gives that subset's ratios
-    assert ratios(r.per_sequence, r.mean_read) == pytest.approx({k: getattr(r, k) for k in RATIOS})
-    sub = mlp_error_analysis(model, sae, tokens[:5], batch_size=4, progress=False)
-    assert ratios(r.per_sequence, r.mean_read, torch.arange(5))["error_sensitivity"] == pytest.approx(sub.error_sensitivity)
-    # decoder sensitivity: a decoder made of the MLP's least-read direction scores below 1
+    assert r.isotropic_share_in_top_directions == r.top_directions / W.shape[0]
+    # the per-sequence sums carry intervals around the same values; a subset's ratio is that subset's
+    est = error_estimates(r.to_dict())["mlp_error.error_sensitivity"]
+    iv = est.interval()
+    assert iv.value == pytest.approx(r.error_sensitivity) and iv.lo < iv.value < iv.hi and est.n == 10
+    sub = mlp_error_analysis(model, sae, tokens[:5], progress=False)
+    ps = r.per_sequence
+    assert sum(ps["sqerr_read"][:5]) / sum(ps["sqerr"][:5]) / r.mean_read == pytest.approx(sub.error_sensitivity)
+    # decoder sensitivity: a decoder made of the MLP's least-read direction scores near 0
     with torch.no_grad():
         sae.W_dec.copy_(torch.linalg.svd(W, full_matrices=True)[0][:, -1].expand_as(sae.W_dec))
     assert mlp_error_analysis(model, sae, tokens, progress=False).decoder_sensitivity < 0.5

@@ -232,6 +232,11 @@ def summary_estimates(summary: Mapping[str, Any]) -> dict[str, Estimate]:
     lin = summary.get("linearity") or {}
     if lin.get("per_token"):
         out.update(linearity_estimates(lin["per_token"]))
+    err = summary.get("mlp_error") or {}
+    if err.get("per_sequence"):
+        from sae_lens_jsae.evals.error_analysis import error_estimates
+
+        out.update(error_estimates(err))
     return out
 
 
@@ -241,7 +246,7 @@ def summary_intervals(summary: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _digests(summary: Mapping[str, Any]) -> dict[str, str | None]:
-    out = {block: ((summary.get(block) or {}).get("per_sequence") or {}).get("tokens_digest") for block in ("jacobian_sparsity", "splice")}
+    out = {block: ((summary.get(block) or {}).get("per_sequence") or {}).get("tokens_digest") for block in ("jacobian_sparsity", "splice", "mlp_error")}
     out["linearity"] = ((summary.get("linearity") or {}).get("per_token") or {}).get("sample_digest")
     return out
 
@@ -249,7 +254,7 @@ def _digests(summary: Mapping[str, Any]) -> dict[str, str | None]:
 def _block(key: str) -> str:
     """Which per-sequence block (and tokens digest) a metric key comes from."""
     head = key.split(".")[0]
-    return head if head in ("jacobian_sparsity", "linearity") else "splice"
+    return head if head in ("jacobian_sparsity", "linearity", "mlp_error") else "splice"
 
 
 def paired_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

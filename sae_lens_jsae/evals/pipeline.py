@@ -21,6 +21,7 @@ from sae_lens_jsae.evals.saebench import (
     run_eval,
     run_linearity_eval,
 )
+from sae_lens_jsae.evals.error_analysis import mlp_error_analysis
 from sae_lens_jsae.evals.intervals import METHOD, summary_intervals
 from sae_lens_jsae.evals.splice import SpliceResult, splice_scores
 from sae_lens_jsae.sae import layer_of_input_hook, saved_jacobian_coefficient
@@ -140,6 +141,9 @@ def evaluate_checkpoint(
     if splice is None:
         splice = splice_scores(model, sae, toks, batch_size=max(1, batch_size // 2), max_tokens=n_splice_tokens, progress=progress)
         timings["splice_s"] = time.time() - t0
+    t0 = time.time()
+    error_analysis = mlp_error_analysis(model, sae, toks, batch_size=batch_size, max_tokens=n_splice_tokens, progress=progress)
+    timings["mlp_error_s"] = time.time() - t0
     core_files: dict[str, Any] = {}
     if core:
         t0 = time.time()
@@ -169,6 +173,7 @@ def evaluate_checkpoint(
         "linearity": lin_json["eval_result_unstructured"]["result"],
         "splice": splice.to_dict(),
         "explained_variance": splice.explained_variance,
+        "mlp_error": error_analysis.to_dict(),
         "core": core_files,
         "files": {"jacobian_sparsity": str(sp_file.relative_to(out)), "jacobian_linearity": str(lin_file.relative_to(out))},
         "timings": timings,
