@@ -162,7 +162,7 @@ def frontier_plot(items: list[tuple[Path, dict[str, Any]]], path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
     xs = [("splice.average_ce_loss_score", "average CE-loss score (input, output)"), ("explained_variance.input", "explained variance, input SAE")]
     ys = [(None, f"count |J| > {COUNT_TAU:g} per token"), (SCALE_FREE_KEY, f"{SCALE_FREE_NAME} (lower = sparser)")]
-    for gi, ((rand, series), ds) in enumerate(groups.items()):
+    for gi, ((rand, _series), ds) in enumerate(groups.items()):
         color = f"C{gi}"
         for r, (ykey, ylabel) in enumerate(ys):
             for c, (xkey, xlabel) in enumerate(xs):

@@ -177,3 +177,17 @@ def test_saebench_format_json_carries_the_intervals(tiny, tmp_path):
     iv = data["eval_result_unstructured"]["intervals"]["jacobian_sparsity.l1_l2_ratio"]
     assert iv["lo"] <= data["eval_result_metrics"]["jacobian_sparsity"]["l1_l2_ratio"] <= iv["hi"]
     assert sb.read_eval_output(tmp_path / "a_custom_sae_eval_results.json").eval_type_id == "jacobian_sparsity"  # still valid
+
+
+def test_parallel_attention_blocks_splice_like_hooks():
+    """GPT-NeoX/Pythia-style blocks (attention and MLP both read resid_pre): same numbers as hooks."""
+    model = make_tiny_model("dense_gelu", parallel_attn_mlp=True)
+    sae = build_jacobian_sae(model, 1, d_sae=48, k=6)
+    tokens = torch.randint(0, model.cfg.d_vocab, (4, 16), generator=torch.Generator().manual_seed(1))
+    r = splice_scores(model, sae, tokens, progress=False)
+    hook_in, hook_out = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
+    with torch.no_grad():
+        for s, hooks in (("input", [(hook_in, lambda a, hook: sae.decode(sae.encode(a)))]),
+                         ("output", [(hook_out, lambda a, hook: sae.decode_output(sae.encode_output(a)))])):
+            ce = model.run_with_hooks(tokens, return_type="loss", fwd_hooks=hooks)
+            assert getattr(r, s).ce_spliced == pytest.approx(float(ce), rel=1e-9), s
