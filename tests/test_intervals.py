@@ -191,3 +191,17 @@ def test_parallel_attention_blocks_splice_like_hooks():
                          ("output", [(hook_out, lambda a, hook: sae.decode_output(sae.encode_output(a)))])):
             ce = model.run_with_hooks(tokens, return_type="loss", fwd_hooks=hooks)
             assert getattr(r, s).ce_spliced == pytest.approx(float(ce), rel=1e-9), s
+
+
+def test_relative_to_lambda0_is_a_paired_ratio():
+    from sae_lens_jsae.evals.intervals import ratio
+
+    rng = np.random.default_rng(4)
+    hits = 0
+    for _ in range(300):
+        sums, lengths, effect = _sequences(rng, 50, true_mean=4.0, seq_sd=1.0, tok_sd=0.5)
+        base = ratio(sums, lengths)
+        jsae = ratio(0.5 * sums + rng.normal(0, 0.3, 50) * np.sqrt(lengths), lengths)  # ≈ 0.5× the baseline, same sequences
+        iv = (jsae / base).interval()
+        hits += iv.lo <= 0.5 <= iv.hi
+    assert hits / 300 >= 0.9
