@@ -244,7 +244,7 @@ def write_report(
     for p, d in items:
         sp = d["jacobian_sparsity"]
 
-        def row(what: str, key: str) -> list[Any]:
+        def row(what: str, key: str, d: dict[str, Any] = d, p: Path = p) -> list[Any]:
             iv = metric(d, f"jacobian_sparsity.{key}")
             return [_name(d), what, iv.value, f"{rel(p)}: jacobian_sparsity.{key}", iv.fmt(4) if iv.lo is not None else ""]
 

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sae_lens_jsae.evals.intervals import METHOD, Interval, paired_differences
+from sae_lens_jsae.evals.intervals import METHOD, Interval, paired_differences, relative
 
 COUNT_TAU = 0.01
 SCALE_FREE_KEY = "jacobian_sparsity.l1_l2_ratio"
@@ -124,12 +124,11 @@ def frontier_table(items: list[tuple[Path, dict[str, Any]]]) -> tuple[list[str],
                     notes.append(note)
             row.append(_cell(iv))
         rows.append(row)
-    ratio_row = [f"count |J| > {COUNT_TAU:g} ÷ λ=0's"]
-    for _, d in ordered:
-        ref = reference(items, d)
-        a, b = metric(d, count_key(d)), metric(ref, count_key(ref)) if ref else Interval(None, None, None, 0, "no λ=0")
-        ratio_row.append(f"{a.value / b.value:.3f}" if a.ok and b.ok and b.value else "")
-    rows.append(ratio_row)
+    for what, key_of in ((f"count |J| > {COUNT_TAU:g}", count_key), (SCALE_FREE_NAME, lambda d: SCALE_FREE_KEY)):
+        row = [f"{what} ÷ λ=0's (paired)"]
+        for _, d in ordered:
+            row.append(_relative(d, reference(items, d), key_of(d)))
+        rows.append(row)
     for want in DELTA_KEYS:
         label = next(lab for lab, key in spec if (key == count_key(ordered[0][1]) if want == "count" else key == want))
         row = [f"Δ vs λ=0 (paired): {label}"]
@@ -137,6 +136,16 @@ def frontier_table(items: list[tuple[Path, dict[str, Any]]]) -> tuple[list[str],
             row.append(_delta(d, reference(items, d), count_key(d) if want == "count" else want))
         rows.append(row)
     return header, rows, notes
+
+
+def _relative(d: dict[str, Any], ref: dict[str, Any] | None, key: str | None) -> str:
+    if ref is None or key is None or ref is d:
+        return "—"
+    iv, paired = relative(d, ref, key)
+    if iv.ok:
+        return iv.fmt(3) + ("" if paired else " (unpaired)")
+    a, b = metric(d, key), metric(ref, key)
+    return f"{a.value / b.value:.3f}" if a.ok and b.ok and b.value else "n/a"  # type: ignore[operator]
 
 
 def _delta(d: dict[str, Any], ref: dict[str, Any] | None, key: str | None) -> str:
@@ -164,7 +173,7 @@ def frontier_plot(items: list[tuple[Path, dict[str, Any]]], path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
     xs = [("splice.average_ce_loss_score", "average CE-loss score (input, output)"), ("explained_variance.input", "explained variance, input SAE")]
     ys = [(None, f"count |J| > {COUNT_TAU:g} per token"), (SCALE_FREE_KEY, f"{SCALE_FREE_NAME} (lower = sparser)")]
-    for gi, ((rand, series), ds) in enumerate(groups.items()):
+    for gi, ((rand, _series), ds) in enumerate(groups.items()):
         color = f"C{gi}"
         for r, (ykey, ylabel) in enumerate(ys):
             for c, (xkey, xlabel) in enumerate(xs):

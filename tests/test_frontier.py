@@ -88,3 +88,16 @@ def test_a_pair_from_another_model_is_refused_before_any_work(sweeps, tmp_path):
     with pytest.raises(ValueError, match="frozen MLP does not match"):  # randomized pairs on the trained model
         evaluate_sweeps_and_compare([], model, tokens, tmp_path / "o", randomized_dirs=[root / "rsweep"], randomized_model=model, **KW)
     assert not (tmp_path / "o").exists()
+
+
+def test_single_pair_mode_shares_the_splice_pass_and_reports_paired_deltas(sweeps, tmp_path):
+    from sae_lens_jsae.evals import evaluate_and_compare
+
+    root, _ = sweeps
+    model = make_tiny_model("gated_silu")
+    tokens = torch.randint(1, model.cfg.d_vocab, (8, 16), generator=torch.Generator().manual_seed(0))
+    kw = {k: v for k, v in KW.items() if k != "core"}
+    md = evaluate_and_compare(root / "sweep" / "odd_name", model, tokens, tmp_path, baseline=root / "sweep" / "jacobian_coefficient=0", core=False, **kw)
+    j, b = (json.loads((tmp_path / f"{n}_summary.json").read_text()) for n in ("jsae", "lambda0"))
+    assert j["splice"]["per_sequence"]["tokens_digest"] == b["splice"]["per_sequence"]["tokens_digest"]
+    assert "| Δ vs λ=0 (paired): count" in md.read_text()

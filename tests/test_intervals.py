@@ -177,3 +177,31 @@ def test_saebench_format_json_carries_the_intervals(tiny, tmp_path):
     iv = data["eval_result_unstructured"]["intervals"]["jacobian_sparsity.l1_l2_ratio"]
     assert iv["lo"] <= data["eval_result_metrics"]["jacobian_sparsity"]["l1_l2_ratio"] <= iv["hi"]
     assert sb.read_eval_output(tmp_path / "a_custom_sae_eval_results.json").eval_type_id == "jacobian_sparsity"  # still valid
+
+
+def test_parallel_attention_blocks_splice_like_hooks():
+    """GPT-NeoX/Pythia-style blocks (attention and MLP both read resid_pre): same numbers as hooks."""
+    model = make_tiny_model("dense_gelu", parallel_attn_mlp=True)
+    sae = build_jacobian_sae(model, 1, d_sae=48, k=6)
+    tokens = torch.randint(0, model.cfg.d_vocab, (4, 16), generator=torch.Generator().manual_seed(1))
+    r = splice_scores(model, sae, tokens, progress=False)
+    hook_in, hook_out = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
+    with torch.no_grad():
+        for s, hooks in (("input", [(hook_in, lambda a, hook: sae.decode(sae.encode(a)))]),
+                         ("output", [(hook_out, lambda a, hook: sae.decode_output(sae.encode_output(a)))])):
+            ce = model.run_with_hooks(tokens, return_type="loss", fwd_hooks=hooks)
+            assert getattr(r, s).ce_spliced == pytest.approx(float(ce), rel=1e-9), s
+
+
+def test_relative_to_lambda0_is_a_paired_ratio():
+    from sae_lens_jsae.evals.intervals import ratio
+
+    rng = np.random.default_rng(4)
+    hits = 0
+    for _ in range(300):
+        sums, lengths, effect = _sequences(rng, 50, true_mean=4.0, seq_sd=1.0, tok_sd=0.5)
+        base = ratio(sums, lengths)
+        jsae = ratio(0.5 * sums + rng.normal(0, 0.3, 50) * np.sqrt(lengths), lengths)  # ≈ 0.5× the baseline, same sequences
+        iv = (jsae / base).interval()
+        hits += iv.lo <= 0.5 <= iv.hi
+    assert hits / 300 >= 0.9

@@ -79,3 +79,18 @@ def test_differences_are_unpaired_on_other_tokens():
     assert paired2
     with pytest.raises(ValueError, match="want must be"):
         verdict(iv, 0.0, "sideways")
+
+
+def test_issue_goal_per_lambda_and_matched_ev_randomized_check():
+    mod = _script()
+    rng = np.random.default_rng(5)
+    base = _summary(rng, 0.0, False, count=900, ratio=0.76, ce_score=0.6)
+    good = _summary(rng, 3.56, False, count=200, ratio=0.55, ce_score=0.6)
+    bad = _summary(rng, 14.2, False, count=150, ratio=0.72, ce_score=0.2)
+    rand = _summary(rng, 3.56, True, count=600, ratio=0.80, ce_score=0.0)
+    rand["explained_variance"] = {"input": 0.79}
+    results = mod.goal_checks([base, good, bad, rand])
+    verdicts = {desc.split(":")[0]: v for desc, v, _ in results}
+    assert verdicts["goal at λ=3.56 (paper loss)"] == PASS
+    assert verdicts["goal at λ=14.2 (paper loss)"] == FAIL  # ratio 0.95× λ0's and CE score −0.4
+    assert [v for d, v in verdicts.items() if d.startswith("trained JSAE")] == [PASS]  # 0.55 vs 0.80 at matched EV

@@ -104,6 +104,14 @@ class Estimate:
         self._check(other)
         return Estimate(self.value + other.value, self.psi + other.psi, self.na_reason or other.na_reason)
 
+    def __truediv__(self, other: Estimate) -> Estimate:
+        """self / other, linearised: ψ = ψ_self/b − (a/b²)·ψ_other (paired: same sequences)."""
+        self._check(other)
+        a, b = self.value, other.value
+        if b == 0:
+            return Estimate(float("nan"), np.zeros_like(self.psi), "division by 0")
+        return Estimate(a / b, self.psi / b - a / b**2 * other.psi, self.na_reason or other.na_reason)
+
     def scale(self, c: float, shift: float = 0.0) -> Estimate:
         """c·self + shift."""
         return Estimate(c * self.value + shift, c * self.psi, self.na_reason)
@@ -292,6 +300,21 @@ def difference(a: Mapping[str, Any], b: Mapping[str, Any], key: str, scale_b: fl
     if same:
         return (ea - eb.scale(scale_b)).interval(), True
     return unpaired_difference(ea, eb.scale(scale_b)), False
+
+
+def relative(a: Mapping[str, Any], b: Mapping[str, Any], key: str) -> tuple[Interval, bool]:
+    """(interval of a[key] / b[key], paired?): e.g. a JSAE's count as a multiple of λ = 0's."""
+    ea, eb = summary_estimates(a).get(key), summary_estimates(b).get(key)
+    if ea is None or eb is None:
+        return Interval(None, None, None, 0, f"{key} has no per-sequence data"), False
+    block = _block(key)
+    if _digests(a).get(block) is not None and _digests(a).get(block) == _digests(b).get(block) and ea.n == eb.n:
+        return (ea / eb).interval(), True
+    if ea.na_reason or eb.na_reason or eb.value == 0:
+        return Interval(None, None, None, min(ea.n, eb.n), ea.na_reason or eb.na_reason or "division by 0"), False
+    r = ea.value / eb.value
+    half = Z95 * float(np.hypot(ea.se / eb.value, r * eb.se / eb.value))
+    return Interval(r, r - half, r + half, min(ea.n, eb.n)), False
 
 
 def verdict(iv: Interval, bound: float = 0.0, want: str = "below") -> str:

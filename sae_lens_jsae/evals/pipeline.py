@@ -12,6 +12,8 @@ from typing import Any
 import torch
 
 from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches
+from sae_lens_jsae.evals.error_analysis import mlp_error_analysis
+from sae_lens_jsae.evals.intervals import METHOD, summary_intervals
 from sae_lens_jsae.evals.saebench import (
     JacobianLinearityEvalConfig,
     JacobianSparsityEvalConfig,
@@ -21,8 +23,6 @@ from sae_lens_jsae.evals.saebench import (
     run_eval,
     run_linearity_eval,
 )
-from sae_lens_jsae.evals.error_analysis import mlp_error_analysis
-from sae_lens_jsae.evals.intervals import METHOD, summary_intervals
 from sae_lens_jsae.evals.splice import SpliceResult, splice_scores
 from sae_lens_jsae.sae import layer_of_input_hook, saved_jacobian_coefficient
 

@@ -145,6 +145,33 @@ class _Losses:
         return self.ce(logp), kl
 
 
+class _BlockRun:
+    """One batch's re-runs of the model from block L's MLP output on (see the module docstring)."""
+
+    def __init__(self, model, L: int, cache, parallel: bool, losses: _Losses) -> None:
+        self.model, self.L, self.losses = model, L, losses
+        if parallel:  # resid_post = resid_pre + attn_out + mlp_out; ln2 reads resid_pre
+            self.base = cache[f"blocks.{L}.hook_resid_pre"] + cache[f"blocks.{L}.hook_attn_out"]
+            self.ln2_in = cache[f"blocks.{L}.hook_resid_pre"]
+        else:  # resid_post = resid_mid + mlp_out; ln2 reads resid_mid
+            self.base = self.ln2_in = cache[f"blocks.{L}.hook_resid_mid"]
+        self.x, self.y = cache[f"blocks.{L}.ln2.hook_normalized"], cache[f"blocks.{L}.hook_mlp_out"]
+
+    def rest(self, mlp_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sequence (CE, KL) of the model with block L's MLP output replaced by `mlp_out`."""
+        return self.losses(self.model(self.base + mlp_out, start_at_layer=self.L + 1, return_type="logits"))
+
+    def mlp_of(self, new_x: torch.Tensor) -> torch.Tensor:
+        """Block L's MLP output with ln2.hook_normalized replaced by `new_x`, exactly as a hook would."""
+        block = self.model.blocks[self.L]
+
+        def patch(act: torch.Tensor, hook) -> torch.Tensor:  # noqa: ARG001
+            return new_x.to(act.dtype)
+
+        with self.model.hooks(fwd_hooks=[(f"blocks.{self.L}.ln2.hook_normalized", patch)]):
+            return block.apply_mlp(block.ln2(self.ln2_in))
+
+
 @torch.no_grad()
 def splice_scores_multi(
     model,
@@ -189,37 +216,22 @@ def splice_scores_multi(
         keep_f = keep.to(torch.float64)
         common = {"n_pred": torch.full((batch.shape[0],), float(batch.shape[1] - 1)), "n_pos": torch.full((batch.shape[0],), float(batch.shape[1])),
                   "n_ev": keep_f.sum(1), "ce_clean": losses.clean_ce}
+        runs = {L: _BlockRun(model, L, cache, parallel, losses) for L in set(layers.values())}
         shared: dict[int, dict[str, torch.Tensor]] = {}
-        for L in set(layers.values()):
-            block = model.blocks[L]
-            base = cache[f"blocks.{L}.hook_resid_pre"] + cache[f"blocks.{L}.hook_attn_out"] if parallel else cache[f"blocks.{L}.hook_resid_mid"]
-            x, y = cache[f"blocks.{L}.ln2.hook_normalized"], cache[f"blocks.{L}.hook_mlp_out"]
-
-            ln2_in = cache[f"blocks.{L}.hook_resid_pre"] if parallel else base
-
-            def rest(mlp_out: torch.Tensor, base=base, L=L) -> tuple[torch.Tensor, torch.Tensor]:
-                return losses(model(base + mlp_out, start_at_layer=L + 1, return_type="logits"))
-
-            def mlp_of(new_x: torch.Tensor, block=block, ln2_in=ln2_in, L=L) -> torch.Tensor:
-                """The block's MLP output with ln2.hook_normalized replaced by new_x (as a hook would)."""
-                with model.hooks(fwd_hooks=[(f"blocks.{L}.ln2.hook_normalized", lambda a, hook: new_x.to(a.dtype))]):
-                    return block.apply_mlp(block.ln2(ln2_in))
-
-            ce_zi, kl_zi = rest(mlp_of(torch.zeros_like(x)))
-            ce_zo, kl_zo = rest(torch.zeros_like(y))
+        for L, run in runs.items():
+            ce_zi, kl_zi = run.rest(run.mlp_of(torch.zeros_like(run.x)))
+            ce_zo, kl_zo = run.rest(torch.zeros_like(run.y))
             shared[L] = {"ce_zero_input": ce_zi, "kl_zero_input": kl_zi, "ce_zero_mlp_out": ce_zo, "kl_zero_mlp_out": kl_zo}
-            m = moments[L]
-            add(m, "sum_x", (x.to(torch.float64) * keep_f[..., None]).sum(1))
-            add(m, "sq_x", (x.to(torch.float64).pow(2).sum(-1) * keep_f).sum(1))
-            add(m, "sum_y", (y.to(torch.float64) * keep_f[..., None]).sum(1))
-            add(m, "sq_y", (y.to(torch.float64).pow(2).sum(-1) * keep_f).sum(1))
-            shared[L]["_rest"], shared[L]["_mlp_of"] = rest, mlp_of  # type: ignore[assignment]
+            x64, y64 = run.x.to(torch.float64), run.y.to(torch.float64)
+            add(moments[L], "sum_x", (x64 * keep_f[..., None]).sum(1))
+            add(moments[L], "sq_x", (x64.pow(2).sum(-1) * keep_f).sum(1))
+            add(moments[L], "sum_y", (y64 * keep_f[..., None]).sum(1))
+            add(moments[L], "sq_y", (y64.pow(2).sum(-1) * keep_f).sum(1))
         for name, sae in saes.items():
-            L = layers[name]
-            rest, mlp_of = shared[L]["_rest"], shared[L]["_mlp_of"]
-            x, y = cache[f"blocks.{L}.ln2.hook_normalized"], cache[f"blocks.{L}.hook_mlp_out"]
+            run = runs[layers[name]]
+            x, y = run.x, run.y
             c = cols[name]
-            for key, v in {**common, **{k: v for k, v in shared[L].items() if not k.startswith("_")}}.items():
+            for key, v in {**common, **shared[layers[name]]}.items():
                 add(c, key, v)
             x_hat = sae.decode(sae.encode(x.to(sae.dtype)))
             y_hat = sae.decode_output(sae.encode_output(y.to(sae.dtype)))
@@ -227,16 +239,17 @@ def splice_scores_multi(
             add(c, "sqerr_input", ((x.to(torch.float64) - x_hat.to(torch.float64)).pow(2).sum(-1) * keep_f).sum(1))
             add(c, "sqerr_output", ((y.to(torch.float64) - y_hat.to(torch.float64)).pow(2).sum(-1) * keep_f).sum(1))
             add(c, "sqerr_mlp_of_recon", ((y.to(torch.float64) - f_x_hat.to(torch.float64)).pow(2).sum(-1) * keep_f).sum(1))
-            outs = {
-                "input": lambda: mlp_of(x_hat),
-                "output": lambda: y_hat.to(y.dtype),
-                "replacement": lambda: sae.decode_output(sae.encode_output(f_x_hat)).to(y.dtype),
-            }
             for s in splices:
-                ce, kl = rest(outs[s]())
+                if s == "input":
+                    mlp_out = run.mlp_of(x_hat)
+                elif s == "output":
+                    mlp_out = y_hat.to(y.dtype)
+                else:
+                    mlp_out = sae.decode_output(sae.encode_output(f_x_hat)).to(y.dtype)
+                ce, kl = run.rest(mlp_out)
                 add(c, f"ce_{s}", ce)
                 add(c, f"kl_{s}", kl)
-        del cache, losses
+        del cache, losses, runs
     if n_tok == 0:
         raise ValueError("No tokens to evaluate.")
     var: dict[int, dict[str, torch.Tensor]] = {}
