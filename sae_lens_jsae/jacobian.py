@@ -400,7 +400,7 @@ class _GatheredDots(torch.autograd.Function):
         with torch.autocast(W.device.type, enabled=False):
             for s in range(0, T, step):
                 e = min(s + step, T)
-                cols = WT[idx[s:e].reshape(-1)].view(e - s, k, d)
+                cols = torch.index_select(WT, 0, idx[s:e].reshape(-1)).view(e - s, k, d)
                 torch.bmm(y[s:e, None, :].to(W.dtype), cols.transpose(1, 2), out=out[s:e, None, :])  # not cols·y: see ∂E
         ctx.save_for_backward(y, W, idx)
         return out

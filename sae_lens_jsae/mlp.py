@@ -233,17 +233,19 @@ class FrozenMLP(nn.Module):
         """The (d_mlp × d_model) weight the hidden layer leaves through: W_out, or W_out diag(w_post)."""
         return self.W_out * self.w_post if self.post_norm else self.W_out
 
-    def post_norm_factors(self, pre: MLPPreActivations) -> tuple[torch.Tensor, torch.Tensor]:
+    def post_norm_factors(self, pre: MLPPreActivations, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Post-norm MLPs only: (y, q) of the per-token rank-one Jacobian term.
 
         y = f(x) = w_post ⊙ n (d_model) and q = n W_outᵀ / d_model (d_mlp), with n = z / rms(z):
         the norm's derivative along a hidden direction v is (v W_out diag(w_post) − (v·q) y) / rms(z)
-        (docs/jacobian_post_norm.md). q costs one (tokens × d_model × d_mlp) product.
+        (docs/jacobian_post_norm.md). q costs one (tokens × d_model × d_mlp) product, run in
+        `dtype` (None: the MLP's; the bf16 penalty passes bfloat16, as its other products).
         """
         if not self.post_norm or pre.unnormed is None:
             raise ValueError("post_norm_factors needs a post-norm MLP's pre_activations (with `unnormed`).")
         n = pre.unnormed * self._inverse_rms(pre.unnormed)
-        return n * self.w_post, (n @ self.W_out.T) / self.d_model
+        cast = n.dtype if dtype is None else dtype
+        return n * self.w_post, (n.to(cast) @ self.W_out.T.to(cast)) / self.d_model
 
     def input_weights(self) -> list[torch.Tensor]:
         """The (d_model × d_mlp) weights directions enter through: [W_in] or [W_gate, W_in]."""

@@ -396,7 +396,7 @@ class _JacobianPairMixin:
         output_indices = _token_rows(top_out.indices)
         post_norm = None
         if mlp.post_norm:  # the rank-one term of the norm after the MLP
-            y, q = mlp.post_norm_factors(pre)
+            y, q = mlp.post_norm_factors(pre, dtype)
             post_norm = PostNormTerm(gathered_dots(_token_rows(y), self.W_enc_out, output_indices), _token_rows(q))
         return {
             "decoder_times_mlp_in": decoder_times_mlp_in,
