@@ -231,7 +231,7 @@ def write_report(
         except ValueError:
             return str(p)
 
-    from sae_lens_jsae.report_frontier import add_frontier, metric
+    from sae_lens_jsae.report_frontier import add_frontier, metric, resolve_key
 
     add_frontier(doc, items, out)
 
@@ -245,8 +245,8 @@ def write_report(
         sp = d["jacobian_sparsity"]
 
         def row(what: str, key: str, d: dict[str, Any] = d, p: Path = p) -> list[Any]:
-            iv = metric(d, f"jacobian_sparsity.{key}")
-            return [_name(d), what, iv.value, f"{rel(p)}: jacobian_sparsity.{key}", iv.fmt(4) if iv.lo is not None else ""]
+            iv = metric(d, f"jacobian_sparsity.{key}")  # the value column is the JSON's own number, traceable by its key
+            return [_name(d), what, resolve_key(d, f"jacobian_sparsity.{key}"), f"{rel(p)}: jacobian_sparsity.{key}", iv.fmt(4) if iv.lo is not None else ""]
 
         for i, t in enumerate(sp["thresholds"]):
             rows.append(row(f"count |J| > {t:g}", f"mean_count_above[{i}]"))

@@ -23,7 +23,8 @@ SCALE_FREE_NAME = "L1/(L2·k) ratio"
 PAPER_LOSS = "paper loss"
 
 
-def _resolve(d: dict[str, Any], key: str) -> Any:
+def resolve_key(d: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key such as `jacobian_sparsity.mean_count_above[1]` (None if absent)."""
     data: Any = d
     for part in key.split("."):
         m = re.fullmatch(r"(\w+)\[(\d+)\]", part)
@@ -40,7 +41,7 @@ def metric(d: dict[str, Any], key: str | None) -> Interval:
         return Interval(None, None, None, 0, "not measured")
     if key in (d.get("intervals") or {}):
         return Interval.from_dict(d["intervals"][key])
-    v = _resolve(d, key)
+    v = resolve_key(d, key)
     return Interval(float(v), None, None, 0) if isinstance(v, (int, float)) else Interval(None, None, None, 0, "not measured")
 
 

@@ -101,3 +101,14 @@ def test_single_pair_mode_shares_the_splice_pass_and_reports_paired_deltas(sweep
     j, b = (json.loads((tmp_path / f"{n}_summary.json").read_text()) for n in ("jsae", "lambda0"))
     assert j["splice"]["per_sequence"]["tokens_digest"] == b["splice"]["per_sequence"]["tokens_digest"]
     assert "| Δ vs λ=0 (paired): count" in md.read_text()
+
+
+def test_pairs_with_the_same_folder_name_in_two_sweeps_get_distinct_labels(sweeps, tmp_path):
+    import shutil
+
+    root, _ = sweeps
+    for sweep in ("a", "b"):
+        (tmp_path / sweep / "jacobian_coefficient=0").mkdir(parents=True)
+        shutil.copy(root / "sweep" / "jacobian_coefficient=0" / "cfg.json", tmp_path / sweep / "jacobian_coefficient=0" / "cfg.json")
+    pairs = label_pairs([load_pair(p) for d in ("a", "b") for p in find_pairs(tmp_path / d)])
+    assert [p.file_label for p in pairs] == ["a__jacobian_coefficient_0", "b__jacobian_coefficient_0"]

@@ -48,6 +48,8 @@ class SweepPair:
     """The loss-variant fields (differing between pairs) and their values; filled in by `label_pairs`."""
     series_label: str = PAPER_LOSS
     """'paper loss' or 'field=value, …' (non-default series values)."""
+    prefix: str = ""
+    """The sweep folder's name, prepended to `file_label` when two sweeps share a pair folder name."""
 
     @property
     def name(self) -> str:
@@ -57,7 +59,7 @@ class SweepPair:
     @property
     def file_label(self) -> str:
         """File-name-safe label (used for the summary and SAEBench JSON names)."""
-        base = ("randomized_" if self.randomized else "") + self.path.name
+        base = ("randomized_" if self.randomized else "") + (f"{self.prefix}__" if self.prefix else "") + self.path.name
         return re.sub(r"[^A-Za-z0-9._-]+", "_", base)
 
 
@@ -108,6 +110,10 @@ def label_pairs(pairs: Sequence[SweepPair]) -> list[SweepPair]:
         p.series = {k: value(p, k) for k in varying}
         shown = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.series.items() if v != defaults.get(k)]
         p.series_label = ", ".join(shown) or PAPER_LOSS
+    labels = [p.file_label for p in pairs]
+    for p, label in zip(pairs, labels):  # e.g. two sweeps that both have a `jacobian_coefficient=0` folder
+        if labels.count(label) > 1:
+            p.prefix = p.path.parent.name
     return list(pairs)
 
 
