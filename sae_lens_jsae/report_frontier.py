@@ -92,6 +92,7 @@ def rows_spec(d: dict[str, Any]) -> list[tuple[str, str | None]]:
         ("explained variance, output SAE", "explained_variance.output"),
         ("explained variance of f(x̂) vs f(x)", "explained_variance.mlp_of_input_reconstruction"),
         ("MLP's sensitivity to the input SAE's error (1 = isotropic)", "mlp_error.error_sensitivity"),
+        ("MLP's sensitivity to the input SAE's decoder rows (weights; no interval)", "mlp_error.decoder_sensitivity"),
         ("linear fraction (linearity)", "linearity.linear"),
     ]
 
