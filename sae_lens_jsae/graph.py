@@ -350,3 +350,99 @@ def validate_graph_file(data: dict[str, Any]) -> list[str]:
             problems.append(f"bad link {link}")
             break
     return problems
+
+
+# ---- whole-command helpers (the CLI and the eval report call these) ------------------------------
+def pair_layer_and_model(source: str | Path) -> tuple[int, str | None]:
+    """(block index, model name) from a local pair's cfg.json, without loading weights."""
+    from sae_lens_jsae.sae import layer_of_input_hook
+
+    cfg_path = Path(source) / "cfg.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{source} is not a JSAE folder (no cfg.json): pass the folder `jsae train` wrote (cfg.json + sae_weights.safetensors).")
+    cfg = json.loads(cfg_path.read_text())
+    return layer_of_input_hook((cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name")), (cfg.get("metadata") or {}).get("model_name")
+
+
+def load_pair_and_model(sources: list[str], model_source: str, model_name: str | None, device: str = "cpu") -> tuple[list[Any], Any]:
+    """Load JSAE pairs (local folders) and their model; the layer is checked against the model's config first."""
+    from sae_lens_jsae.hub import load_jsae
+    from sae_lens_jsae.sources import check_layer, load_hooked_model
+
+    layer, saved_name = pair_layer_and_model(sources[0])
+    name = model_name or saved_name
+    if name is None:
+        raise ValueError(f"{sources[0]}/cfg.json names no model (metadata.model_name): pass --model-name.")
+    check_layer(model_source, name, layer)
+    saes = [load_jsae(s, device=device) for s in sources]
+    return saes, load_hooked_model(model_source, name, device=device)
+
+
+def sotu_prompts(n: int = 3, min_words: int = 12, max_words: int = 35) -> list[str]:
+    """`n` sentences of the sotu eval split (the first ones of 12–35 words, in file order)."""
+    from sae_lens_jsae.sources import sotu_split_files
+
+    out: list[str] = []
+    for f in sotu_split_files("eval"):
+        for sentence in re.split(r"(?<=[.!?])\s+", " ".join(f.read_text(encoding="utf-8").split())):
+            if min_words <= len(sentence.split()) <= max_words:
+                out.append(sentence)
+                if len(out) == n:
+                    return out
+    return out
+
+
+class GraphResult(NamedTuple):
+    """One written graph."""
+
+    name: str
+    """Which pair ("jsae", "lambda0", ...)."""
+    prompt: str
+    path: Path
+    completeness: Completeness
+
+
+def write_graphs(saes: dict[str, Any], model: Any, prompts: list[str], out_dir: str | Path, **kwargs: Any) -> list[GraphResult]:
+    """A graph per (pair, prompt) into `out_dir` (slugs `{name}-{i}-{prompt}`)."""
+    results = []
+    for i, prompt in enumerate(prompts):
+        for name, sae in saes.items():
+            path, comp = write_prompt_graph(sae, model, prompt, out_dir, slug=f"{name}-{i}-{slugify(prompt, 30)}", **kwargs)
+            results.append(GraphResult(name, prompt, path, comp))
+    return results
+
+
+def completeness_table(results: list[GraphResult]) -> tuple[list[str], list[list[Any]]]:
+    """(header, rows) comparing the pairs' completeness on the same prompts."""
+    header = ["pair", "prompt", "edges/activation", "linearisation error", "median rel. error", "latent share", "kept", "graph"]
+    rows = [[r.name, r.prompt[:50], round(r.completeness.edge_share_of_activation, 3), round(r.completeness.linearisation_error, 3),
+             round(r.completeness.median_relative_error, 3), round(r.completeness.feature_share, 3), round(r.completeness.kept_fraction, 3), r.path.name]
+            for r in results]
+    return header, rows
+
+
+def add_graphs_to_report(report_md: str | Path, saes: dict[str, Any], model: Any, prompts: list[str] | None = None) -> list[GraphResult]:
+    """Write graphs of a few sotu sentences into `<report dir>/graphs` and append a section that
+    links them (and their completeness) to report.md and report.html."""
+    import html
+
+    report_md = Path(report_md)
+    results = write_graphs(saes, model, prompts if prompts is not None else sotu_prompts(), report_md.parent / "graphs")
+    header, rows = completeness_table(results)
+    intro = ("Attribution graphs (input latents → output latents, edge = J·s_x) of sotu eval sentences, in the "
+             "attribution-graph JSON format; view them with `jsae serve graphs` (run `jsae latents` into the same "
+             "folder for latent pages). Completeness per graph: how much of the output activations the edges explain "
+             "and how far the linearisation is from the actual effect of switching the input latents off.")
+    md = ["", "## Attribution graphs", "", intro, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(str(c) for c in row[:-1]) + f" | [{row[-1]}](graphs/{row[-1]}) |" for row in rows]
+    with report_md.open("a") as f:
+        f.write("\n".join(md) + "\n")
+    page = report_md.with_suffix(".html")
+    if page.exists():
+        table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" + "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row[:-1])
+            + f"<td><a href='graphs/{html.escape(row[-1])}'>{html.escape(row[-1])}</a></td></tr>" for row in rows) + "</table>"
+        text = page.read_text()
+        section = f"<h2>Attribution graphs</h2><p>{html.escape(intro)}</p>{table}"
+        page.write_text(text.replace("</body>", section + "</body>") if "</body>" in text else text + section)
+    return results

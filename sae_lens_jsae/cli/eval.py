@@ -24,10 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-linearity-tokens", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
     p.add_argument("--no-core", action="store_true", help="skip SAEBench's core eval of the two SAEs")
+    p.add_argument("--n-graphs", type=int, default=3, help="attribution graphs of this many sotu sentences in the report (0: none)")
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import torch
@@ -35,7 +35,12 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_jsae.evals.pipeline import evaluate_and_compare
     from sae_lens_jsae.sources import load_hooked_model, sotu_token_dataset
 
-    model_name = args.model_name or json.loads((Path(args.checkpoint) / "cfg.json").read_text())["metadata"]["model_name"]
+    from sae_lens_jsae.graph import pair_layer_and_model
+    from sae_lens_jsae.sources import check_layer
+
+    layer, saved_name = pair_layer_and_model(args.checkpoint)
+    model_name = args.model_name or saved_name
+    check_layer(args.model_source, model_name, layer)  # before the weights load
     model = load_hooked_model(args.model_source, model_name, device=args.device, randomize=args.randomized, seed=args.seed)
     ds = sotu_token_dataset(model.tokenizer, args.context_size, split="eval")
     n_seqs = -(-max(args.n_tokens, args.n_splice_tokens, args.n_core_sparsity_tokens) // args.context_size)
@@ -47,5 +52,12 @@ def run(args: argparse.Namespace) -> int:
         n_tokens=args.n_tokens, n_splice_tokens=args.n_splice_tokens, n_core_reconstruction_tokens=args.n_core_reconstruction_tokens,
         n_core_sparsity_tokens=args.n_core_sparsity_tokens, n_linearity_tokens=args.n_linearity_tokens, batch_size=args.batch_size, core=not args.no_core,
     )
+    if args.n_graphs > 0:
+        from sae_lens_jsae.evals.pipeline import load_checkpoint
+        from sae_lens_jsae.graph import add_graphs_to_report, sotu_prompts
+
+        pairs = {"jsae": args.checkpoint, **({"lambda0": args.baseline} if args.baseline else {})}
+        graphs = add_graphs_to_report(report, {n: load_checkpoint(c).to(args.device) for n, c in pairs.items()}, model, sotu_prompts(args.n_graphs))
+        print(f"wrote {len(graphs)} attribution graphs to {Path(report).parent / 'graphs'} (view: jsae serve {Path(report).parent / 'graphs'})")
     print(f"wrote {report} and {Path(report).with_suffix('.html')}")
     return 0

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import yaml
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML run config (see configs/); sections runner:, sae: and top-level options")
@@ -19,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import yaml
+
     from sae_lens_jsae.config import load_run_config
     from sae_lens_jsae.training import (
         JacobianSAETrainingRunner,
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         key, _, raw = args.sweep.partition("=")
         values = [yaml.safe_load(v) for v in raw.split(",") if v.strip()]
         if not values:
-            raise SystemExit("--sweep expects KEY=V1,V2,...")
+            raise ValueError(f"--sweep {args.sweep!r}: expected KEY=V1,V2,... (e.g. jacobian_coefficient=0,0.5,1)")
         saes = train_sweep(cfg, key.removeprefix("sae."), values, options)
         print(f"trained {len(saes)} JSAEs under {cfg.output_path}: {', '.join(saes)}")
         return 0
