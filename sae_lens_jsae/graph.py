@@ -402,13 +402,14 @@ class GraphResult(NamedTuple):
     completeness: Completeness
 
 
-def write_graphs(saes: dict[str, Any], model: Any, prompts: list[str], out_dir: str | Path, **kwargs: Any) -> list[GraphResult]:
+def write_graphs(saes: dict[str, Any], model: Any, prompts: list[Any], out_dir: str | Path, **kwargs: Any) -> list[GraphResult]:
     """A graph per (pair, prompt) into `out_dir` (slugs `{name}-{i}-{prompt}`)."""
     results = []
     for i, prompt in enumerate(prompts):
+        text = prompt if isinstance(prompt, str) else f"tokens {torch.as_tensor(prompt).flatten().tolist()}"
         for name, sae in saes.items():
-            path, comp = write_prompt_graph(sae, model, prompt, out_dir, slug=f"{name}-{i}-{slugify(prompt, 30)}", **kwargs)
-            results.append(GraphResult(name, prompt, path, comp))
+            path, comp = write_prompt_graph(sae, model, prompt, out_dir, slug=f"{name}-{i}-{slugify(text, 30)}", **kwargs)
+            results.append(GraphResult(name, text, path, comp))
     return results
 
 
@@ -421,7 +422,7 @@ def completeness_table(results: list[GraphResult]) -> tuple[list[str], list[list
     return header, rows
 
 
-def add_graphs_to_report(report_md: str | Path, saes: dict[str, Any], model: Any, prompts: list[str] | None = None) -> list[GraphResult]:
+def add_graphs_to_report(report_md: str | Path, saes: dict[str, Any], model: Any, prompts: list[Any] | None = None) -> list[GraphResult]:
     """Write graphs of a few sotu sentences into `<report dir>/graphs` and append a section that
     links them (and their completeness) to report.md and report.html."""
     import html

@@ -78,6 +78,26 @@ class _Sparse:
         return torch.cat(self.token), torch.cat(self.latent), torch.cat(self.value)
 
 
+class _Captured(Exception):
+    """Raised by the capture hook: the rest of the forward pass is not needed."""
+
+
+def _mlp_inputs(model: Any, batch: torch.Tensor, hook: str, stop: int) -> torch.Tensor:
+    """The activations at `hook`, stopping the forward pass right there (skips the block's MLP)."""
+    captured: list[torch.Tensor] = []
+
+    def capture(act: torch.Tensor, hook: Any) -> None:
+        captured.append(act)
+        raise _Captured
+
+    with model.hooks(fwd_hooks=[(hook, capture)]):
+        try:
+            model(batch, stop_at_layer=stop)
+        except _Captured:
+            pass
+    return captured[0]
+
+
 @torch.no_grad()
 def collect(sae: Any, model: Any, tokens: torch.Tensor, batch_size: int = 16) -> dict[str, Any]:
     """The streaming pass: sparse activations of both SAEs and the Jacobian tables, over `tokens` (n_seq, ctx)."""
@@ -94,9 +114,7 @@ def collect(sae: Any, model: Any, tokens: torch.Tensor, batch_size: int = 16) ->
     n_seq, ctx = tokens.shape
     W_enc_in_rows, W_enc_out_rows = sae.W_enc.T, sae.W_enc_out.T
     for s in tqdm(range(0, n_seq, batch_size), desc="latent pages", unit="batch"):
-        batch = tokens[s: s + batch_size].to(model.cfg.device)
-        _, cache = model.run_with_cache(batch, names_filter=[hook], stop_at_layer=stop)
-        x = cache[hook].reshape(-1, sae.cfg.d_in).to(sae.device, sae.dtype)
+        x = _mlp_inputs(model, tokens[s: s + batch_size].to(model.cfg.device), hook, stop).reshape(-1, sae.cfg.d_in).to(sae.device, sae.dtype)
         aj = sae.active_jacobian(x)
         # values at the TopK picks: k columns of each encoder instead of a second dense encode
         x_in = x - sae.b_dec if sae.cfg.apply_b_dec_to_input else x

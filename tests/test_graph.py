@@ -8,6 +8,7 @@ from helpers import make_tiny_model
 
 from sae_lens_jsae import build_jacobian_sae
 from sae_lens_jsae.graph import (
+    add_graphs_to_report,
     REQUIRED_NODE_FIELDS,
     build_graph,
     mlp_inputs,
@@ -99,3 +100,17 @@ def test_written_files_have_the_required_fields(pair, tmp_path):
     assert data["metadata"]["info"]["completeness"]["feature_share"] == pytest.approx(comp.feature_share)
     bad = {**data, "nodes": [{k: v for k, v in data["nodes"][0].items() if k != "jsNodeId"}]}
     assert any("jsNodeId" in p for p in validate_graph_file(bad))
+
+
+def test_report_gains_a_graph_section(pair, tmp_path):
+    model, sae = pair
+    (tmp_path / "report.md").write_text("# Report\n")
+    (tmp_path / "report.html").write_text("<html><body><h1>Report</h1></body></html>")
+    results = add_graphs_to_report(tmp_path / "report.md", {"jsae": sae, "lambda0": sae}, model, [torch.arange(1, 9), torch.arange(2, 7)])
+    assert [r.name for r in results] == ["jsae", "lambda0", "jsae", "lambda0"]
+    md, page = (tmp_path / "report.md").read_text(), (tmp_path / "report.html").read_text()
+    assert md.startswith("# Report\n") and "## Attribution graphs" in md and page.endswith("</body></html>")
+    for r in results:
+        assert r.path.parent == tmp_path / "graphs" and f"(graphs/{r.path.name})" in md and f"href='graphs/{r.path.name}'" in page
+    index = json.loads((tmp_path / "graphs" / "graph-metadata.json").read_text())
+    assert len(index["graphs"]) == 4
