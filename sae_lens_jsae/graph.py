@@ -230,8 +230,11 @@ def build_graph(att: PromptAttribution, scan: str, node_threshold: float = 0.8, 
         })
         return node_id
 
-    to = lambda v: v.tolist()  # noqa: E731
-    ii, iv, oi, ov = to(att.input_indices), to(att.input_values), to(att.output_indices), to(att.output_values)
+    def to(v: torch.Tensor) -> Any:
+        return _round4(v.double().tolist())
+
+    ii, oi = att.input_indices.tolist(), att.output_indices.tolist()
+    iv, ov = to(att.input_values), to(att.output_values)
     ins, outs, J, W = to(in_score / max(total, 1e-12)), to(out_score / max(total, 1e-12)), to(att.jacobian), to(att.attribution)
     es, ab, ie = to(edge_sum), to(att.ablation_change), to(att.input_error)
     for t in range(T):
@@ -241,15 +244,20 @@ def build_graph(att: PromptAttribution, scan: str, node_threshold: float = 0.8, 
             for i in range(k_out) if keep_out[t, i]
         }
         if keep_err[t].any():
-            err_in = error_node(0, t, float(att.input_error_norm[t]), f"input SAE error ‖x−x̂‖={float(att.input_error_norm[t]):.3g}")
+            err_in = error_node(0, t, float(f"{float(att.input_error_norm[t]):.4g}"), f"input SAE error ‖x−x̂‖={float(att.input_error_norm[t]):.3g}")
             for i in keep_err[t].nonzero().flatten().tolist():
                 links.append({"source": err_in, "target": out_ids[i], "weight": ie[t][i]})
         if out_ids:
             ratio = float(att.output_error_norm[t] / att.output_norm[t].clamp_min(1e-12))
-            error_node(1, t, float(att.output_error_norm[t]), f"output SAE error ‖y−ŷ‖={float(att.output_error_norm[t]):.3g} ({ratio:.0%} of ‖y‖)")
+            error_node(1, t, float(f"{float(att.output_error_norm[t]):.4g}"), f"output SAE error ‖y−ŷ‖={float(att.output_error_norm[t]):.3g} ({ratio:.0%} of ‖y‖)")
         for i, j in keep_edge[t].nonzero().tolist():
             links.append({"source": in_ids[j], "target": out_ids[i], "weight": W[t][i][j], "jacobian": J[t][i][j]})
     return Graph(nodes, links, completeness)
+
+
+def _round4(x: Any) -> Any:
+    """Nested lists of floats to 4 significant digits (the files shrink about threefold)."""
+    return [_round4(y) for y in x] if isinstance(x, list) else float(f"{x:.4g}")
 
 
 def graph_json(graph: Graph, att: PromptAttribution, *, slug: str, scan: str, prompt: str,

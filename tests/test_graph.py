@@ -75,7 +75,7 @@ def test_pruning_thresholds(pair):
     assert len(pruned.links) < len(full.links)
     total = float(att.attribution.abs().sum() + att.input_error.abs().sum())
     kept = sum(abs(link["weight"]) for link in pruned.links)
-    assert kept / total == pytest.approx(pruned.completeness.kept_fraction, rel=1e-9)
+    assert kept / total == pytest.approx(pruned.completeness.kept_fraction, rel=1e-3)  # weights written to 4 digits
     assert 0.3 < pruned.completeness.kept_fraction < 1.0
     with pytest.raises(ValueError, match="node_threshold=0"):
         build_graph(att, "s", 0.0)
