@@ -35,14 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=int, default=102_400, help="sotu eval tokens for the latent pages")
     p.add_argument("--pages", type=int, default=12, help="latent pages kept per layer and graph")
     p.add_argument("--sentence", type=int, default=0, help="which sotu eval sentence of 10–20 words (in file order)")
-    p.add_argument("--edge-threshold", type=float, default=0.9, help="edges kept (fraction of |attribution|; 0.9 keeps the files small)")
+    p.add_argument("--node-threshold", type=float, default=0.5, help="nodes kept (fraction of |attribution| per layer; lower than jsae graph's 0.8 for a readable picture)")
+    p.add_argument("--edge-threshold", type=float, default=0.8, help="edges kept among them (fraction of their |attribution|)")
     args = p.parse_args(argv)
 
     (sae, sae0), model = load_pair_and_model([args.pair, args.baseline], "gguf-smollm2", None)
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     prompt = sotu_prompts(args.sentence + 1, min_words=10, max_words=20)[args.sentence]
-    results = write_graphs({"jsae": sae, "lambda0": sae0}, model, [prompt], out, edge_threshold=args.edge_threshold)
+    results = write_graphs({"jsae": sae, "lambda0": sae0}, model, [prompt], out, node_threshold=args.node_threshold, edge_threshold=args.edge_threshold)
     header, rows = completeness_table(results)
     (out / "completeness.json").write_text(json.dumps([dict(zip(header, r)) for r in rows], indent=1))
     print("\n".join("\t".join(map(str, r)) for r in [header, *rows]))
