@@ -67,21 +67,24 @@ def test_help_is_fast_and_imports_nothing_heavy():
         assert command in out
 
 
-def test_user_errors_are_one_line_exit_2(tmp_path):
+def test_user_errors_are_one_line_exit_2(tmp_path, capsys):
+    from sae_lens_jsae.cli import main
+
     demo = Path(__file__).parents[1] / "configs" / "smollm2-135m-l3-demo.yaml"
     cases = [(["train", str(tmp_path / "missing.yaml")], "missing.yaml"),
              (["train", str(demo), "--set", "sae.kk=3"], "Unknown config key 'sae.kk'"),
              (["graph", str(tmp_path), "hello", "--out", str(tmp_path / "g")], "no cfg.json"),
              (["serve", str(tmp_path)], "no graph-metadata.json")]
     for argv, message in cases:
-        res = _jsae(*argv, cwd=tmp_path)
-        assert res.returncode == 2, (argv, res.stderr)
-        lines = res.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("jsae: error: ") and message in lines[0], res.stderr
-    res = _jsae("--debug", "train", str(tmp_path / "missing.yaml"))
-    assert res.returncode != 0 and "Traceback" in res.stderr
-    res = _jsae("train", str(tmp_path / "missing.yaml"), "--debug")
-    assert "Traceback" in res.stderr
+        assert main(argv) == 2, argv
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("jsae: error: ") and message in lines[0], lines
+        with pytest.raises((OSError, ValueError)):
+            main([*argv, "--debug"])
+    res = _jsae("--debug", "serve", str(tmp_path))  # as a process: exit status and traceback
+    assert res.returncode == 1 and "Traceback" in res.stderr
+    res = _jsae("serve", str(tmp_path))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
 
 
 def test_layer_out_of_range_fails_before_weights_load(tmp_path, monkeypatch):

@@ -114,3 +114,19 @@ def test_report_gains_a_graph_section(pair, tmp_path):
         assert r.path.parent == tmp_path / "graphs" and f"(graphs/{r.path.name})" in md and f"href='graphs/{r.path.name}'" in page
     index = json.loads((tmp_path / "graphs" / "graph-metadata.json").read_text())
     assert len(index["graphs"]) == 4
+
+
+def test_committed_example_graphs_are_valid():
+    from pathlib import Path
+
+    folder = Path(__file__).parents[1] / "docs" / "example_report" / "graphs"
+    index = json.loads((folder / "graph-metadata.json").read_text())
+    assert index["graphs"]
+    for meta in index["graphs"]:
+        data = json.loads((folder / f"{meta['slug']}.json").read_text())
+        assert validate_graph_file(data) == [] and data["metadata"] == meta
+        pages = [n["feature_file"] for n in data["nodes"] if n["feature"] >= 0 and (folder / n["feature_file"]).exists()]
+        assert pages  # the strongest latents' pages are shipped with it
+        page = json.loads((folder / pages[0]).read_text())
+        for key in ("index", "examples_quantiles", "top_logits", "bottom_logits", "act_min", "act_max", "histogram", "activation_frequency"):
+            assert key in page
