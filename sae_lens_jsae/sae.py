@@ -686,3 +686,10 @@ def _logging_metrics(
         "jacobian_abs_mean": J.mean().item(),
         "jacobian_count_above_0.01": (J > 0.01).float().sum((-1, -2)).mean().item(),
     }
+
+
+# Importing this module registers "jacobian" with SAELens (the package's lazy __init__ also does
+# when SAELens is imported; this covers `from sae_lens_jsae.sae import ...` importing SAELens itself).
+from sae_lens_jsae.registration import register_jacobian_architecture  # noqa: E402
+
+register_jacobian_architecture()

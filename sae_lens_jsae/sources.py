@@ -211,6 +211,32 @@ def _load_smollm2_hooked(
     return model
 
 
+SMOLLM2_N_LAYERS = 30
+"""Blocks of SmolLM2-135M (its config.json's num_hidden_layers), for checks before the conversion."""
+
+
+def model_n_layers(model_source: str, model_name: str) -> int | None:
+    """The model's number of blocks from its config alone (no weights); None where finding it would
+    need the network (an uncached Hub model)."""
+    if model_source == "gguf-smollm2":
+        config = cache_root() / SMOLLM2_CACHE_SUBDIR / "config.json"
+        return json.loads(config.read_text())["num_hidden_layers"] if config.is_file() else SMOLLM2_N_LAYERS
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(model_name)
+    except Exception:  # noqa: BLE001  (offline, TransformerLens-only alias, ...): the load will tell
+        return None
+    return getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+
+
+def check_layer(model_source: str, model_name: str, layer: int) -> None:
+    """A ValueError, before any weights load, when block `layer` does not exist in the model."""
+    n = model_n_layers(model_source, model_name)
+    if n is not None and not 0 <= layer < n:
+        raise ValueError(f"layer {layer} is out of range: {model_name} has {n} blocks (0..{n - 1}); pick a hook 'blocks.L.ln2.hook_normalized' with L < {n}.")
+
+
 def load_hooked_model(
     model_source: str,
     model_name: str = SMOLLM2_MODEL_NAME,

@@ -233,6 +233,10 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
         seed_everything(cfg.seed)
         if cfg.sae.jacobian_warm_up_steps is None:
             cfg.sae.jacobian_warm_up_steps = round(0.05 * cfg.total_training_steps)
+        if override_model is None:
+            from sae_lens_jsae.sources import check_layer
+
+            check_layer(self.options.model_source, cfg.model_name, layer)  # before the weights load
         model = override_model if override_model is not None else self._load_model(cfg)
         if self.options.randomize_model and override_model is not None:
             from sae_lens_jsae.sources import randomize_weights

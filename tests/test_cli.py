@@ -47,3 +47,56 @@ def test_train_cli_rejects_bad_config_before_training(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode != 0 and "not an MLP input hook" in res.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def _jsae(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sae_lens_jsae", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_is_fast_and_imports_nothing_heavy():
+    code = ("import sys, time; t = time.time(); from sae_lens_jsae.cli import main\n"
+            "for argv in (['--help'], ['graph', '--help'], ['train', '--help'], ['bench', '--help']):\n"
+            "    try: main(argv)\n"
+            "    except SystemExit: pass\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'sae_lens', 'transformer_lens', 'transformers', 'yaml') if m in sys.modules), time.time() - t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    heavy, seconds = out.split("HEAVY ")[1].rsplit(" ", 1)
+    assert heavy == "[]", heavy
+    assert float(seconds) < 1.0
+    for command in ("graph", "latents", "serve"):
+        assert command in out
+
+
+def test_user_errors_are_one_line_exit_2(tmp_path, capsys):
+    from sae_lens_jsae.cli import main
+
+    demo = Path(__file__).parents[1] / "configs" / "smollm2-135m-l3-demo.yaml"
+    cases = [(["train", str(tmp_path / "missing.yaml")], "missing.yaml"),
+             (["train", str(demo), "--set", "sae.kk=3"], "Unknown config key 'sae.kk'"),
+             (["graph", str(tmp_path), "hello", "--out", str(tmp_path / "g")], "no cfg.json"),
+             (["serve", str(tmp_path)], "no graph-metadata.json")]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("jsae: error: ") and message in lines[0], lines
+        with pytest.raises((OSError, ValueError)):
+            main([*argv, "--debug"])
+    res = _jsae("--debug", "serve", str(tmp_path))  # as a process: exit status and traceback
+    assert res.returncode == 1 and "Traceback" in res.stderr
+    res = _jsae("serve", str(tmp_path))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+
+
+def test_layer_out_of_range_fails_before_weights_load(tmp_path, monkeypatch):
+    import sae_lens_jsae.sources as sources
+    from sae_lens_jsae.cli import main
+
+    def no_load(*a, **k):
+        raise AssertionError("the model's weights were loaded before the layer check")
+
+    monkeypatch.setattr(sources, "load_hooked_model", no_load)
+    demo = Path(__file__).parents[1] / "configs" / "smollm2-135m-l3-demo.yaml"
+    argv = ["train", str(demo), "--set", "runner.hook_name=blocks.99.ln2.hook_normalized", "--set", f"runner.output_path={tmp_path}/o"]
+    assert main(argv) == 2
+    with pytest.raises(ValueError, match=r"layer 99 is out of range: .* has 30 blocks \(0\.\.29\)"):
+        main(["--debug", *argv])

@@ -229,7 +229,8 @@ def test_evaluate_checkpoint_from_disk_and_mlp_check(setup, tmp_path):
 
 
 def test_cli_modules_parse_and_saebench_skips_hub_evals_offline(setup, tmp_path, monkeypatch):
-    from sae_lens_jsae.evals import cli_eval, cli_saebench
+    from sae_lens_jsae.cli import eval as cli_eval
+    from sae_lens_jsae.cli import saebench as cli_saebench
 
     p = ArgumentParser()
     cli_eval.add_arguments(p)

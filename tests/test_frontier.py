@@ -73,7 +73,7 @@ def test_summaries_carry_intervals_and_the_same_tokens(sweeps):
 
 
 def test_cli_accepts_sweeps_and_randomized_sweeps():
-    from sae_lens_jsae.evals import cli_eval
+    from sae_lens_jsae.cli import eval as cli_eval
 
     p = ArgumentParser()
     cli_eval.add_arguments(p)

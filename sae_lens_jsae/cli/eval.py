@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,23 +33,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
     p.add_argument("--no-core", action="store_true", help="skip SAEBench's core eval of the two SAEs (single-checkpoint mode)")
     p.add_argument("--core", action="store_true", help="sweep mode: also run SAEBench's core eval of every SAE (off by default there)")
+    p.add_argument("--n-graphs", type=int, default=3,
+                   help="attribution graphs of this many sotu sentences in the report, for the JSAE and its λ=0 pair (0: none)")
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import torch
 
     from sae_lens_jsae.evals.pipeline import evaluate_and_compare
     from sae_lens_jsae.evals.sweep import evaluate_sweeps_and_compare, find_pairs
-    from sae_lens_jsae.sources import load_hooked_model, sotu_token_dataset
+    from sae_lens_jsae.graph import pair_layer_and_model
+    from sae_lens_jsae.sources import check_layer, load_hooked_model, sotu_token_dataset
 
     sweep_mode = len(args.checkpoint) > 1 or bool(args.randomized_sweep) or not (Path(args.checkpoint[0]) / "cfg.json").exists()
     if sweep_mode and args.baseline:
-        raise SystemExit("--baseline is for one checkpoint; a sweep directory brings its own λ=0 pair (jacobian_coefficient=0).")
+        raise ValueError("--baseline is for one checkpoint; a sweep directory brings its own λ=0 pair (jacobian_coefficient=0).")
     first = find_pairs(args.checkpoint[0])[0]
-    model_name = args.model_name or json.loads((first / "cfg.json").read_text())["metadata"]["model_name"]
+    layer, saved_name = pair_layer_and_model(first)
+    model_name = args.model_name or saved_name
+    check_layer(args.model_source, model_name, layer)  # before the weights load
     model = load_hooked_model(args.model_source, model_name, device=args.device, randomize=args.randomized, seed=args.seed)
     ds = sotu_token_dataset(model.tokenizer, args.context_size, split="eval")
     n_seqs = -(-max(args.n_tokens, args.n_splice_tokens, args.n_core_sparsity_tokens) // args.context_size)
@@ -61,8 +66,29 @@ def run(args: argparse.Namespace) -> int:
         rmodel = load_hooked_model(args.model_source, model_name, device=args.device, randomize=True, seed=args.seed) if args.randomized_sweep else None
         report = evaluate_sweeps_and_compare(args.checkpoint, model, tokens, args.output_dir, randomized_dirs=args.randomized_sweep,
                                              randomized_model=rmodel, randomized=args.randomized, also=args.also, core=args.core, **kw)
+        pairs = graph_pairs([p for d in args.checkpoint for p in find_pairs(d)])
     else:
         report = evaluate_and_compare(args.checkpoint[0], model, tokens, args.output_dir, baseline=args.baseline, saes=args.saes, also=args.also,
                                       randomized=args.randomized, core=not args.no_core, **kw)
+        pairs = {"jsae": args.checkpoint[0], **({"lambda0": args.baseline} if args.baseline else {})}
+    if args.n_graphs > 0 and pairs and not args.randomized:
+        from sae_lens_jsae.evals.pipeline import load_checkpoint
+        from sae_lens_jsae.graph import add_graphs_to_report, sotu_prompts
+
+        graphs = add_graphs_to_report(report, {n: load_checkpoint(c).to(args.device) for n, c in pairs.items()}, model, sotu_prompts(args.n_graphs))
+        print(f"wrote {len(graphs)} attribution graphs to {Path(report).parent / 'graphs'} (view: jsae serve {Path(report).parent / 'graphs'})")
     print(f"wrote {report} and {Path(report).with_suffix('.html')}")
     return 0
+
+
+def graph_pairs(paths: list[Any]) -> dict[str, Any]:
+    """The pairs of a sweep the report draws graphs for: the JSAE at the rule-of-thumb λ (paper
+    loss; else the smallest λ > 0) as "jsae", and the λ=0 pair as "lambda0"."""
+    from sae_lens_jsae.evals.sweep import label_pairs, load_pair
+
+    pairs = label_pairs([load_pair(p) for p in paths])
+    plain = [p for p in pairs if p.series_label == "paper loss"] or pairs
+    zero = next((p for p in plain if p.jacobian_coefficient == 0), None)
+    rule = next((p for p in plain if p.path.name.endswith("=auto")), None)
+    jsae = rule or min((p for p in plain if p.jacobian_coefficient > 0), key=lambda p: p.jacobian_coefficient, default=None)
+    return {name: p.path for name, p in (("jsae", jsae), ("lambda0", zero)) if p is not None}

@@ -30,7 +30,7 @@ OURS = ("jacobian_sparsity", "jacobian_linearity")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="YAML/JSON config (see `sae_lens_jsae.evals.cli_saebench`)")
+    p.add_argument("--config", required=True, help="YAML/JSON config (see `sae_lens_jsae.cli.saebench`)")
     p.add_argument("--force-rerun", action="store_true")
 
 

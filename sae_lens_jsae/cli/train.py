@@ -1,4 +1,4 @@
-"""`jsae train CONFIG [--set key=value ...] [--sweep key=v1,v2,...] [--resume DIR]`."""
+"""`jsae train CONFIG [--set key=value ...] [--sweep key=v1,v2,...[;key2=...]] ... [--resume DIR]`; under torchrun, data parallel."""
 
 from __future__ import annotations
 
@@ -44,12 +44,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _parse_sweep(specs: list[str]) -> list[dict[str, Any]]:
+    """The pairs of `--sweep` specs (a ValueError, reported as `jsae: error: …`, when malformed)."""
     from sae_lens_jsae.training import sweep_grid
 
-    try:
-        return sweep_grid(specs)
-    except ValueError as e:
-        raise SystemExit(str(e)) from None
+    return sweep_grid(specs)
 
 
 def _run_distributed(args: argparse.Namespace, cfg: Any, options: Any) -> int:
