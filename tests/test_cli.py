@@ -9,7 +9,8 @@ import pytest
 from sae_lens_jsae.cli import build_parser
 from sae_lens_jsae.config import load_run_config
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+# run configs (`jsae train`); configs/saebench-*.yaml are `jsae saebench --config` files (test_gemma.py)
+CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").glob("*.yaml") if not p.name.startswith("saebench-"))
 
 
 def test_help_lists_every_subcommand():
