@@ -40,7 +40,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from sae_lens import logger
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The offline demo: install if needed, then on SmolLM2-135M-Instruct layer 3 with the State of
 # the Union corpus train a 3-point λ frontier (λ = 0, the rule 0.5·k²/d_model, 4 × the rule)
-# from one activation stream and, side by side, the randomized-LLM control (λ = 0 and the rule);
+# from one activation stream and, side by side, the randomized-LLM control (the rule's λ);
 # evaluate them with 95% intervals and write a report led by the frontier. CPU only, no network.
 #   JSAE_DEMO_TOKENS   training tokens per pair (default: the config's runner.training_tokens)
 #   JSAE_DEMO_OUT      output directory (default: outputs/demo)
@@ -13,17 +13,17 @@ CONFIG=configs/smollm2-135m-l3-demo.yaml
 OUT="${JSAE_DEMO_OUT:-outputs/demo}"
 SETS=()
 if [ -n "${JSAE_DEMO_TOKENS:-}" ]; then SETS+=(--set "runner.training_tokens=$JSAE_DEMO_TOKENS"); fi
-EVAL_BUDGET=(--n-tokens 51200 --n-splice-tokens 2048 --n-linearity-tokens 256 --seed 42)
+EVAL_BUDGET=(--n-tokens 32768 --n-splice-tokens 2048 --n-linearity-tokens 256 --seed 42)
 start=$(date +%s)
 mkdir -p "$OUT"
 
-echo "== 1/3 train, side by side: the λ frontier (0, rule, 4×rule) | the randomized-LLM control (0, rule), then its evaluation"
+echo "== 1/3 train, side by side: the λ frontier (0, rule, 4×rule) | the randomized-LLM control (rule), then its evaluation"
 python -m sae_lens_jsae train "$CONFIG" "${SETS[@]}" --set "runner.output_path=$OUT/trained" \
   --set "runner.checkpoint_path=$OUT/trained/checkpoints" --sweep "jacobian_coefficient=0,null,3.556" &
 trained=$!
 (
   python -m sae_lens_jsae train "$CONFIG" "${SETS[@]}" --set randomize_model=true --set "runner.output_path=$OUT/randomized" \
-    --set "runner.checkpoint_path=$OUT/randomized/checkpoints" --sweep "jacobian_coefficient=0,null"
+    --set "runner.checkpoint_path=$OUT/randomized/checkpoints" --sweep "jacobian_coefficient=null"
   python -m sae_lens_jsae eval "$OUT/randomized" --randomized "${EVAL_BUDGET[@]}" --output-dir "$OUT/eval_randomized"
 ) > "$OUT/randomized.log" 2>&1 &
 randomized=$!

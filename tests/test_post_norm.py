@@ -30,7 +30,7 @@ def _oracle_jacobians(model, layer, sae, x, jac):
         z0 = sae.encode(x[t][None])[0, K1].detach()
         offset = x[t] - z0 @ W_dec_k
 
-        def g(z):
+        def g(z, W_dec_k=W_dec_k, offset=offset, K2=K2):
             y = block.apply_mlp(_affine_ln2(block, z @ W_dec_k + offset)[None, None])[0, 0]
             return (y @ sae.W_enc_out + sae.b_enc_out)[K2]
 
