@@ -33,10 +33,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from sae_lens_jsae.evals.pipeline import evaluate_and_compare
-    from sae_lens_jsae.sources import load_hooked_model, sotu_token_dataset
-
     from sae_lens_jsae.graph import pair_layer_and_model
-    from sae_lens_jsae.sources import check_layer
+    from sae_lens_jsae.sources import check_layer, load_hooked_model, sotu_token_dataset
 
     layer, saved_name = pair_layer_and_model(args.checkpoint)
     model_name = args.model_name or saved_name
