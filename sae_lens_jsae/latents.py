@@ -159,6 +159,18 @@ def _rounded(v: list[float]) -> list[float]:
     return [float(f"{x:.4g}") for x in v]
 
 
+def _example(lists: dict[str, Any], i: int, e: int, strings: dict[int, str], left: int) -> dict[str, Any]:
+    """Example `e` of latent `i`: its context window (inside its sequence) and the latent's activation on each token."""
+    keep = [w for w, ok in enumerate(lists["in_seq"][i][e]) if ok]
+    window = lists["win_tokens"][i][e]
+    return {
+        "tokens": [strings.get(window[w], str(window[w])) for w in keep],
+        "tokens_acts_list": _rounded([lists["acts"][i][e][w] for w in keep]),
+        "train_token_ind": keep.index(left), "token_index": lists["ex_tok"][i][e],
+        "activation": float(f"{lists['ex_val'][i][e]:.4g}"), "is_repeated_datapoint": False,
+    }
+
+
 def output_logits(sae: Any, model: Any, n: int, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top / bottom direct-path logits of each output latent: (values, ids) for top and bottom, (d_sae, n) each."""
     W_U = model.W_U.to(sae.device, torch.float32)
@@ -208,7 +220,6 @@ def write_latent_pages(
         keys_sorted, vals_by_key = keys[key_order], val[key_order]
 
         ranks = _example_ranks(count, cfg)  # (d, E)
-        valid = ranks >= 0
         pos = (start[:, None] + ranks.clamp_min(0)).clamp_max(max(len(order) - 1, 0))
         ex_tok = sorted_tok[pos] if len(order) else torch.zeros_like(pos)
         ex_val = sorted_val[pos] if len(order) else torch.zeros(pos.shape)
@@ -245,15 +256,8 @@ def write_latent_pages(
                                        for q in range(cfg.n_quantiles)]
         bounds = [0, cfg.n_top] + [cfg.n_top + (q + 1) * cfg.n_per_quantile for q in range(cfg.n_quantiles)]
         for i in tqdm(range(d), desc=f"writing {which} latent pages", unit="latent", leave=False):
-            def example(e: int) -> dict[str, Any]:
-                keep = [w for w, ok in enumerate(lists["in_seq"][i][e]) if ok]
-                return {
-                    "tokens": [strings.get(lists["win_tokens"][i][e][w], str(lists["win_tokens"][i][e][w])) for w in keep],
-                    "tokens_acts_list": _rounded([lists["acts"][i][e][w] for w in keep]),
-                    "train_token_ind": keep.index(cfg.left), "token_index": lists["ex_tok"][i][e],
-                    "activation": float(f"{lists['ex_val'][i][e]:.4g}"), "is_repeated_datapoint": False,
-                }
-            quantiles = [{"quantile_name": names[g], "examples": [example(e) for e in range(bounds[g], bounds[g + 1]) if lists["ranks"][i][e] >= 0]}
+            quantiles = [{"quantile_name": names[g], "examples": [_example(lists, i, e, strings, cfg.left) for e in range(bounds[g], bounds[g + 1])
+                                                                  if lists["ranks"][i][e] >= 0]}
                          for g in range(len(names))]
             n_act = lists["count"][i]
             page = {

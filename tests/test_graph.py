@@ -8,8 +8,8 @@ from helpers import make_tiny_model
 
 from sae_lens_jsae import build_jacobian_sae
 from sae_lens_jsae.graph import (
-    add_graphs_to_report,
     REQUIRED_NODE_FIELDS,
+    add_graphs_to_report,
     build_graph,
     mlp_inputs,
     prompt_attribution,
