@@ -1,7 +1,7 @@
 """Regenerate docs/example_report/graphs: a sotu sentence's graph for the demo JSAE and its λ=0 pair,
 the latent pages of the graph's strongest latents, and a headless-Chromium screenshot.
 
-    python scripts/example_graph.py outputs/demo/jacobian_coefficient=auto outputs/demo/jacobian_coefficient=0
+    python scripts/example_graph.py outputs/demo/trained/jacobian_coefficient=auto outputs/demo/trained/jacobian_coefficient=0
 
 Latent pages are computed over `--tokens` sotu eval tokens (in a temporary folder); only the pages
 of the `--pages` most influential latents per layer of each graph are kept, so the docs stay small
