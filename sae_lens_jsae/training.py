@@ -9,9 +9,13 @@ stream, so the LLM forward is paid once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,45 @@ from sae_lens_jsae.util import keep_freed_memory
 
 STREAM_STATE_FILENAME = "jsae_stream_state.safetensors"
 COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped a run after a finished step (`stop_after_step_on_signal`)."""
+
+    def __init__(self, n_training_samples: int, checkpoint: Path | None):
+        self.n_training_samples = n_training_samples
+        """Tokens trained on when it stopped."""
+        self.checkpoint = checkpoint
+        """The full checkpoint written then (resumable with `--resume`); None without a checkpoint_path."""
+        saved = f"; checkpoint {checkpoint}" if checkpoint is not None else " (no checkpoint_path: nothing saved)"
+        super().__init__(f"interrupted after {n_training_samples} tokens{saved}")
+
+
+@contextlib.contextmanager
+def stop_after_step_on_signal(trainer: JacobianSAETrainer) -> Iterator[None]:
+    """SIGINT/SIGTERM ask `trainer` to stop at the end of its current step, where it writes a full
+    checkpoint (weights, optimizer, stream) and raises `TrainingInterrupted`; a second signal aborts
+    at once, saving nothing. The previous handlers come back on exit.
+
+    Why not SAELens' handler: it raises from inside the step and then saves only the runner's part
+    of a checkpoint (store and config, no weights), which our marker would call complete.
+    """
+    if threading.current_thread() is not threading.main_thread():  # handlers live in the main thread
+        yield
+        return
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if trainer.stop_requested:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborted without saving")
+        trainer.stop_requested = True
+        logger.warning(f"{signal.Signals(signum).name}: stopping after this step and saving a checkpoint (send it again to abort without saving)")
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 LOG_FILENAME = "train_log.jsonl"
 
 
@@ -160,6 +203,18 @@ class JacobianSAETrainer(SAETrainer[JacobianTrainingSAE, JacobianTrainingSAEConf
             self.checkpoint_thresholds = list(range(checkpoint_every_tokens, self.cfg.total_training_samples, checkpoint_every_tokens))
         self.output_steps_since_fired = torch.zeros(self.sae.cfg.d_sae, device=self.cfg.device)
         self._t0, self._samples0 = time.perf_counter(), 0
+        self.stop_requested = False  # set by stop_after_step_on_signal
+
+    def _checkpoint_if_needed(self) -> None:
+        # SAELens calls this after each step (before counting it), the point where scheduled
+        # checkpoints are saved and resume exactly: a stop request saves one there too.
+        super()._checkpoint_if_needed()
+        if self.stop_requested:
+            checkpoint = None
+            if self.cfg.checkpoint_path is not None:
+                self.save_checkpoint(checkpoint_name=str(self.n_training_samples))
+                checkpoint = Path(self.cfg.checkpoint_path) / str(self.n_training_samples)
+            raise TrainingInterrupted(self.n_training_samples, checkpoint)
 
     def _is_logging_step(self) -> bool:
         return (self.n_training_steps + 1) % self.log_every_n_steps == 0
@@ -310,6 +365,10 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
         if self.cfg.logger.log_to_wandb:
             wandb.finish()
         return sae  # type: ignore[return-value]
+
+    def run_trainer_with_interruption_handling(self, trainer: JacobianSAETrainer) -> JacobianTrainingSAE:  # type: ignore[override]
+        with stop_after_step_on_signal(trainer):
+            return trainer.fit()
 
     def load_checkpoint(self, trainer: JacobianSAETrainer, path: Path) -> None:
         if not (path / COMPLETE_MARKER).exists():

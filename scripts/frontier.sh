@@ -29,6 +29,7 @@ run_frontier() {
   local randomized=$!
   wait $trained || { echo "training the λ sweep failed" >&2; return 1; }
   wait $randomized || { echo "the randomized control failed: see $out/randomized.log" >&2; return 1; }
+  echo "   training done after $(( $(date +%s) - start )) s"
 
   echo "== 2/3 evaluate the sweep on the same tokens (paired intervals) with the control, write the report"
   OMP_NUM_THREADS=2 python -m sae_lens_jsae eval "$out/trained" "${eval_[@]}" \
@@ -37,7 +38,7 @@ run_frontier() {
   echo "== 3/3 the paper's checks, by interval"
   python scripts/reproduce_paper.py offline --demo-dir "$out" || true
   echo
-  echo "finished in $(( $(date +%s) - start )) s"
+  echo "finished in $(( $(date +%s) - start )) s" | tee "$out/wall_time.txt"
   echo "  trained pairs:  $out/trained/*  (randomized control: $out/randomized/*)"
   echo "  training logs:  $out/*/*/train_log.jsonl"
   echo "  report:         $out/eval/report.md  (and report.html)"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from sae_lens_jsae.training import (
     COMPLETE_MARKER,
     JacobianSAETrainingRunner,
     RunOptions,
+    TrainingInterrupted,
     latest_checkpoint,
 )
 
@@ -131,6 +133,51 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path):
     b = load_file(tmp_path / "resumed" / "out" / "sae_weights.safetensors")
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def signalling_runner(tmp, signals_at_step=(), signum=signal.SIGINT, **overrides):
+    """A runner whose training step `n` sends itself `signum` once per entry of `signals_at_step` equal to n."""
+    cfg = tiny_runner_cfg(tmp, **overrides)
+    runner = JacobianSAETrainingRunner(cfg, RunOptions(log_every_n_steps=5, checkpoint_every_tokens=64 * 8),
+                                       override_dataset=tiny_token_dataset(), override_model=make_tiny_model("gated_silu", dtype=torch.float32))
+    forward = runner.sae.training_forward_pass
+
+    def forward_then_signal(step_input):
+        out = forward(step_input)
+        for _ in range(list(signals_at_step).count(step_input.n_training_steps)):
+            signal.raise_signal(signum)  # mid-step, as a Ctrl-C or a scheduler's SIGTERM would
+        return out
+
+    runner.sae.training_forward_pass = forward_then_signal
+    return runner
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_after_the_step_with_a_full_checkpoint_that_resumes_exactly(tmp_path, signum):
+    before = signal.getsignal(signum)
+    signalling_runner(tmp_path / "full").run()
+    interrupted = signalling_runner(tmp_path / "stopped", signals_at_step=[12], signum=signum)
+    with pytest.raises(TrainingInterrupted) as stop:
+        interrupted.run()
+    assert signal.getsignal(signum) is before  # handlers restored
+    checkpoint = stop.value.checkpoint
+    assert stop.value.n_training_samples == 13 * 64 and checkpoint is not None and checkpoint.name == str(13 * 64)
+    assert latest_checkpoint(tmp_path / "stopped" / "checkpoints") == checkpoint
+    assert {"sae_weights.safetensors", "trainer_state.pt", COMPLETE_MARKER} <= {p.name for p in checkpoint.iterdir()}
+    assert not (tmp_path / "stopped" / "out" / "sae_weights.safetensors").exists()
+    signalling_runner(tmp_path / "resumed", resume_from_checkpoint=str(checkpoint)).run()
+    a = load_file(tmp_path / "full" / "out" / "sae_weights.safetensors")
+    b = load_file(tmp_path / "resumed" / "out" / "sae_weights.safetensors")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_a_second_signal_aborts_at_once_without_saving(tmp_path):
+    runner = signalling_runner(tmp_path, signals_at_step=[12, 12])
+    with pytest.raises(KeyboardInterrupt, match="second SIGINT: aborted without saving") as stop:
+        runner.run()
+    assert not isinstance(stop.value, TrainingInterrupted)
+    assert latest_checkpoint(tmp_path / "checkpoints").name == str(64 * 9)  # only the scheduled one (every 8 steps of 64)
 
 
 def test_nan_stops_naming_step_and_term_after_saving_last_good(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 
@@ -23,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_jsae.config import load_run_config
     from sae_lens_jsae.training import (
         JacobianSAETrainingRunner,
+        TrainingInterrupted,
         latest_checkpoint,
         train_variants,
     )
@@ -38,7 +40,12 @@ def run(args: argparse.Namespace) -> int:
         saes = train_variants(cfg, _parse_sweep(args.sweep), options)
         print(f"trained {len(saes)} JSAEs under {cfg.output_path}: {', '.join(saes)}")
         return 0
-    JacobianSAETrainingRunner(cfg, options).run()
+    try:
+        JacobianSAETrainingRunner(cfg, options).run()
+    except TrainingInterrupted as stop:
+        resume = f"; continue with the same arguments plus --resume {stop.checkpoint}" if stop.checkpoint else ""
+        print(f"jsae: {stop}{resume}", file=sys.stderr)
+        return 130
     print(f"trained JSAE saved to {cfg.output_path}")
     return 0
 
