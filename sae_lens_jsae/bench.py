@@ -17,6 +17,10 @@ Sections (see `run_benchmark`):
 6.  post_norm_overhead: the training penalty (forward + backward, weight products included) on
     a block with a norm after the MLP (Gemma 2/3) ÷ the same block without it, at gemma-2-2b's
     proportions scaled down (`POST_NORM_SIZE`; `--post-norm-only` runs just this section).
+7.  data_parallel: `torchrun --nproc_per_node 2` (gloo, one thread per rank) ÷ one process (one
+    thread) training the offline default (configs/smollm2-135m-l3-demo.yaml) at its batch and at
+    twice it, with each rank's communication seconds per step (`--data-parallel-only`; CPU only,
+    separate processes, so the host must have a core per rank).
 """
 
 from __future__ import annotations
@@ -638,6 +642,93 @@ def bench_offline(quick: bool, work: Path, tokens: int, batch: int, d_sae: int, 
 
 
 # ---- driver -------------------------------------------------------------------------------------
+DATA_PARALLEL_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smollm2-135m-l3-demo.yaml"
+
+
+def data_parallel_worker(tokens: int, batch: int, work: Path) -> None:
+    """One process or one torchrun rank of section 7: train the offline default, write timings to
+    `work/result.<rank>.json`. Step times (`SAETrainer.step`: forward, backward, gradient
+    all-reduce, optimizer) exclude fetching the batch, i.e. the LLM, which splits exactly over ranks."""
+    from sae_lens_jsae.config import load_run_config
+    from sae_lens_jsae.distributed import DistributedTrainingRunner, barrier_and_close, init_from_env
+    from sae_lens_jsae.training import JacobianSAETrainingRunner
+
+    torch.set_num_threads(1)
+    overrides = [f"runner.training_tokens={tokens}", f"runner.train_batch_size_tokens={batch}", f"runner.output_path={work}/out",
+                 f"runner.checkpoint_path={work}/ckpt", "checkpoint_every_tokens=null", "runner.n_checkpoints=0", f"log_path={work}/log.jsonl"]
+    cfg, options = load_run_config(DATA_PARALLEL_CONFIG, overrides)
+    context = init_from_env(cfg.device, options.dist_backend, options.dist_timeout_s)
+    runner = JacobianSAETrainingRunner(cfg, options) if context is None else DistributedTrainingRunner(cfg, options, context=context)
+    step_s: list[float] = []
+    make_trainer = runner.make_trainer
+
+    def timed_trainer(**kwargs: Any) -> Any:
+        trainer = make_trainer(**kwargs)
+        step = trainer.step
+
+        def timed_step(batch: torch.Tensor) -> Any:
+            t = time.perf_counter()
+            out = step(batch)
+            step_s.append(time.perf_counter() - t)
+            return out
+
+        trainer.step = timed_step
+        return trainer
+
+    runner.make_trainer = timed_trainer  # type: ignore[method-assign]
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    runner.run()
+    run_s, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
+    steady = step_s[2:]  # the first steps warm up allocators and (under DDP) build buckets
+    result: dict[str, Any] = {"run_s": run_s, "cpu_s": cpu_s, "steps": len(step_s), "tokens_per_s": tokens / run_s,
+                              "step_s_median": statistics.median(steady), "step_s_samples": step_s}
+    if context is not None:
+        result |= {"rank": context.rank, **{f"{k}_per_step": v / len(step_s) for k, v in vars(context.times).items()}}
+        result["comm_s_per_step"] = sum(vars(context.times).values()) / len(step_s)
+    (work / f"result.{0 if context is None else context.rank}.json").write_text(json.dumps(result))
+    barrier_and_close(context)
+
+
+def _launch_data_parallel(nproc: int, tokens: int, batch: int, work: Path) -> dict[str, Any]:
+    import subprocess
+    import sys
+
+    work.mkdir(parents=True, exist_ok=True)
+    worker = ["-m", "sae_lens_jsae.bench", "--data-parallel-worker", str(tokens), str(batch), str(work)]
+    cmd = [sys.executable, *worker] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *worker]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    load = os.getloadavg()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"data-parallel benchmark ({nproc} process(es)) failed:\n{done.stderr[-3000:]}")
+    ranks = [json.loads((work / f"result.{r}.json").read_text()) for r in range(nproc)]
+    return {"nproc": nproc, "loadavg_at_start": [round(x, 2) for x in load], "ranks": ranks}
+
+
+def bench_data_parallel(work: Path, batches: tuple[int, ...] = (2048, 4096), steps: int = 16, nproc: int = 2) -> dict[str, Any]:
+    """Section 7: N gloo ranks vs one process, one thread each, at each batch size. `speedup` is
+    the ratio of end-to-end tokens/s (LLM included); `step_speedup` that of the median training
+    step (LLM excluded); `cpu_time_speedup_bound` the one process's CPU seconds over the busiest
+    rank's (what wall time would give with a core per rank on a quiet host)."""
+    out: dict[str, Any] = {"config": str(DATA_PARALLEL_CONFIG.name), "steps": steps, "nproc": nproc, "threads_per_process": 1}
+    for batch in batches:
+        tokens = steps * batch
+        single = _launch_data_parallel(1, tokens, batch, work / f"single-{batch}")
+        parallel = _launch_data_parallel(nproc, tokens, batch, work / f"parallel-{batch}")
+        one, ranks = single["ranks"][0], parallel["ranks"]
+        out[f"batch_{batch}"] = {
+            "speedup": ranks[0]["tokens_per_s"] / one["tokens_per_s"],
+            "step_speedup": one["step_s_median"] / max(r["step_s_median"] for r in ranks),
+            "cpu_time_speedup_bound": one["cpu_s"] / max(r["cpu_s"] for r in ranks),
+            "step_s_single": one["step_s_median"],
+            "step_s_parallel": max(r["step_s_median"] for r in ranks),
+            "comm_s_per_step": {f"rank{r['rank']}": r["comm_s_per_step"] for r in ranks},
+            "single": single,
+            "parallel": parallel,
+        }
+    return out
+
+
 def machine_info(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
@@ -669,6 +760,7 @@ def run_benchmark(
     keep_memory: bool = True,
     profile: bool = False,
     post_norm_only: bool = False,
+    data_parallel_only: bool = False,
 ) -> dict[str, Any]:
     """All sections in this process. `keep_memory`: glibc keeps freed blocks for every contender
     alike (`util.keep_freed_memory`, as the training runner does on CPU)."""
@@ -693,6 +785,11 @@ def run_benchmark(
         "timing": f"median of {repeats} timed steps after {warmup} warm-up step(s), all in this one process",
     }
     t_start = time.perf_counter()
+    if data_parallel_only:
+        with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+            result["data_parallel"] = bench_data_parallel(Path(tmp))
+        result["total_s"] = time.perf_counter() - t_start
+        return result
     if post_norm_only:
         result["post_norm_overhead"] = bench_post_norm(pn_size, pn_batch, dev, warmup, repeats)
         result["total_s"] = time.perf_counter() - t_start
@@ -712,6 +809,9 @@ def run_benchmark(
             else:
                 result["offline"] = bench_offline(False, Path(tmp), tokens=32768, batch=4096, d_sae=4608, k=32, context_size=128)
     result["post_norm_overhead"] = bench_post_norm(pn_size, pn_batch, dev, warmup, repeats)
+    if not skip_offline and not quick and dev.type == "cpu":
+        with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+            result["data_parallel"] = bench_data_parallel(Path(tmp))
     result["total_s"] = time.perf_counter() - t_start
     return result
 
@@ -721,7 +821,8 @@ def write_result(result: dict[str, Any], out_dir: str | Path = "benchmarks/resul
     out.mkdir(parents=True, exist_ok=True)
     tag = (
         ("quick-" if result["quick"] else "")
-        + ("post-norm-" if "steps" not in result else "")
+        + ("data-parallel-" if "steps" not in result and "data_parallel" in result else "")
+        + ("post-norm-" if "steps" not in result and "post_norm_overhead" in result else "")
         + result["machine"]["device"].split(":")[0]
         + ("-bf16" if "bf16" in result["precision"] else "")
     )
@@ -731,8 +832,19 @@ def write_result(result: dict[str, Any], out_dir: str | Path = "benchmarks/resul
 
 
 def main(argv: list[str] | None = None) -> int:
+    import sys
+
     from sae_lens_jsae.cli.bench import add_arguments, run
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--data-parallel-worker"]:  # section 7's processes (python -m sae_lens_jsae.bench)
+        tokens, batch, work = argv[1:4]
+        data_parallel_worker(int(tokens), int(batch), Path(work))
+        return 0
     parser = argparse.ArgumentParser(prog="scripts/bench.py", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 from torch import nn
+from torch.distributed import nn as dist_nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
@@ -65,6 +66,9 @@ class CommTimes:
     """DDP's gradient all-reduce, launch to completion per bucket (overlaps the backward)."""
     stats_s: float = 0.0
     """Summing the firing statistics and logged losses."""
+    products_s: float = 0.0
+    """Gathering the penalty's weight products, and in backward summing their gradients
+    (`shard_weight_products`)."""
 
 
 @dataclass
@@ -213,6 +217,35 @@ def _timed_allreduce(context, bucket):  # type: ignore[no-untyped-def]  # DDP re
     return default_hooks.allreduce_hook(None, bucket).then(done)  # type: ignore[arg-type]
 
 
+def shard_weight_products(sae: JacobianTrainingSAE, context: DistributedContext, group: Any) -> Any:
+    """A `_weight_products` for data parallel that splits the penalty's weight products over ranks.
+
+    The products (W_dec_in·W for each MLP input weight, and Bᵀ; each d_sae × d_mlp) do not
+    shrink with a rank's batch slice, so unsharded every rank repeats them: at the offline
+    default they were most of the step time that did not scale with ranks. Rank r computes
+    rows [r·d_sae/W, (r+1)·d_sae/W) and `torch.distributed.nn.all_gather` (differentiable) hands
+    every rank the whole products; its backward sums each shard's gradient over ranks (J's
+    gradient from every rank's tokens) back to the owner, which alone backpropagates it into its
+    rows of W_dec_in and W_enc_out. DDP then averages every gradient over the W ranks, which
+    turns that sum into the mean over ranks: the same gradient as unsharded, to float rounding.
+    """
+    W, r = context.world_size, context.rank
+    rows = slice(r * sae.cfg.d_sae // W, (r + 1) * sae.cfg.d_sae // W)
+
+    def weight_products(mlp: Any, dtype: torch.dtype | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        local = torch.stack(sae.weight_product_rows(mlp, rows, dtype))  # (terms + 1, d_sae/W, d_mlp)
+        t0 = time.perf_counter()
+        full = torch.cat(dist_nn.all_gather(local, group=group), dim=1)  # (terms + 1, d_sae, d_mlp)
+        context.times.products_s += time.perf_counter() - t0
+        if full.requires_grad:  # time the backward's exchange: from full's gradient to local's
+            started: list[float] = []
+            full.register_hook(lambda grad: started.append(time.perf_counter()))
+            local.register_hook(lambda grad: setattr(context.times, "products_s", context.times.products_s + time.perf_counter() - started[-1]))
+        return list(full[:-1].unbind(0)), full[-1].T
+
+    return weight_products
+
+
 class DataParallelTrainer(JacobianSAETrainer):
     """`JacobianSAETrainer` on rank r's slice of each global batch, gradients averaged by DDP.
 
@@ -220,12 +253,18 @@ class DataParallelTrainer(JacobianSAETrainer):
     read as in one process); `_train_step` takes the slice and runs the forward through DDP.
     """
 
-    def __init__(self, *args: Any, context: DistributedContext, **kwargs: Any):
+    def __init__(self, *args: Any, context: DistributedContext, shard_products: bool | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.context = context
         device_ids = [context.local_rank] if self.sae.device.type == "cuda" else None
         self.ddp = DistributedDataParallel(_TrainingForward(self.sae), device_ids=device_ids, broadcast_buffers=False)
         self.ddp.register_comm_hook(context, _timed_allreduce)
+        if shard_products is None:  # measured worth it on gloo (CPU); with NCCL not measured
+            shard_products = context.backend == "gloo"
+        self.weight_products = None
+        if shard_products and self.sae.cfg.d_sae % context.world_size == 0:
+            # its own group: the exchange runs inside the backward, beside DDP's all-reduces
+            self.weight_products = shard_weight_products(self.sae, context, dist.new_group(backend=context.backend))
 
     def _train_step(self, sae: JacobianTrainingSAE, sae_in: torch.Tensor) -> TrainStepOutput:  # type: ignore[override]
         W, r = self.context.world_size, self.context.rank
@@ -237,10 +276,13 @@ class DataParallelTrainer(JacobianSAETrainer):
         n = sae_in.shape[0] // W
         freq_before = self.act_freq_scores.clone()
         sae.training_forward_pass = lambda step_input: self.ddp(step_input)  # type: ignore[method-assign]
+        if self.weight_products is not None:
+            sae._weight_products = self.weight_products  # type: ignore[method-assign]
         try:
             output = super()._train_step(sae, sae_in[r * n : (r + 1) * n])
         finally:
             del sae.training_forward_pass
+            sae.__dict__.pop("_weight_products", None)
         self._sum_firing_over_ranks(freq_before)
         return output
 
@@ -305,7 +347,7 @@ class DistributedTrainingRunner(JacobianSAETrainingRunner):
         shard_llm_forward(self.activations_store, context)
 
     def make_trainer(self, **kwargs: Any) -> DataParallelTrainer:
-        return DataParallelTrainer(**kwargs, context=self.context)
+        return DataParallelTrainer(**kwargs, context=self.context, shard_products=self.options.dist_shard_weight_products)
 
     def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
         # No save on SIGTERM: torchrun sends it when another rank failed, mid-step.

@@ -434,7 +434,6 @@ class _JacobianPairMixin:
         changes in place (tensor version counters) or is replaced.
         """
         tensors = (self.W_dec, self.W_enc_out, *mlp.input_weights(), mlp.W_out, *([mlp.w_post] if mlp.post_norm else []))
-        cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)  # noqa: E731
         if torch.is_grad_enabled():
             self.__dict__.pop("_weight_products_cache", None)
         else:
@@ -443,14 +442,21 @@ class _JacobianPairMixin:
             cached = self.__dict__.get("_weight_products_cache")
             if cached is not None and cached[0] == key:
                 return cached[1]
-        W_dec, W_enc_out = cast(self.W_dec), cast(self.W_enc_out)
-        # an explicit dtype wins over autocast; without one, autocast (if on) picks it
-        with torch.autocast(W_dec.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
-            # B as the transpose of a contiguous Bᵀ: the Jacobian gathers rows of Bᵀ, so no copy
-            products = ([W_dec @ cast(W) for W in mlp.input_weights()], (W_enc_out.T @ cast(mlp.output_weight()).T).T)
+        products = self.weight_product_rows(mlp, slice(None), dtype)
+        products = (products[:-1], products[-1].T)  # B as the transpose of a contiguous Bᵀ: J gathers rows of Bᵀ
         if not torch.is_grad_enabled():
             self.__dict__["_weight_products_cache"] = (key, products)
         return products
+
+    def weight_product_rows(self, mlp: FrozenMLP, rows: slice, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+        """Rows `rows` (latents) of [W_dec_in @ W for W in the MLP's input weights] + [Bᵀ], each
+        (latents, d_mlp), uncached: `_weight_products` takes all rows, a data-parallel rank its
+        share (`distributed.shard_weight_products`)."""
+        cast = (lambda t: t.to(dtype)) if dtype is not None else (lambda t: t)  # noqa: E731
+        W_dec, W_enc_out = cast(self.W_dec[rows]), cast(self.W_enc_out[:, rows])
+        # an explicit dtype wins over autocast; without one, autocast (if on) picks it
+        with torch.autocast(W_dec.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
+            return [W_dec @ cast(W) for W in mlp.input_weights()] + [W_enc_out.T @ cast(mlp.output_weight()).T]
 
     def active_jacobian(self, x: torch.Tensor, chunk_size: int | None = None) -> ActiveJacobian:
         """The Jacobian ∂s_y/∂s_x on each token's active latents, for MLP inputs x (..., d_in).

@@ -112,6 +112,10 @@ class RunOptions:
     dist_timeout_s: float = 600.0
     """Under torchrun: seconds a collective waits for the other ranks before the run stops with
     an error (a dead or stuck rank); must exceed the longest checkpoint save."""
+    dist_shard_weight_products: bool | None = None
+    """Under torchrun, data parallel: split the penalty's weight products over ranks
+    (`distributed.shard_weight_products`); None: on with gloo (CPU, where it was measured to pay),
+    off with NCCL."""
 
 
 def _tune_process(cfg: LanguageModelSAERunnerConfig[Any], options: RunOptions) -> None:

@@ -2,7 +2,7 @@
 process without WORLD_SIZE, one rank of a gloo job with it (torchrun or a plain launch).
 
 python dist_worker.py JSON_ARGS   (keys: tmp, mode "train"|"sweep", steps, resume, die_at_step,
-hang, die_after_checkpoint, timeout_s)
+hang, die_after_checkpoint, timeout_s, shard_products)
 """
 
 import json
@@ -29,7 +29,8 @@ from sae_lens_jsae.training import (  # noqa: E402
 args = json.loads(sys.argv[1])
 tmp = Path(args["tmp"])
 cfg = tiny_runner_cfg(tmp, training_tokens=64 * args.get("steps", 12), resume_from_checkpoint=args.get("resume"))
-options = RunOptions(log_every_n_steps=4, checkpoint_every_tokens=64 * 4, dist_timeout_s=args.get("timeout_s", 60))
+options = RunOptions(log_every_n_steps=4, checkpoint_every_tokens=64 * 4, dist_timeout_s=args.get("timeout_s", 60),
+                     dist_shard_weight_products=args.get("shard_products"))
 data = {"override_dataset": tiny_token_dataset(), "override_model": make_tiny_model("gated_silu", dtype=torch.float32)}
 rank = int(os.environ.get("RANK", "0"))
 

@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-keep-freed-memory", action="store_true", help="leave glibc's default (unmap large freed blocks) instead of util.keep_freed_memory"
     )
     parser.add_argument("--post-norm-only", action="store_true", help="run only section 6 (penalty with vs without a post-MLP norm)")
+    parser.add_argument("--data-parallel-only", action="store_true",
+                        help="run only section 7: torchrun 2 gloo ranks vs 1 process on the offline default (needs 2 idle cores, ≈ 5 min)")
     parser.add_argument("--out-dir", default="benchmarks/results", help="where the JSON result is written")
 
 
@@ -37,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         keep_memory=not args.no_keep_freed_memory,
         profile=args.profile,
         post_norm_only=args.post_norm_only,
+        data_parallel_only=args.data_parallel_only,
     )
     path = write_result(result, args.out_dir)
     result["result_file"] = str(path)
