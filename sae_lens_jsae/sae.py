@@ -679,6 +679,8 @@ def _logging_metrics(
     if jacobian_values is None:
         jacobian_values = sae._jacobian(top_in, top_out, x, pre).values
     J = jacobian_values.detach().abs()
+    l1, l2 = J.sum((-1, -2)), J.pow(2).sum((-1, -2)).sqrt()
+    nonzero = l2 > 0
     total_var = (y - y.mean(0)).pow(2).sum(-1).mean()
 
     def explained_variance(y_approx: torch.Tensor) -> float:
@@ -691,6 +693,8 @@ def _logging_metrics(
         "output_l0": (top_out.dense > 0).float().sum(-1).mean().item(),
         "jacobian_abs_mean": J.mean().item(),
         "jacobian_count_above_0.01": (J > 0.01).float().sum((-1, -2)).mean().item(),
+        # the scale-free headline (docs/metrics.md): mean over tokens with J ≠ 0 of ‖J‖₁/(‖J‖₂·k)
+        "jacobian_l1_l2_ratio": (l1[nonzero] / (l2[nonzero] * sae.cfg.k)).mean().item() if nonzero.any() else float("nan"),
     }
 
 

@@ -222,6 +222,11 @@ def test_logging_metrics(pair):
     ev = 1 - ((y - sae.mlp(x_hat)) ** 2).sum(-1).mean() / ((y - y.mean(0)) ** 2).sum(-1).mean()
     assert metrics["mlp_through_reconstruction_explained_variance"] == pytest.approx(float(ev), rel=1e-6)
     assert 0 < metrics["output_l0"] <= 6
+    J = sae.active_jacobian(x).values.abs().flatten(1)
+    k = sae.cfg.k
+    ratio = (J.sum(-1) / (J.norm(dim=-1) * k))[J.norm(dim=-1) > 0].mean()
+    assert metrics["jacobian_l1_l2_ratio"] == pytest.approx(float(ratio), rel=1e-6)
+    assert 1 / k <= metrics["jacobian_l1_l2_ratio"] <= 1
 
 
 def test_fold_and_moves(pair):
