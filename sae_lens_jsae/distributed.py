@@ -130,8 +130,21 @@ def init_from_env(device: str, backend: str | None = None, timeout_s: float = 60
         kwargs = {"device_id": torch.device("cuda", local_rank)} if backend == "nccl" else {}
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
     if rank != 0:
-        os.environ["TQDM_DISABLE"] = "1"  # one progress bar per job
+        _silence_progress_bars()  # one progress bar per job
     return DistributedContext(rank, world_size, local_rank, backend)
+
+
+def _silence_progress_bars() -> None:
+    """Disable tqdm in this process (a rank other than 0). TQDM_DISABLE alone is not enough:
+    tqdm reads its environment when it is imported, and SAELens' trainers have imported it by
+    now, so their module-level `tqdm` names are replaced too."""
+    from functools import partial
+
+    from sae_lens.training import multi_sae_trainer, sae_trainer
+
+    os.environ["TQDM_DISABLE"] = "1"  # for anything that imports tqdm later
+    for module in (sae_trainer, multi_sae_trainer):
+        module.tqdm = partial(module.tqdm, disable=True)  # type: ignore[attr-defined]
 
 
 def place_on_rank_device(cfg: Any, context: DistributedContext) -> None:

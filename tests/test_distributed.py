@@ -89,7 +89,8 @@ def test_two_ranks_half_batch_equal_one_process_full_batch(runs):
     for name in one:
         assert torch.equal(one[name], two[name]), name
     assert one["act_freq_scores"].sum() == 4 * 64 * 9  # k latents x 64 tokens x 9 steps (checkpoint 576)
-    # only rank 0 logs; its losses are the global batch's
+    # only rank 0 logs and draws a progress bar; its losses are the global batch's
+    assert results["two"][1].count("Training SAE:   0%") == 1
     assert sorted(p.name for p in (root / "two").rglob("train_log.jsonl")) == ["train_log.jsonl"]
     log_one = [json.loads(x) for x in (root / "single" / "out" / "train_log.jsonl").read_text().splitlines()]
     log_two = [json.loads(x) for x in (root / "two" / "out" / "train_log.jsonl").read_text().splitlines()]
