@@ -35,11 +35,26 @@ run_frontier() {
   OMP_NUM_THREADS=2 python -m sae_lens_jsae eval "$out/trained" "${eval_[@]}" \
     --also "$out"/eval_randomized/*_summary.json --output-dir "$out/eval"
 
-  echo "== 3/3 the paper's checks, by interval"
-  python scripts/reproduce_paper.py offline --demo-dir "$out" || true
+  echo "== 3/3 the paper's checks, by interval; the training trend"
+  python scripts/reproduce_paper.py offline --demo-dir "$out" | tee "$out/eval/reproduce_paper.txt" || true
+  python scripts/training_trend.py "$out/trained" --out "$out/eval" || true
   echo
   echo "finished in $(( $(date +%s) - start )) s" | tee "$out/wall_time.txt"
   echo "  trained pairs:  $out/trained/*  (randomized control: $out/randomized/*)"
   echo "  training logs:  $out/*/*/train_log.jsonl"
   echo "  report:         $out/eval/report.md  (and report.html)"
+}
+
+# publish_frontier OUT DEST: copy a run's report, figures, summaries (the randomized control's
+# under DEST/randomized/), training logs and wall time into DEST (e.g. docs/results/…).
+publish_frontier() {
+  local out=$1 dest=$2
+  mkdir -p "$dest/randomized" "$dest/train_logs"
+  cp -r "$out"/eval/* "$dest/"
+  rm -rf "$dest/graphs"  # large; `jsae eval` rewrites them
+  cp "$out"/eval_randomized/*_summary.json "$dest/randomized/"
+  for d in "$out"/trained/* "$out"/randomized/*; do
+    if [ -f "$d/train_log.jsonl" ]; then cp "$d/train_log.jsonl" "$dest/train_logs/$(basename "$(dirname "$d")")-$(basename "$d").jsonl"; fi
+  done
+  cp "$out/wall_time.txt" "$dest/" 2>/dev/null || true
 }

@@ -6,6 +6,7 @@
 # ≈ 2 h on 2 cores (docs/results/README.md has the measured time).
 #   REF_OUT      output directory (default: outputs/reference)
 #   REF_TOKENS   training tokens per pair (default: the config's 2M)
+#   REF_PUBLISH  also copy the results there (docs/results/reference-2m was written this way)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/frontier.sh"
 SETS=()
@@ -14,3 +15,4 @@ TRAINED=(--sweep "jacobian_coefficient=0,0.2222,0.8889,3.556,14.22")
 RANDOMIZED=(--sweep "jacobian_coefficient=0,0.8889,3.556")
 EVAL=(--n-tokens 102400 --n-splice-tokens 8192 --n-linearity-tokens 512 --seed 42)
 run_frontier "${REF_OUT:-outputs/reference}" configs/smollm2-135m-l3-reference.yaml SETS TRAINED RANDOMIZED EVAL
+if [ -n "${REF_PUBLISH:-}" ]; then publish_frontier "${REF_OUT:-outputs/reference}" "$REF_PUBLISH"; fi
