@@ -83,6 +83,8 @@ class DistributedContext:
     """Rank on this node: the CUDA device index."""
     backend: str
     """"nccl" or "gloo"."""
+    timeout_s: float = 600.0
+    """How long a collective waits for the other ranks (`RunOptions.dist_timeout_s`)."""
     times: CommTimes = field(default_factory=CommTimes)
     """Communication time of this rank (for benchmarks and the log)."""
 
@@ -131,7 +133,7 @@ def init_from_env(device: str, backend: str | None = None, timeout_s: float = 60
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
     if rank != 0:
         _silence_progress_bars()  # one progress bar per job
-    return DistributedContext(rank, world_size, local_rank, backend)
+    return DistributedContext(rank, world_size, local_rank, backend, timeout_s)
 
 
 def _silence_progress_bars() -> None:
@@ -277,7 +279,8 @@ class DataParallelTrainer(JacobianSAETrainer):
         self.weight_products = None
         if shard_products and self.sae.cfg.d_sae % context.world_size == 0:
             # its own group: the exchange runs inside the backward, beside DDP's all-reduces
-            self.weight_products = shard_weight_products(self.sae, context, dist.new_group(backend=context.backend))
+            group = dist.new_group(backend=context.backend, timeout=timedelta(seconds=context.timeout_s))
+            self.weight_products = shard_weight_products(self.sae, context, group)
 
     def _train_step(self, sae: JacobianTrainingSAE, sae_in: torch.Tensor) -> TrainStepOutput:  # type: ignore[override]
         W, r = self.context.world_size, self.context.rank
