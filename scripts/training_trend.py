@@ -76,7 +76,7 @@ def trend(sweep_dir: Path, target: float) -> dict[str, Any]:
         if pair["lam"] > 0:
             for key in ("count_ratio", "l1_l2_ratio_ratio"):
                 if key in series:
-                    goal = target if key == "count_ratio" else 0.85
+                    goal = fit_goal(out, key)
                     fits[key] = fit_log_tokens([series["tokens"][i] for i in half], [series[key][i] for i in half], goal)
         out["pairs"][name] = {"lam": pair["lam"], "mlp_reconstruction_coefficient": pair["extra"], "fits": fits, "series": series}
     return out
@@ -113,6 +113,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def fit_goal(result: dict[str, Any], key: str) -> float:
+    """The value a fitted series is extrapolated to: `--target` for the count, 0.85 for the scale-free ratio (issue 14's goal)."""
+    return result["target"] if key == "count_ratio" else 0.85
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
@@ -127,8 +132,8 @@ def main() -> int:
     for name, pair in result["pairs"].items():
         for key, fit in pair["fits"].items():
             reach = fit.get("tokens_to_target")
-            print(f"{name}: {key} at end {fit.get('at_end', float('nan')):.3f}, {fit.get('per_decade', float('nan')):+.3f} per 10× tokens"
-                  + (f", reaches target at ≈ {reach:.3g} tokens" if reach else ", not falling"))
+            where = ", not falling" if not reach else (f", reaches {fit_goal(result, key)} at ≈ {reach:.3g} tokens" if reach < 1e12 else ", not within 10¹² tokens")
+            print(f"{name}: {key} at end {fit.get('at_end', float('nan')):.3f}, {fit.get('per_decade', float('nan')):+.3f} per 10× tokens{where}")
     print(f"wrote {out / 'training_trend.png'} and {out / 'training_trend.json'}")
     return 0
 
