@@ -645,7 +645,7 @@ def bench_offline(quick: bool, work: Path, tokens: int, batch: int, d_sae: int, 
 DATA_PARALLEL_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smollm2-135m-l3-demo.yaml"
 
 
-def data_parallel_worker(tokens: int, batch: int, work: Path) -> None:
+def data_parallel_worker(tokens: int, batch: int, work: Path, shard_products: bool = False) -> None:
     """One process or one torchrun rank of section 7: train the offline default, write timings to
     `work/result.<rank>.json`. Step times (`SAETrainer.step`: forward, backward, gradient
     all-reduce, optimizer) exclude fetching the batch, i.e. the LLM, which splits exactly over ranks."""
@@ -655,7 +655,8 @@ def data_parallel_worker(tokens: int, batch: int, work: Path) -> None:
 
     torch.set_num_threads(1)
     overrides = [f"runner.training_tokens={tokens}", f"runner.train_batch_size_tokens={batch}", f"runner.output_path={work}/out",
-                 f"runner.checkpoint_path={work}/ckpt", "checkpoint_every_tokens=null", "runner.n_checkpoints=0", f"log_path={work}/log.jsonl"]
+                 f"runner.checkpoint_path={work}/ckpt", "checkpoint_every_tokens=null", "runner.n_checkpoints=0", f"log_path={work}/log.jsonl",
+                 f"dist_shard_weight_products={str(shard_products).lower()}"]
     cfg, options = load_run_config(DATA_PARALLEL_CONFIG, overrides)
     context = init_from_env(cfg.device, options.dist_backend, options.dist_timeout_s)
     runner = JacobianSAETrainingRunner(cfg, options) if context is None else DistributedTrainingRunner(cfg, options, context=context)
@@ -689,12 +690,12 @@ def data_parallel_worker(tokens: int, batch: int, work: Path) -> None:
     barrier_and_close(context)
 
 
-def _launch_data_parallel(nproc: int, tokens: int, batch: int, work: Path) -> dict[str, Any]:
+def _launch_data_parallel(nproc: int, tokens: int, batch: int, work: Path, shard_products: bool = False) -> dict[str, Any]:
     import subprocess
     import sys
 
     work.mkdir(parents=True, exist_ok=True)
-    worker = ["-m", "sae_lens_jsae.bench", "--data-parallel-worker", str(tokens), str(batch), str(work)]
+    worker = ["-m", "sae_lens_jsae.bench", "--data-parallel-worker", str(tokens), str(batch), str(work), str(int(shard_products))]
     cmd = [sys.executable, *worker] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *worker]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     load = os.getloadavg()
@@ -709,13 +710,16 @@ def bench_data_parallel(work: Path, batches: tuple[int, ...] = (2048, 4096), ste
     """Section 7: N gloo ranks vs one process, one thread each, at each batch size. `speedup` is
     the ratio of end-to-end tokens/s (LLM included); `step_speedup` that of the median training
     step (LLM excluded); `cpu_time_speedup_bound` the one process's CPU seconds over the busiest
-    rank's (what wall time would give with a core per rank on a quiet host)."""
+    rank's (what wall time would give with a core per rank on a quiet host): all with the
+    default, every rank computing the whole weight products. `sharded_*`: the same N ranks with
+    `dist_shard_weight_products` on, the A/B of that option."""
     out: dict[str, Any] = {"config": str(DATA_PARALLEL_CONFIG.name), "steps": steps, "nproc": nproc, "threads_per_process": 1}
     for batch in batches:
         tokens = steps * batch
         single = _launch_data_parallel(1, tokens, batch, work / f"single-{batch}")
-        parallel = _launch_data_parallel(nproc, tokens, batch, work / f"parallel-{batch}")
-        one, ranks = single["ranks"][0], parallel["ranks"]
+        parallel = _launch_data_parallel(nproc, tokens, batch, work / f"parallel-{batch}", shard_products=False)
+        sharded = _launch_data_parallel(nproc, tokens, batch, work / f"sharded-{batch}", shard_products=True)
+        one, ranks, split = single["ranks"][0], parallel["ranks"], sharded["ranks"]
         out[f"batch_{batch}"] = {
             "speedup": ranks[0]["tokens_per_s"] / one["tokens_per_s"],
             "step_speedup": one["step_s_median"] / max(r["step_s_median"] for r in ranks),
@@ -723,8 +727,12 @@ def bench_data_parallel(work: Path, batches: tuple[int, ...] = (2048, 4096), ste
             "step_s_single": one["step_s_median"],
             "step_s_parallel": max(r["step_s_median"] for r in ranks),
             "comm_s_per_step": {f"rank{r['rank']}": r["comm_s_per_step"] for r in ranks},
+            "sharded_speedup": split[0]["tokens_per_s"] / one["tokens_per_s"],
+            "sharded_step_speedup": one["step_s_median"] / max(r["step_s_median"] for r in split),
+            "sharded_comm_s_per_step": {f"rank{r['rank']}": r["comm_s_per_step"] for r in split},
             "single": single,
             "parallel": parallel,
+            "sharded": sharded,
         }
     return out
 
@@ -838,8 +846,8 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--data-parallel-worker"]:  # section 7's processes (python -m sae_lens_jsae.bench)
-        tokens, batch, work = argv[1:4]
-        data_parallel_worker(int(tokens), int(batch), Path(work))
+        tokens, batch, work, shard = argv[1:5]
+        data_parallel_worker(int(tokens), int(batch), Path(work), shard_products=shard == "1")
         return 0
     parser = argparse.ArgumentParser(prog="scripts/bench.py", description=__doc__.splitlines()[0])
     add_arguments(parser)

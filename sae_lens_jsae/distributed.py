@@ -236,8 +236,10 @@ def shard_weight_products(sae: JacobianTrainingSAE, context: DistributedContext,
     """A `_weight_products` for data parallel that splits the penalty's weight products over ranks.
 
     The products (W_dec_in·W for each MLP input weight, and Bᵀ; each d_sae × d_mlp) do not
-    shrink with a rank's batch slice, so unsharded every rank repeats them: at the offline
-    default they were most of the step time that did not scale with ranks. Rank r computes
+    shrink with a rank's batch slice, so unsharded every rank repeats them (at the offline default
+    most of the per-step work that does not scale with ranks). Sharding trades that for moving
+    the products and their gradients between ranks: on gloo/CPU that cost more than it saved
+    (docs/performance.md), hence opt-in (`RunOptions.dist_shard_weight_products`). Rank r computes
     rows [r·d_sae/W, (r+1)·d_sae/W) and `torch.distributed.nn.all_gather` (differentiable) hands
     every rank the whole products; its backward sums each shard's gradient over ranks (J's
     gradient from every rank's tokens) back to the owner, which alone backpropagates it into its
@@ -268,14 +270,12 @@ class DataParallelTrainer(JacobianSAETrainer):
     read as in one process); `_train_step` takes the slice and runs the forward through DDP.
     """
 
-    def __init__(self, *args: Any, context: DistributedContext, shard_products: bool | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, context: DistributedContext, shard_products: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.context = context
         device_ids = [context.local_rank] if self.sae.device.type == "cuda" else None
         self.ddp = DistributedDataParallel(_TrainingForward(self.sae), device_ids=device_ids, broadcast_buffers=False)
         self.ddp.register_comm_hook(context, _timed_allreduce)
-        if shard_products is None:  # measured worth it on gloo (CPU); with NCCL not measured
-            shard_products = context.backend == "gloo"
         self.weight_products = None
         if shard_products and self.sae.cfg.d_sae % context.world_size == 0:
             # its own group: the exchange runs inside the backward, beside DDP's all-reduces

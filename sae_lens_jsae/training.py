@@ -112,10 +112,10 @@ class RunOptions:
     dist_timeout_s: float = 600.0
     """Under torchrun: seconds a collective waits for the other ranks before the run stops with
     an error (a dead or stuck rank); must exceed the longest checkpoint save."""
-    dist_shard_weight_products: bool | None = None
+    dist_shard_weight_products: bool = False
     """Under torchrun, data parallel: split the penalty's weight products over ranks
-    (`distributed.shard_weight_products`); None: on with gloo (CPU, where it was measured to pay),
-    off with NCCL."""
+    (`distributed.shard_weight_products`). Off by default: with gloo on CPU the exchange cost
+    more than it saved (scripts/bench.py section 7, docs/performance.md); with NCCL not measured."""
 
 
 def _tune_process(cfg: LanguageModelSAERunnerConfig[Any], options: RunOptions) -> None:

@@ -47,7 +47,7 @@ def runs(tmp_path_factory):
     plan = {
         "single": (1, {}),
         "two": (2, {}),
-        "two_unsharded": (2, {"shard_products": False}),
+        "two_sharded": (2, {"shard_products": True}),
         "killed": (2, {"die_after_checkpoint": True}),
         "sweep_single": (1, {"mode": "sweep"}),
         "sweep_two": (2, {"mode": "sweep"}),
@@ -76,14 +76,14 @@ def trainer_state(run: Path) -> dict[str, torch.Tensor]:
 
 def test_two_ranks_half_batch_equal_one_process_full_batch(runs):
     root, results = runs
-    for name in ("single", "two", "two_unsharded"):
+    for name in ("single", "two", "two_sharded"):
         assert results[name][0] == 0, results[name][1][-3000:]
-    for name in ("two", "two_unsharded"):  # weight products split over the ranks (gloo's default) or not
+    for name in ("two", "two_sharded"):  # every rank computes the weight products (default), or they are split
         error = max_relative_error(weights(root / "single" / "out"), weights(root / name / "out"))
         print(f"max relative weight error, 2 ranks x B/2 ({name}) vs 1 x B: {error:.2e}")
         assert error <= TOL
-    assert json.loads((root / "two" / "times_rank0.json").read_text())["products_s"] > 0
-    assert json.loads((root / "two_unsharded" / "times_rank0.json").read_text())["products_s"] == 0
+    assert json.loads((root / "two_sharded" / "times_rank0.json").read_text())["products_s"] > 0
+    assert json.loads((root / "two" / "times_rank0.json").read_text())["products_s"] == 0
     # dead-latent statistics (both SAEs) are the global batch's, not rank 0's half
     one, two = trainer_state(root / "single"), trainer_state(root / "two")
     for name in one:
