@@ -277,7 +277,9 @@ class DataParallelTrainer(JacobianSAETrainer):
         self.ddp = DistributedDataParallel(_TrainingForward(self.sae), device_ids=device_ids, broadcast_buffers=False)
         self.ddp.register_comm_hook(context, _timed_allreduce)
         self.weight_products = None
-        if shard_products and self.sae.cfg.d_sae % context.world_size == 0:
+        if shard_products:
+            if self.sae.cfg.d_sae % context.world_size:
+                raise ValueError(f"dist_shard_weight_products: d_sae={self.sae.cfg.d_sae} does not split over {context.world_size} ranks.")
             # its own group: the exchange runs inside the backward, beside DDP's all-reduces
             group = dist.new_group(backend=context.backend, timeout=timedelta(seconds=context.timeout_s))
             self.weight_products = shard_weight_products(self.sae, context, group)
