@@ -10,7 +10,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=
 #   SETS: `jsae train` overrides for both sweeps; TRAINED / RANDOMIZED: their `--sweep` arguments;
 #   EVAL: `jsae eval` budget arguments.
 # 1. the trained-model sweep | the randomized-LLM sweep then its evaluation, side by side;
-# 2. the trained sweep evaluated on the same tokens with the randomized summaries: OUT/eval/report.md;
+# 2. the trained sweep evaluated on the same tokens with the randomized summaries: OUT/eval/report.md
+#    (in one process with 2 threads; FRONTIER_EVAL_PROCESSES=N: its pairs split over N processes);
 # 3. the paper's checks by interval (informational: a FAIL does not stop the script).
 run_frontier() {
   local out=$1 config=$2
@@ -32,8 +33,13 @@ run_frontier() {
   echo "   training done after $(( $(date +%s) - start )) s"
 
   echo "== 2/3 evaluate the sweep on the same tokens (paired intervals) with the control, write the report"
-  OMP_NUM_THREADS=2 python -m sae_lens_jsae eval "$out/trained" "${eval_[@]}" \
-    --also "$out"/eval_randomized/*_summary.json --output-dir "$out/eval"
+  if [ "${FRONTIER_EVAL_PROCESSES:-1}" -gt 1 ]; then  # the pairs split over processes, one thread each
+    python -m sae_lens_jsae eval "$out/trained" "${eval_[@]}" --processes "$FRONTIER_EVAL_PROCESSES" \
+      --also "$out"/eval_randomized/*_summary.json --output-dir "$out/eval"
+  else  # one process, two threads
+    OMP_NUM_THREADS=2 python -m sae_lens_jsae eval "$out/trained" "${eval_[@]}" \
+      --also "$out"/eval_randomized/*_summary.json --output-dir "$out/eval"
+  fi
 
   echo "== 3/3 the paper's checks, by interval; the training trend"
   python scripts/reproduce_paper.py offline --demo-dir "$out" | tee "$out/eval/reproduce_paper.txt" || true

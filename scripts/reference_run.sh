@@ -17,5 +17,7 @@ for s in ${REF_SETS:-}; do SETS+=(--set "$s"); done
 TRAINED=(--sweep "jacobian_coefficient=0,0.2222,0.8889,3.556,14.22")
 RANDOMIZED=(--sweep "jacobian_coefficient=0,0.8889,3.556")
 EVAL=(--n-tokens 102400 --n-splice-tokens 8192 --n-linearity-tokens 512 --seed 42)
+# the 5 pairs' evaluation in 2 processes, one thread each (the randomized lane is done by then)
+export FRONTIER_EVAL_PROCESSES=${FRONTIER_EVAL_PROCESSES:-2}
 run_frontier "${REF_OUT:-outputs/reference}" configs/smollm2-135m-l3-reference.yaml SETS TRAINED RANDOMIZED EVAL
 if [ -n "${REF_PUBLISH:-}" ]; then publish_frontier "${REF_OUT:-outputs/reference}" "$REF_PUBLISH"; fi

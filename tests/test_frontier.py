@@ -79,6 +79,19 @@ def test_cli_accepts_sweeps_and_randomized_sweeps():
     cli_eval.add_arguments(p)
     a = p.parse_args(["s1", "s2", "--randomized-sweep", "r1", "--output-dir", "o"])
     assert a.checkpoint == ["s1", "s2"] and a.randomized_sweep == ["r1"] and a.n_splice_tokens == 32_768
+    assert a.processes == 1 and p.parse_args(["s1", "--processes", "2"]).processes == 2
+
+
+def test_cli_refuses_processes_for_a_single_checkpoint(sweeps):
+    from sae_lens_jsae.cli import eval as cli_eval
+
+    root, _ = sweeps
+    p = ArgumentParser()
+    cli_eval.add_arguments(p)
+    with pytest.raises(ValueError, match="--processes is for sweeps"):
+        cli_eval.run(p.parse_args([str(root / "sweep" / "jacobian_coefficient=0"), "--processes", "2"]))
+    with pytest.raises(ValueError, match="≥ 1"):
+        cli_eval.run(p.parse_args([str(root / "sweep"), "--processes", "0"]))
 
 
 def test_a_pair_from_another_model_is_refused_before_any_work(sweeps, tmp_path):
@@ -112,3 +125,30 @@ def test_pairs_with_the_same_folder_name_in_two_sweeps_get_distinct_labels(sweep
         shutil.copy(root / "sweep" / "jacobian_coefficient=0" / "cfg.json", tmp_path / sweep / "jacobian_coefficient=0" / "cfg.json")
     pairs = label_pairs([load_pair(p) for d in ("a", "b") for p in find_pairs(tmp_path / d)])
     assert [p.file_label for p in pairs] == ["a__jacobian_coefficient_0", "b__jacobian_coefficient_0"]
+
+
+def test_pairs_split_over_worker_processes_give_the_same_summaries(sweeps, tmp_path):
+    """`processes=2`: the sweep's 3 pairs in two spawned workers (their own model from the factory)."""
+    from functools import partial
+
+    root, _ = sweeps
+    tokens = torch.randint(1, 64, (8, 16), generator=torch.Generator().manual_seed(0))
+    model = make_tiny_model("gated_silu")
+    with pytest.raises(ValueError, match="model_factory"):
+        evaluate_sweeps_and_compare([root / "sweep"], model, tokens, tmp_path / "none", processes=2, **KW)
+    assert not (tmp_path / "none").exists()
+    report = evaluate_sweeps_and_compare([root / "sweep"], model, tokens, tmp_path / "split", processes=2,
+                                         model_factory=partial(make_tiny_model, "gated_silu"), **KW)
+    assert report.exists()
+    split = {p.name: json.loads(p.read_text()) for p in (tmp_path / "split").glob("*_summary.json")}
+    assert len(split) == 3
+    assert sorted(len(s["splice_pass"]["pairs"]) for s in split.values()) == [1, 2, 2]  # each worker's own pass
+    for name, s in split.items():
+        one = json.loads((root / "out" / name).read_text())
+        assert s["splice"]["per_sequence"]["tokens_digest"] == one["splice"]["per_sequence"]["tokens_digest"]
+        assert s["intervals"].keys() == one["intervals"].keys()
+        for key, iv in one["intervals"].items():
+            if iv.get("value") is None:  # n/a, with its reason
+                assert s["intervals"][key] == iv, (name, key)
+            else:
+                assert s["intervals"][key]["value"] == pytest.approx(iv["value"], rel=1e-9, abs=1e-12), (name, key)

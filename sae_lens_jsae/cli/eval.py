@@ -33,11 +33,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
     p.add_argument("--no-core", action="store_true", help="skip SAEBench's core eval of the two SAEs (single-checkpoint mode)")
     p.add_argument("--core", action="store_true", help="sweep mode: also run SAEBench's core eval of every SAE (off by default there)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="sweep mode: evaluate the pairs in this many worker processes, one thread each (e.g. the number of CPU cores)")
     p.add_argument("--n-graphs", type=int, default=3,
                    help="attribution graphs of this many sotu sentences in the report, for the JSAE and its λ=0 pair (0: none)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from functools import partial
     from pathlib import Path
 
     import torch
@@ -48,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_jsae.sources import check_layer, load_hooked_model, sotu_token_dataset
 
     sweep_mode = len(args.checkpoint) > 1 or bool(args.randomized_sweep) or not (Path(args.checkpoint[0]) / "cfg.json").exists()
+    if args.processes < 1:
+        raise ValueError(f"--processes must be ≥ 1, got {args.processes}.")
+    if args.processes > 1 and not sweep_mode:
+        raise ValueError("--processes is for sweeps (several pairs); a single checkpoint is evaluated in one process.")
     if sweep_mode and args.baseline:
         raise ValueError("--baseline is for one checkpoint; a sweep directory brings its own λ=0 pair (jacobian_coefficient=0).")
     first = find_pairs(args.checkpoint[0])[0]
@@ -65,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
     if sweep_mode:
         rmodel = load_hooked_model(args.model_source, model_name, device=args.device, randomize=True, seed=args.seed) if args.randomized_sweep else None
         report = evaluate_sweeps_and_compare(args.checkpoint, model, tokens, args.output_dir, randomized_dirs=args.randomized_sweep,
-                                             randomized_model=rmodel, randomized=args.randomized, also=args.also, core=args.core, **kw)
+                                             randomized_model=rmodel, randomized=args.randomized, also=args.also, core=args.core,
+                                             processes=args.processes, model_factory=partial(load_hooked_model, args.model_source, model_name,
+                                                                                             device=args.device, randomize=args.randomized, seed=args.seed), **kw)
         pairs = graph_pairs([p for d in args.checkpoint for p in find_pairs(d)])
     else:
         report = evaluate_and_compare(args.checkpoint[0], model, tokens, args.output_dir, baseline=args.baseline, saes=args.saes, also=args.also,

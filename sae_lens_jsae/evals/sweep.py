@@ -9,6 +9,12 @@ Labels come from each pair's cfg.json, not the folder name: λ (resolved, `auto`
 thumb) and the *series* — the cfg fields other than λ whose values differ between the pairs
 (e.g. `mlp_reconstruction_coefficient`); a field a cfg lacks takes the config class's default, and
 a pair whose series fields are all at their defaults is the paper's loss.
+
+`processes=N` splits a sweep's pairs over N worker processes with one thread each (each loads its
+own copy of the model and runs its own splice pass over the same tokens). On a CPU, one thread
+per process keeps every core busy on the big matrix products, where torch's intra-op threads
+idle at the many small ops of the Jacobian chunk loop and the splices' softmaxes
+(docs/performance.md, "Threads"); the workers' results are the same per pair.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,10 @@ from typing import Any
 import torch
 
 from sae_lens_jsae.sae import saved_jacobian_coefficient
+
+ModelFactory = Callable[[], Any]
+"""A picklable callable that builds the model afresh (e.g. a `functools.partial` of
+`sources.load_hooked_model`): worker processes of `evaluate_sweeps_and_compare(processes=N)` call it."""
 
 NOT_SERIES = {"jacobian_coefficient", "device", "dtype", "jacobian_chunk_bytes", "metadata", "architecture"}
 """cfg fields that never distinguish a series (λ is the frontier's own axis)."""
@@ -166,13 +176,17 @@ def evaluate_sweeps_and_compare(
     randomized_model=None,
     randomized: bool = False,
     also: Sequence[str | os.PathLike[str]] = (),
+    processes: int = 1,
+    model_factory: ModelFactory | None = None,
     **kwargs: Any,
 ) -> Path:
     """`jsae eval SWEEP_DIR … [--randomized-sweep DIR …]`: every pair on the same tokens, then the report.
 
     `sweep_dirs` hold pairs trained on `model` (on the randomized model when `randomized`);
     `randomized_dirs` pairs trained on `randomized_model`. Summaries go to `output_dir` (randomized
-    ones to `output_dir/randomized`); returns report.md (led by the frontier)."""
+    ones to `output_dir/randomized`); returns report.md (led by the frontier). `processes` > 1:
+    the pairs of `sweep_dirs` are evaluated in that many worker processes, one thread each, each
+    building its model with `model_factory` (the randomized pairs stay in this process)."""
     from sae_lens_jsae.evals.pipeline import compare
 
     main = [load_pair(p, randomized) for d in sweep_dirs for p in find_pairs(d)]
@@ -180,7 +194,31 @@ def evaluate_sweeps_and_compare(
     if rand and randomized_model is None:
         raise ValueError("randomized sweep pairs need the randomized model (randomized_model=…).")
     label_pairs([*main, *rand])  # one series labelling across both, so the same loss gets the same label
-    summaries = evaluate_sweep(main, model, tokens, output_dir, **kwargs) if main else []
+    if processes > 1 and len(main) > 1:
+        if model_factory is None:
+            raise ValueError("processes > 1 needs model_factory: a picklable callable that loads the model in each worker.")
+        summaries = _evaluate_sweep_in_processes(main, model_factory, tokens, output_dir, processes, **kwargs)
+    else:
+        summaries = evaluate_sweep(main, model, tokens, output_dir, **kwargs) if main else []
     if rand:
         summaries += evaluate_sweep(rand, randomized_model, tokens, Path(output_dir) / "randomized", **kwargs)
     return compare([*summaries, *also], output_dir, title="Jacobian SAE evaluation: λ frontier")
+
+
+def _evaluate_sweep_worker(pairs: list[SweepPair], model_factory: ModelFactory, tokens: torch.Tensor, output_dir: str, kwargs: dict[str, Any]) -> list[Path]:
+    torch.set_num_threads(1)
+    return evaluate_sweep(pairs, model_factory(), tokens, output_dir, **kwargs)
+
+
+def _evaluate_sweep_in_processes(pairs: Sequence[SweepPair], model_factory: ModelFactory, tokens: torch.Tensor,
+                                 output_dir: str | os.PathLike[str], processes: int, **kwargs: Any) -> list[Path]:
+    """`evaluate_sweep` of contiguous chunks of `pairs` in `processes` spawned workers; summaries in pair order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    n = min(processes, len(pairs))
+    chunks = [list(pairs[i * len(pairs) // n:(i + 1) * len(pairs) // n]) for i in range(n)]
+    # spawn, not fork: a forked child of a process that already ran torch's thread pool can hang
+    with ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_evaluate_sweep_worker, chunk, model_factory, tokens, str(output_dir), kwargs) for chunk in chunks]
+        return [path for f in futures for path in f.result()]
