@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_lens_jsae.evals.intervals import difference
+from sae_lens_jsae.evals.pipeline import find_summaries
 from sae_lens_jsae.report_frontier import SCALE_FREE_KEY, count_key, metric, series_of
 
 METRICS = [
@@ -33,7 +34,7 @@ METRICS = [
 
 def load_run(folder: Path) -> dict[tuple[bool, float, str], dict[str, Any]]:
     """{(randomized, λ, series): summary} of the summaries in `folder` and `folder/randomized`."""
-    files = sorted(folder.glob("*_summary.json")) + sorted((folder / "randomized").glob("*_summary.json"))
+    files = find_summaries(folder)
     if not files:
         raise SystemExit(f"{folder}: no *_summary.json (pass a folder that `jsae eval` or publish_frontier wrote)")
     out = {}

@@ -3,7 +3,7 @@
 # of the paper's loss (0, ¼, 1, 4, 16 × the rule 0.5·k²/d_model = 0.889), each pair on 2M tokens
 # from ONE activation stream, beside the randomized-LLM control sweep (0, 1, 4 × the rule); then
 # evaluation with intervals, the frontier report and the paper checks. CPU only, no network;
-# ≈ 2 h on 2 cores (docs/results/README.md has the measured times).
+# ≈ 1 h 45 min on 2 cores (docs/results/README.md has the measured times).
 #   REF_OUT      output directory (default: outputs/reference)
 #   REF_TOKENS   training tokens per pair (default: the config's 2M)
 #   REF_PUBLISH  also copy the results there (docs/results/reference-2m was written this way)

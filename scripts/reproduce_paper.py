@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from sae_lens_jsae.evals.intervals import FAIL, INCONCLUSIVE, PASS, Interval, difference, relative, verdict
+from sae_lens_jsae.evals.pipeline import find_summaries
 
 PAPER = json.loads(resources.files("sae_lens_jsae.evals").joinpath("paper_numbers.json").read_text())
 CONFIGS = {"pythia-70m": "configs/pythia-70m-deduped-l3.yaml", "pythia-410m": "configs/pythia-410m-deduped-l15.yaml"}
@@ -40,7 +41,7 @@ def load_summaries(eval_dirs: list[Path], jsae_lambda: float | None = None) -> d
     randomized JSAE's λ, else the smallest λ > 0; 'randomized' likewise."""
     found: dict[str, list[dict]] = {"jsae": [], "baseline": [], "randomized": []}
     for directory in eval_dirs:
-        for path in sorted([*directory.glob("*_summary.json"), *directory.glob("randomized/*_summary.json")]):
+        for path in sorted(find_summaries(directory)):
             summary = json.loads(path.read_text())
             lam = summary.get("jacobian_coefficient")
             if summary.get("randomized"):
@@ -131,7 +132,7 @@ GOAL = {"count_ratio_max": 0.35, "scale_free_ratio_max": 0.85, "avg_ce_drop_max"
 
 
 def _all_summaries(eval_dirs: list[Path]) -> list[dict]:
-    return [json.loads(p.read_text()) for d in eval_dirs for p in sorted([*d.glob("*_summary.json"), *d.glob("randomized/*_summary.json")])]
+    return [json.loads(p.read_text()) for d in eval_dirs for p in sorted(find_summaries(d))]
 
 
 def _combine(verdicts: list[str]) -> str:

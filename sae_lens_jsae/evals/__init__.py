@@ -18,6 +18,7 @@ from sae_lens_jsae.evals.pipeline import (
     compare,
     evaluate_and_compare,
     evaluate_checkpoint,
+    find_summaries,
     load_checkpoint,
     score_saes,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "evaluate_sweep",
     "evaluate_sweeps_and_compare",
     "find_pairs",
+    "find_summaries",
     "jacobian_sparsity",
     "jacobian_sparsity_of_values",
     "linearity",

@@ -197,6 +197,13 @@ def score_saes(
     return paths
 
 
+def find_summaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """The summary JSONs an evaluated run left in `folder`: `*_summary.json`, then the randomized
+    control's under `randomized/` (as `jsae eval` over sweeps and `publish_frontier` write them)."""
+    root = Path(folder)
+    return sorted(root.glob("*_summary.json")) + sorted(root.glob("randomized/*_summary.json"))
+
+
 def compare(summaries: Sequence[str | os.PathLike[str]], output_dir: str | os.PathLike[str], *, extra_core: Sequence[str | os.PathLike[str]] = (), title: str = "Jacobian SAE evaluation") -> Path:
     """Write `report.md` and `report.html` (with PNG plots) in `output_dir` from summary JSONs.
 

@@ -11,10 +11,10 @@ thumb) and the *series* — the cfg fields other than λ whose values differ bet
 a pair whose series fields are all at their defaults is the paper's loss.
 
 `processes=N` splits a sweep's pairs over N worker processes with one thread each (each loads its
-own copy of the model and runs its own splice pass over the same tokens). On a CPU, one thread
-per process keeps every core busy on the big matrix products, where torch's intra-op threads
-idle at the many small ops of the Jacobian chunk loop and the splices' softmaxes
-(docs/performance.md, "Threads"); the workers' results are the same per pair.
+own copy of the model and runs its own splice pass over the same tokens). On a CPU with few
+cores, processes scale better than torch's intra-op threads (one splice pass: 1.64× faster with
+2 threads than with 1 on the 2-core VM; docs/performance.md, "Threads"); per pair, the numbers
+match those of one process (tests compare every interval).
 """
 
 from __future__ import annotations
