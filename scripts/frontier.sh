@@ -33,13 +33,10 @@ run_frontier() {
   echo "   training done after $(( $(date +%s) - start )) s"
 
   echo "== 2/3 evaluate the sweep on the same tokens (paired intervals) with the control, write the report"
-  if [ "${FRONTIER_EVAL_PROCESSES:-1}" -gt 1 ]; then  # the pairs split over processes, one thread each
-    python -m sae_lens_jsae eval "$out/trained" "${eval_[@]}" --processes "$FRONTIER_EVAL_PROCESSES" \
-      --also "$out"/eval_randomized/*_summary.json --output-dir "$out/eval"
-  else  # one process, two threads
-    OMP_NUM_THREADS=2 python -m sae_lens_jsae eval "$out/trained" "${eval_[@]}" \
-      --also "$out"/eval_randomized/*_summary.json --output-dir "$out/eval"
-  fi
+  local split=() threads=2  # one process with two threads, or the pairs over N one-thread processes
+  if [ "${FRONTIER_EVAL_PROCESSES:-1}" -gt 1 ]; then split=(--processes "$FRONTIER_EVAL_PROCESSES"); threads=1; fi
+  OMP_NUM_THREADS=$threads python -m sae_lens_jsae eval "$out/trained" "${eval_[@]}" "${split[@]}" \
+    --also "$out"/eval_randomized/*_summary.json --output-dir "$out/eval"
 
   echo "== 3/3 the paper's checks, by interval; the training trend"
   python scripts/reproduce_paper.py offline --demo-dir "$out" | tee "$out/eval/reproduce_paper.txt" || true
