@@ -293,9 +293,13 @@ def write_report(
             c = core_summary(cp)
             r = read_core_result(cp)
             core_rows.append([f"{r.sae_lens_release_id}/{r.sae_lens_id}", c["explained_variance"], c["mse"], c["cossim"], c["l0"], c["ce_loss_score"], c["kl_div_score"], c["dead_latents"], c["dead_window_tokens"], rel(Path(cp))])
-    if core_rows:
+    skipped = sorted({d["core_skipped"] for _, d in items if d.get("core_skipped")})
+    if core_rows or skipped:
         doc.h(2, "SAEBench core eval")
+    if core_rows:
         doc.table(["SAE", "explained var.", "MSE", "cosine", "L0", "CE-loss score", "KL score", "dead latents", "dead window (tokens)", "source"], core_rows)
+    if skipped:
+        doc.p(" ".join(skipped))
 
     doc.h(2, "Plots")
     _plots(items, out, doc)

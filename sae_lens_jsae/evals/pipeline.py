@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches
+from sae_lens_jsae.evals._saebench_base import SAE_BENCH_MISSING
 from sae_lens_jsae.evals.error_analysis import mlp_error_analysis
 from sae_lens_jsae.evals.intervals import METHOD, summary_intervals
 from sae_lens_jsae.evals.saebench import (
@@ -145,7 +146,10 @@ def evaluate_checkpoint(
     error_analysis = mlp_error_analysis(model, sae, toks, batch_size=batch_size, max_tokens=n_splice_tokens, progress=progress)
     timings["mlp_error_s"] = time.time() - t0
     core_files: dict[str, Any] = {}
-    if core:
+    core_skipped = f"SAEBench's core eval skipped: {SAE_BENCH_MISSING}" if core and SAE_BENCH_MISSING else None
+    if core_skipped:
+        print(f"[{label}] {core_skipped}")
+    elif core:
         t0 = time.time()
         for which in ("input", "output"):
             path = run_core_eval(
@@ -175,6 +179,7 @@ def evaluate_checkpoint(
         "explained_variance": splice.explained_variance,
         "mlp_error": error_analysis.to_dict(),
         "core": core_files,
+        **({"core_skipped": core_skipped} if core_skipped else {}),
         "files": {"jacobian_sparsity": str(sp_file.relative_to(out)), "jacobian_linearity": str(lin_file.relative_to(out))},
         "timings": timings,
         **(extra or {}),
