@@ -18,6 +18,12 @@ from typing import Any
 _EXPORTS = {
     "ActiveJacobian": "sae_lens_jsae.jacobian",
     "FrozenMLP": "sae_lens_jsae.mlp",
+    "TopKTranscoder": "sae_lens_jsae.transcoder",
+    "TopKSkipTranscoder": "sae_lens_jsae.transcoder",
+    "TopKTrainingTranscoder": "sae_lens_jsae.transcoder",
+    "TopKTrainingSkipTranscoder": "sae_lens_jsae.transcoder",
+    "TopKTranscoderTrainingConfig": "sae_lens_jsae.transcoder",
+    "TopKSkipTranscoderTrainingConfig": "sae_lens_jsae.transcoder",
     "JacobianSAE": "sae_lens_jsae.sae",
     "JacobianSAEConfig": "sae_lens_jsae.sae",
     "JacobianSAEOutput": "sae_lens_jsae.sae",
@@ -52,7 +58,9 @@ def _register() -> None:
     sae_module = sys.modules.get("sae_lens_jsae.sae")
     if sae_module is not None and getattr(sae_module.__spec__, "_initializing", False):
         return  # sae.py is mid-import (it imported sae_lens) and registers at its end
-    importlib.import_module("sae_lens_jsae.registration").register_jacobian_architecture()
+    registration = importlib.import_module("sae_lens_jsae.registration")
+    registration.register_jacobian_architecture()
+    registration.register_transcoder_architectures()
 
 
 class _RegisterAfterSAELens(importlib.abc.MetaPathFinder):

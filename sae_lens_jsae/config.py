@@ -1,5 +1,6 @@
 """YAML run configs: `runner:` (SAELens' LanguageModelSAERunnerConfig), `sae:`
-(JacobianTrainingSAEConfig) and top-level `RunOptions` fields. Every default lives in those
+(JacobianTrainingSAEConfig, or a transcoder's training config when `sae.architecture` is
+"topk_transcoder" / "topk_skip_transcoder") and top-level `RunOptions` fields. Every default lives in those
 dataclasses; a YAML file and `--set` only override."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import yaml
 from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 
 from sae_lens_jsae.sae import JacobianTrainingSAEConfig
-from sae_lens_jsae.training import RunOptions
+from sae_lens_jsae.training import RunOptions, training_config_class
 
 SECTIONS = {"sae": JacobianTrainingSAEConfig, "runner": LanguageModelSAERunnerConfig}
 
@@ -57,8 +58,16 @@ def check_key(parts: list[str]) -> None:
             raise ValueError(f"{parts[0]!r} is a section; set one of its fields, e.g. {parts[0]}.<field>=...")
         cls = LoggingConfig if parts[1] == "logger" and parts[0] == "runner" and len(parts) > 2 else SECTIONS[parts[0]]
         name = parts[2] if cls is LoggingConfig else parts[1]
-        if name not in _field_names(cls):
+        if parts[0] == "sae" and name == "architecture":
+            return  # picks the config class; its value is checked in build_run_config
+        if name not in _field_names(cls) and not (parts[0] == "sae" and _is_transcoder_field(name)):
             raise ValueError(f"Unknown config key {'.'.join(parts)!r}; {cls.__name__} fields are {sorted(_field_names(cls))}.")
+
+
+def _is_transcoder_field(name: str) -> bool:
+    from sae_lens_jsae.transcoder import TRANSCODER_CLASSES
+
+    return any(name in _field_names(classes[3]) for classes in TRANSCODER_CLASSES.values())
 
 
 def _check_tree(tree: dict[str, Any]) -> None:
@@ -83,7 +92,13 @@ def build_run_config(tree: dict[str, Any]) -> tuple[LanguageModelSAERunnerConfig
     runner = dict(tree.get("runner", {}))
     if isinstance(runner.get("logger"), dict):
         runner["logger"] = LoggingConfig(**runner["logger"])
-    sae = JacobianTrainingSAEConfig(**tree.get("sae", {}))
+    sae_tree = dict(tree.get("sae", {}))
+    architecture = sae_tree.pop("architecture", "jacobian")
+    cls = training_config_class(architecture)
+    unknown = sorted(set(sae_tree) - _field_names(cls))
+    if unknown:
+        raise ValueError(f"sae.{unknown[0]} is not a field of {cls.__name__} (sae.architecture={architecture!r}); its fields are {sorted(_field_names(cls))}.")
+    sae = cls(**sae_tree)
     options = RunOptions(**{k: v for k, v in tree.items() if k not in SECTIONS})
     return LanguageModelSAERunnerConfig(sae=sae, **runner), options
 

@@ -310,11 +310,14 @@ class DataParallelTrainer(JacobianSAETrainer):
         from this rank's slice): counts summed, 'fired' if it fired on any rank."""
         t0 = time.perf_counter()
         fired_in = (self.n_forward_passes_since_fired == 0).float()  # 0 exactly where it fired here
-        stats = torch.stack([self.act_freq_scores - freq_before, fired_in, self.sae.last_output_fired.float()])
+        pair = self.output_steps_since_fired is not None  # a transcoder has no output SAE
+        output_fired = self.sae.last_output_fired.float() if pair else torch.zeros_like(fired_in)
+        stats = torch.stack([self.act_freq_scores - freq_before, fired_in, output_fired])
         dist.all_reduce(stats)
         self.act_freq_scores = freq_before + stats[0]
         self.n_forward_passes_since_fired.masked_fill_(stats[1] > 0, 0)
-        self.sae.last_output_fired = stats[2] > 0
+        if pair:
+            self.sae.last_output_fired = stats[2] > 0
         self.context.times.stats_s += time.perf_counter() - t0
 
     @torch.no_grad()
@@ -401,7 +404,7 @@ def train_variants_over_ranks(
     """`training.train_variants` with the pairs spread over ranks (rank r: variants[r::W]), each
     trained on the full batch of the shared stream; each rank saves and logs its own pairs.
     Ranks without a pair (W > len(variants)) still run their share of the LLM."""
-    check_sweep_keys(variants)
+    check_sweep_keys(variants, cfg.sae)
     with fail_fast(context):
         runner = DistributedTrainingRunner(cfg, options, context=context, **overrides)
         runner.writes_outputs = True  # each rank owns its pairs' directories

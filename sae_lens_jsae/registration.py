@@ -23,3 +23,21 @@ def register_jacobian_architecture() -> None:
         register_sae_class(ARCHITECTURE, JacobianSAE, JacobianSAEConfig)
     if ARCHITECTURE not in SAE_TRAINING_CLASS_REGISTRY:
         register_sae_training_class(ARCHITECTURE, JacobianTrainingSAE, JacobianTrainingSAEConfig)
+
+
+def register_transcoder_architectures() -> None:
+    """Register "topk_transcoder" and "topk_skip_transcoder" (inference and training classes)."""
+    from sae_lens.registry import (
+        SAE_CLASS_REGISTRY,
+        SAE_TRAINING_CLASS_REGISTRY,
+        register_sae_class,
+        register_sae_training_class,
+    )
+
+    from sae_lens_jsae.transcoder import TRANSCODER_CLASSES
+
+    for name, (inference_cls, inference_cfg, training_cls, training_cfg) in TRANSCODER_CLASSES.items():
+        if name not in SAE_CLASS_REGISTRY:
+            register_sae_class(name, inference_cls, inference_cfg)
+        if name not in SAE_TRAINING_CLASS_REGISTRY:
+            register_sae_training_class(name, training_cls, training_cfg)

@@ -10,6 +10,7 @@ stream, so the LLM forward is paid once.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import random
 import signal
@@ -36,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from sae_lens_jsae.mlp import FrozenMLP
+from sae_lens_jsae.transcoder import TRANSCODER_CLASSES, TopKTrainingTranscoder, TopKTranscoderTrainingConfig
 from sae_lens_jsae.sae import (
     JacobianTrainingSAE,
     JacobianTrainingSAEConfig,
@@ -131,11 +133,13 @@ def seed_everything(seed: int) -> None:
 
 
 def check_run_config(cfg: LanguageModelSAERunnerConfig[Any]) -> int:
-    """Fail before any work on a config that cannot train a JSAE; returns the MLP's block index."""
-    if not isinstance(cfg.sae, JacobianTrainingSAEConfig):
-        raise TypeError(f"cfg.sae must be a JacobianTrainingSAEConfig, got {type(cfg.sae).__name__}.")
+    """Fail before any work on a config that cannot train a JSAE pair or a transcoder at one MLP;
+    returns the MLP's block index."""
+    if not isinstance(cfg.sae, (JacobianTrainingSAEConfig, TopKTranscoderTrainingConfig)):
+        raise TypeError(f"cfg.sae must be a JacobianTrainingSAEConfig or TopKTranscoderTrainingConfig, got {type(cfg.sae).__name__}.")
     layer = layer_of_input_hook(cfg.hook_name)
-    cfg.sae.output_hook_name = cfg.sae.resolved_output_hook_name(cfg.hook_name)
+    if isinstance(cfg.sae, JacobianTrainingSAEConfig):
+        cfg.sae.output_hook_name = cfg.sae.resolved_output_hook_name(cfg.hook_name)
     if cfg.hook_head_index is not None:
         raise ValueError("hook_head_index must be None: the MLP input is not split by head.")
     return layer
@@ -205,7 +209,8 @@ class JacobianSAETrainer(SAETrainer[JacobianTrainingSAE, JacobianTrainingSAEConf
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if checkpoint_every_tokens:
             self.checkpoint_thresholds = list(range(checkpoint_every_tokens, self.cfg.total_training_samples, checkpoint_every_tokens))
-        self.output_steps_since_fired = torch.zeros(self.sae.cfg.d_sae, device=self.cfg.device)
+        # dead latents of a pair's output SAE (SAELens counts the input SAE's, or a transcoder's)
+        self.output_steps_since_fired = torch.zeros(self.sae.cfg.d_sae, device=self.cfg.device) if is_pair(self.sae) else None
         self._t0, self._samples0 = time.perf_counter(), 0
         self.stop_requested = False  # set by stop_after_step_on_signal
 
@@ -236,9 +241,9 @@ class JacobianSAETrainer(SAETrainer[JacobianTrainingSAE, JacobianTrainingSAEConf
                 self.save_checkpoint(checkpoint_name=f"last_good_{self.n_training_samples}")
                 logger.error(f"non-finite loss: saved the last good state under {self.cfg.checkpoint_path}")
             raise
-        fired = self.sae.last_output_fired
-        self.output_steps_since_fired += 1
-        self.output_steps_since_fired[fired] = 0
+        if self.output_steps_since_fired is not None:
+            self.output_steps_since_fired += 1
+            self.output_steps_since_fired[self.sae.last_output_fired] = 0
         if self._is_logging_step():
             self._write_log(output)
         return output
@@ -246,7 +251,8 @@ class JacobianSAETrainer(SAETrainer[JacobianTrainingSAE, JacobianTrainingSAEConf
     @torch.no_grad()
     def _write_log(self, output: TrainStepOutput) -> None:
         record = self.build_train_step_log_dict(output, self.n_training_samples)
-        record["sparsity/output_dead_features"] = int((self.output_steps_since_fired > self.cfg.dead_feature_window).sum())
+        if self.output_steps_since_fired is not None:
+            record["sparsity/output_dead_features"] = int((self.output_steps_since_fired > self.cfg.dead_feature_window).sum())
         record["details/n_training_steps"] = self.n_training_steps + 1
         record["details/tokens_per_second"] = self._tokens_per_second()
         if self.name is not None:
@@ -264,12 +270,14 @@ class JacobianSAETrainer(SAETrainer[JacobianTrainingSAE, JacobianTrainingSAEConf
 
     def save_trainer_state(self, checkpoint_path: Path) -> None:
         super().save_trainer_state(checkpoint_path)
-        save_file({"output_steps_since_fired": self.output_steps_since_fired.cpu()}, str(checkpoint_path / "jsae_trainer_state.safetensors"))
+        if self.output_steps_since_fired is not None:
+            save_file({"output_steps_since_fired": self.output_steps_since_fired.cpu()}, str(checkpoint_path / "jsae_trainer_state.safetensors"))
 
     def load_trainer_state(self, checkpoint_path: Path | str) -> None:
         super().load_trainer_state(checkpoint_path)
-        state = load_file(str(Path(checkpoint_path) / "jsae_trainer_state.safetensors"))
-        self.output_steps_since_fired = state["output_steps_since_fired"].to(self.cfg.device)
+        if self.output_steps_since_fired is not None:
+            state = load_file(str(Path(checkpoint_path) / "jsae_trainer_state.safetensors"))
+            self.output_steps_since_fired = state["output_steps_since_fired"].to(self.cfg.device)
         self._samples0 = self.n_training_samples
 
 
@@ -290,7 +298,7 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
         self.options = options or RunOptions()
         layer = check_run_config(cfg)
         seed_everything(cfg.seed)
-        if cfg.sae.jacobian_warm_up_steps is None:
+        if isinstance(cfg.sae, JacobianTrainingSAEConfig) and cfg.sae.jacobian_warm_up_steps is None:
             cfg.sae.jacobian_warm_up_steps = round(0.05 * cfg.total_training_steps)
         if override_model is None:
             from sae_lens_jsae.sources import check_layer
@@ -301,8 +309,7 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
             from sae_lens_jsae.sources import randomize_weights
 
             randomize_weights(model, cfg.seed)
-        if model.cfg.d_model != cfg.sae.d_in:
-            raise ValueError(f"cfg.sae.d_in={cfg.sae.d_in} but {cfg.model_name} has d_model={model.cfg.d_model}; set d_in to {model.cfg.d_model}.")
+        check_widths(cfg.sae, model.cfg.d_model, cfg.model_name)
         mlp = FrozenMLP.from_hooked_transformer(model, layer)  # raises for MLPs we cannot wrap
         if override_dataset is None and self.options.dataset is not None:
             from sae_lens_jsae.sources import load_token_dataset
@@ -314,6 +321,11 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
             self.sae.attach_mlp(mlp)
         elif not torch.equal(self.sae.mlp.W_out.cpu(), mlp.W_out.to(self.sae.mlp.W_out.dtype).cpu()):
             raise ValueError(f"The SAE's frozen MLP is not block {layer}'s MLP of {cfg.model_name}.")
+
+    def _set_sae_metadata(self) -> None:
+        super()._set_sae_metadata()
+        if isinstance(self.sae, TopKTrainingTranscoder):  # where SAELens' HookedSAETransformer splices its output
+            self.sae.cfg.metadata.hook_name_out = transcoder_output_hook(self.cfg.hook_name)
 
     def _load_model(self, cfg: LanguageModelSAERunnerConfig[Any]) -> Any:
         from sae_lens_jsae.sources import load_hooked_model
@@ -384,6 +396,16 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
         self.stream.load(path)
         # thresholds already passed were saved before the kill
         trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t >= trainer.n_training_samples]
+
+    def load_sweep_checkpoint(self, multi: MultiSAETrainer, path: Path) -> None:
+        """`load_checkpoint` for a sweep's `MultiSAETrainer` (one subdirectory per member)."""
+        if not (path / COMPLETE_MARKER).exists():
+            raise FileNotFoundError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER}); use latest_checkpoint(dir).")
+        logger.info(f"Resuming the sweep from checkpoint: {path}")
+        multi.load_checkpoint(path)
+        self.activations_store.load_from_checkpoint(path)
+        self.stream.load(path)
+        multi.checkpoint_thresholds = [t for t in multi.checkpoint_thresholds if t >= multi.n_training_samples]
 
     def save_checkpoint(self, checkpoint_path: Path | None) -> None:
         super().save_checkpoint(checkpoint_path)
@@ -483,43 +505,128 @@ def train_variants(
     one or several fields, e.g. from `sweep_grid`). Each pair is saved under
     `<output_path>/<variant_name(overrides)>/`; see `train_sweep`.
     """
-    check_sweep_keys(variants)
+    check_sweep_keys(variants, cfg.sae)
     runner = JacobianSAETrainingRunner(cfg, options, override_dataset=override_dataset, override_model=override_model)
     return run_variants(runner, variants)
 
 
-def check_sweep_keys(variants: list[dict[str, Any]]) -> None:
-    """Raise before any work when a swept key is not a JacobianTrainingSAEConfig field."""
-    from dataclasses import fields
+def check_sweep_keys(variants: list[dict[str, Any]], base: Any = None) -> None:
+    """Raise before any work when a swept key is not a field of its member's config (a pair's
+    `JacobianTrainingSAEConfig`, or a transcoder's when the member sets `architecture`)."""
+    for variant in variants:
+        variant_sae_config(base, variant, validate_only=True)
 
-    valid = {f.name for f in fields(JacobianTrainingSAEConfig)}
-    for key in dict.fromkeys(key for variant in variants for key in variant):
+
+SAE_ARCHITECTURES = ("jacobian", *TRANSCODER_CLASSES)
+
+
+def training_config_class(architecture: str) -> type:
+    """The training config class of a SAE architecture this runner trains."""
+    if architecture == "jacobian":
+        return JacobianTrainingSAEConfig
+    if architecture in TRANSCODER_CLASSES:
+        return TRANSCODER_CLASSES[architecture][3]
+    raise ValueError(f"architecture={architecture!r} is not one this runner trains; choose one of {', '.join(SAE_ARCHITECTURES)}.")
+
+
+# what a sweep member of another architecture inherits from the run's `sae:` section
+_SHARED_FIELDS = ("d_in", "d_sae", "k", "dtype", "device")
+
+
+def variant_sae_config(base: Any, overrides: dict[str, Any], validate_only: bool = False) -> Any:
+    """The training config of one sweep member: the run's `sae:` config `base` with `overrides`.
+
+    `architecture=` in `overrides` picks the member's architecture ("jacobian" or a transcoder);
+    a member of another architecture than `base` keeps only `base`'s d_in, d_sae, k, dtype and
+    device. A key that is not a field of the member's config is a ValueError (before any work).
+    With `validate_only` (or `base=None`) only the keys are checked.
+    """
+    from dataclasses import fields, replace
+
+    overrides = dict(overrides)
+    architecture = overrides.pop("architecture", "jacobian" if base is None else base.architecture())
+    cls = training_config_class(architecture)
+    valid = {f.name for f in fields(cls)} - {"metadata"}
+    for key in overrides:
         if key not in valid:
-            raise ValueError(f"Cannot sweep {key!r}: not a JacobianTrainingSAEConfig field ({', '.join(sorted(valid))}).")
+            raise ValueError(f"Cannot sweep {key!r} for architecture {architecture!r}: not a {cls.__name__} field ({', '.join(sorted(valid))}).")
+    if validate_only or base is None:
+        return None
+    metadata = copy.deepcopy(base.metadata)  # each member owns its metadata (training details differ)
+    if type(base) is cls:
+        member = replace(base, **overrides, metadata=metadata)
+    else:
+        shared = {name: getattr(base, name) for name in _SHARED_FIELDS}
+        member = cls(**{**shared, **overrides}, metadata=metadata)
+    if architecture in TRANSCODER_CLASSES and metadata.hook_name is not None:
+        member.metadata.hook_name_out = transcoder_output_hook(metadata.hook_name)
+    else:
+        member.metadata.__dict__.pop("hook_name_out", None)  # SAELens would splice a pair as a transcoder
+    return member
 
 
-def run_variants(runner: JacobianSAETrainingRunner, variants: list[dict[str, Any]]) -> dict[str, JacobianTrainingSAE]:
-    """`train_variants`' training on a built runner: one pair per variant, one activation stream."""
+def transcoder_output_hook(input_hook: str) -> str:
+    """Where a transcoder reading the MLP input `blocks.L.ln2.hook_normalized` writes: `blocks.L.hook_mlp_out`."""
+    from sae_lens_jsae.sae import output_hook_name
+
+    return output_hook_name(layer_of_input_hook(input_hook))
+
+
+def check_widths(sae_cfg: Any, d_model: int, model_name: str) -> None:
+    """A pair's or transcoder's widths must be the model's d_model (a ValueError naming the fix)."""
+    widths = {"d_in": sae_cfg.d_in, **({"d_out": sae_cfg.d_out} if hasattr(sae_cfg, "d_out") else {})}
+    for name, value in widths.items():
+        if value != d_model:
+            raise ValueError(f"cfg.sae.{name}={value} but {model_name} has d_model={d_model}; set {name} to {d_model}.")
+
+
+def is_pair(sae: Any) -> bool:
+    """Whether `sae` is a JSAE pair (not a transcoder)."""
+    return isinstance(sae, JacobianTrainingSAE)
+
+
+def build_variant_sae(cfg_sae: Any, mlp: FrozenMLP, device: str) -> Any:
+    """A training pair or transcoder from its config, with the shared frozen MLP attached."""
+    from sae_lens.registry import get_sae_training_class
+
+    sae = get_sae_training_class(cfg_sae.architecture())[0](cfg_sae)
+    sae.attach_mlp(mlp)
+    return sae.to(device)
+
+
+def run_variants(runner: JacobianSAETrainingRunner, variants: list[dict[str, Any]]) -> dict[str, Any]:
+    """`train_variants`' training on a built runner: one pair or transcoder per variant, one
+    activation stream (the LLM and the frozen MLP run once per batch for all of them).
+
+    Checkpoints (`runner.checkpoint_path`, `n_checkpoints` or `checkpoint_every_tokens`) hold every
+    member's state, the stream and the store; `runner.resume_from_checkpoint` continues exactly.
+    """
     from dataclasses import replace
 
     cfg = runner.cfg
     runner._set_sae_metadata()
+    check_sweep_keys(variants, cfg.sae)
+    members = {variant_name(overrides): variant_sae_config(runner.sae.cfg, overrides) for overrides in variants}
+    for member in members.values():
+        check_widths(member, runner.sae.cfg.d_in, cfg.model_name)
     _tune_process(cfg, runner.options)
     out_root = Path(cfg.output_path or ".")
-    saes: dict[str, JacobianTrainingSAE] = {}
-    for overrides in variants:
+    saes: dict[str, Any] = {}
+    for name, member in members.items():
         seed_everything(cfg.seed)
-        sae = JacobianTrainingSAE(replace(cfg.sae, **overrides, metadata=runner.sae.cfg.metadata))
-        sae.attach_mlp(runner.sae.mlp)  # type: ignore[arg-type]
-        saes[variant_name(overrides)] = sae.to(cfg.device)
-    stream = runner.make_stream()
+        saes[name] = build_variant_sae(member, runner.sae.mlp, cfg.device)  # type: ignore[arg-type]
+    runner.stream = stream = runner.make_stream()
     trainer_cfg = cfg.to_sae_trainer_config()
     multi = _SweepTrainer(
         cfg=trainer_cfg,
-        saes=saes,  # type: ignore[arg-type]
+        saes=saes,
         hook_names={name: cfg.hook_name for name in saes},
         data_provider=({cfg.hook_name: batch} for batch in stream),  # type: ignore[arg-type]
+        save_checkpoint_fn=runner.save_checkpoint,
     )
+    if runner.options.checkpoint_every_tokens:
+        every = runner.options.checkpoint_every_tokens
+        multi.checkpoint_thresholds = list(range(every, trainer_cfg.total_training_samples, every))
     # MultiSAETrainer drives one SAETrainer per SAE through public seams; use ours instead.
     per_sae_cfg = replace(trainer_cfg, n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False)
     multi.trainers = {
@@ -533,6 +640,8 @@ def run_variants(runner: JacobianSAETrainingRunner, variants: list[dict[str, Any
         )
         for name, sae in saes.items()
     }
+    if cfg.resume_from_checkpoint is not None:
+        runner.load_sweep_checkpoint(multi, Path(cfg.resume_from_checkpoint))
     multi.fit()
     for name, sae in saes.items():
         runner.save_final_sae(sae=sae, output_path=str(out_root / name), log_feature_sparsity=multi.trainers[name].log_feature_sparsity)
