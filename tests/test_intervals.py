@@ -5,10 +5,13 @@ import numpy as np
 import pytest
 import torch
 from helpers import make_tiny_model
+from scipy.stats import t as student_t
 
 from sae_lens_jsae import build_jacobian_sae
 from sae_lens_jsae.evals import jacobian_sparsity
 from sae_lens_jsae.evals.intervals import (
+    NO_SEQUENCE_IDS,
+    linearity_estimates,
     mean,
     paired_differences,
     ratio,
@@ -45,10 +48,71 @@ def test_mean_and_ratio_intervals_cover_the_truth_95_percent():
     assert 0.92 <= hits_ratio / reps <= 0.98
 
 
+def ratio_half_width(a, b) -> float:
+    """95% half-width of Σa/Σb over n sequences, computed directly: t₀.₉₇₅(n−1) · delta-method SE."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    n, r = a.size, a.sum() / b.sum()
+    return float(student_t.ppf(0.975, n - 1) * np.sqrt(n / (n - 1) * np.sum(((a - r * b) / b.sum()) ** 2)))
+
+
+@pytest.mark.parametrize("lengths", ["equal", "varying"])
+def test_intervals_cover_a_known_mean_95_percent_at_8_sequences(lengths):
+    """2000 draws of 8 sequences (tokens correlated within a sequence): coverage ≈ 95%. With the
+    normal 1.96 instead of t(7) = 2.36, or tokens as the units, it drops to ≈ 91% or far lower."""
+    rng = np.random.default_rng(22)
+    n, reps, true_mean = 8, 2000, 3.0
+    hits = 0
+    for _ in range(reps):
+        ln = np.full(n, 127.0) if lengths == "equal" else rng.integers(20, 128, n).astype(float)
+        sums = ln * (true_mean + rng.normal(0, 1.0, n)) + rng.normal(0, 2.0, n) * np.sqrt(ln)
+        iv = ratio(sums, ln).interval()
+        assert iv.n_sequences == n
+        hits += iv.lo <= true_mean <= iv.hi
+    assert 0.93 <= hits / reps <= 0.97, hits / reps
+
+
 def test_se_of_a_plain_mean_is_the_textbook_one():
     x = np.random.default_rng(1).normal(size=40)
     e = mean(x)
     assert e.value == pytest.approx(x.mean()) and e.se == pytest.approx(x.std(ddof=1) / np.sqrt(40))
+
+
+@pytest.mark.parametrize("n,t_table", [(2, 12.7062), (8, 2.3646), (16, 2.1314), (64, 1.9983)])
+def test_half_width_is_the_t_quantile_times_the_textbook_se(n, t_table):
+    """The multiplier is Student's t at n − 1 dof (table values), not 1.96."""
+    x = np.random.default_rng(n).normal(size=n)
+    iv = mean(x).interval()
+    assert (iv.hi - iv.lo) / 2 == pytest.approx(t_table * x.std(ddof=1) / np.sqrt(n), rel=1e-4)
+    assert iv.hi - iv.value == pytest.approx(iv.value - iv.lo)
+    sums, lengths = x + 5.0, np.random.default_rng(n + 1).integers(5, 40, n).astype(float)
+    assert (ratio(sums, lengths).interval().hi - ratio(sums, lengths).value) == pytest.approx(ratio_half_width(sums, lengths), rel=1e-12)
+
+
+def test_unpaired_difference_uses_welch_degrees_of_freedom():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(1.0, 1.0, 6), rng.normal(0.0, 3.0, 10)
+    va, vb = a.var(ddof=1) / 6, b.var(ddof=1) / 10
+    dof = (va + vb) ** 2 / (va**2 / 5 + vb**2 / 9)
+    iv = unpaired_difference(mean(a), mean(b))
+    assert iv.value == pytest.approx(a.mean() - b.mean())
+    assert (iv.hi - iv.lo) / 2 == pytest.approx(student_t.ppf(0.975, dof) * np.sqrt(va + vb), rel=1e-9)
+
+
+def test_linearity_intervals_are_clustered_by_sequence():
+    """Tokens of one sequence are summed; the sequences are the units (n = 5 here, not 40 tokens)."""
+    rng = np.random.default_rng(6)
+    seq = rng.integers(0, 5, 40)
+    cols = {c: rng.integers(0, 6, 40).astype(float) for c in ("linear", "jumprelu", "other", "on_line")}
+    cols["n_curves"] = cols["linear"] + cols["jumprelu"] + cols["other"]
+    cols["n_pairs"] = cols["n_curves"]
+    est = linearity_estimates({**{c: v.tolist() for c, v in cols.items()}, "sequence": seq.tolist()})
+    per_seq = {c: np.array([v[seq == s].sum() for s in range(5)]) for c, v in cols.items()}
+    for c, den in (("linear", "n_curves"), ("other", "n_curves"), ("on_line", "n_pairs")):
+        iv = est["linearity." + ("ablation_on_line" if c == "on_line" else c)].interval()
+        assert iv.n_sequences == 5 and iv.value == pytest.approx(cols[c].sum() / cols[den].sum())
+        assert iv.hi - iv.value == pytest.approx(ratio_half_width(per_seq[c], per_seq[den]), rel=1e-12)
+    old = linearity_estimates({c: v.tolist() for c, v in cols.items()})  # an older summary: no sequence ids
+    assert not old["linearity.linear"].interval().ok and old["linearity.linear"].interval().na_reason == NO_SEQUENCE_IDS
 
 
 def test_paired_difference_is_narrower_on_correlated_data_and_covers():
@@ -151,7 +215,6 @@ def test_paired_differences_between_summaries(tiny):
 
 def test_linearity_per_token_counts_reproduce_the_fractions(tiny):
     from sae_lens_jsae.evals import linearity
-    from sae_lens_jsae.evals.intervals import linearity_estimates
 
     model, saes, tokens = tiny
     r = linearity(model, saes["a"], tokens, n_tokens=20, progress=False)
@@ -159,11 +222,34 @@ def test_linearity_per_token_counts_reproduce_the_fractions(tiny):
     est = linearity_estimates(r.per_token)
     for c in ("linear", "jumprelu", "other"):
         assert est[f"linearity.{c}"].value == pytest.approx(getattr(r, c), abs=1e-12)
+        assert est[f"linearity.{c}"].n == r.n_sequences == len(set(r.per_token["sequence"]))
     assert est["linearity.ablation_on_line"].value == pytest.approx(r.ablation_on_line, abs=1e-12)
     other = linearity(model, saes["b"], tokens, n_tokens=20, progress=False)  # same sampled tokens: paired
     assert other.per_token["sample_digest"] == r.per_token["sample_digest"]
     d = paired_differences({"linearity": r.to_dict()}, {"linearity": other.to_dict()})["linearity.linear"]
     assert d["paired"] and d["value"] == pytest.approx(r.linear - other.linear)
+
+
+def test_linearity_samples_the_whole_eval_set_and_records_each_tokens_sequence(tiny):
+    """8 tokens from 40 sequences of 16: spread over the sequences (not the first batch), BOS
+    skipped, and each sampled token's counts are those of its (sequence, position) computed directly."""
+    from sae_lens_jsae.evals import linearity, linearity_of_inputs
+    from sae_lens_jsae.evals._batches import mlp_inputs_of
+
+    model, saes, _ = tiny
+    sae = saes["a"]
+    tokens = torch.randint(0, model.cfg.d_vocab, (40, 16), generator=torch.Generator().manual_seed(3))
+    r = linearity(model, sae, tokens, n_tokens=8, batch_size=4, progress=False)
+    seq, pos = r.per_token["sequence"], r.per_token["position"]
+    assert len(seq) == 8 and len(set(zip(seq, pos))) == 8 and min(pos) >= 1
+    assert max(seq) >= 20 and r.n_sequences == len(set(seq)) >= 5  # the first batch (4 sequences) alone would give ≤ 4
+    x = mlp_inputs_of(model, sae, tokens).reshape(40, 16, -1)[torch.tensor(seq), torch.tensor(pos)]
+    direct = linearity_of_inputs(sae, x, sequence=seq)
+    for c in ("linear", "jumprelu", "other", "n_curves", "on_line", "n_pairs", "sequence"):
+        assert r.per_token[c] == direct.per_token[c], c
+    assert linearity(model, sae, tokens, n_tokens=8, batch_size=16, progress=False).per_token == r.per_token  # batching does not change the sample
+    with pytest.raises(ValueError, match="n_tokens must be ≥ 1"):
+        linearity(model, sae, tokens, n_tokens=0, progress=False)
 
 
 def test_saebench_format_json_carries_the_intervals(tiny, tmp_path):
@@ -175,7 +261,9 @@ def test_saebench_format_json_carries_the_intervals(tiny, tmp_path):
     sb.run_eval(sb.JacobianSparsityEvalConfig(n_tokens=64, batch_size_prompts=4), [("a", saes["a"])], "cpu", str(tmp_path), model=model, tokens=tokens)
     data = json.loads((tmp_path / "a_custom_sae_eval_results.json").read_text())
     iv = data["eval_result_unstructured"]["intervals"]["jacobian_sparsity.l1_l2_ratio"]
-    assert iv["lo"] <= data["eval_result_metrics"]["jacobian_sparsity"]["l1_l2_ratio"] <= iv["hi"]
+    ps = data["eval_result_unstructured"]["result"]["per_sequence"]
+    assert iv["value"] == pytest.approx(data["eval_result_metrics"]["jacobian_sparsity"]["l1_l2_ratio"], rel=1e-9)
+    assert iv["n_sequences"] == 4 and iv["hi"] - iv["value"] == pytest.approx(ratio_half_width(ps["ratio_sum"], ps["n_nonzero"]), rel=1e-9)
     assert sb.read_eval_output(tmp_path / "a_custom_sae_eval_results.json").eval_type_id == "jacobian_sparsity"  # still valid
 
 

@@ -7,11 +7,14 @@ a = CE_zero − CE_spliced, b = CE_zero − CE_clean summed over the sequence; a
 sequence are correlated), so the interval is a cluster-robust (delta-method) standard error over
 sequences: each estimate carries its per-sequence influence values
 
-    ψᵢ = (aᵢ − R·bᵢ) / Σⱼ bⱼ,        SE = √(n/(n−1) · Σᵢ ψᵢ²),        95% interval R ± 1.96·SE,
+    ψᵢ = (aᵢ − R·bᵢ) / Σⱼ bⱼ,        SE = √(n/(n−1) · Σᵢ ψᵢ²),        95% interval R ± t₀.₉₇₅(n−1)·SE,
 
-and sums, differences and scalings of estimates add their ψ. A difference between two SAEs
+with n the number of sequences and t₀.₉₇₅(n−1) Student's t quantile (2.13 at n = 16, 1.98 at
+n = 100, → 1.96), not the normal 1.96, so the interval keeps its coverage when it rests on few
+sequences. Sums, differences and scalings of estimates add their ψ. A difference between two SAEs
 evaluated on the same sequences is *paired*: ψᵢ(A − B) = ψᵢ(A) − ψᵢ(B), so the sequence-to-
-sequence variation both share cancels (much narrower than the unpaired √(SE_A² + SE_B²)).
+sequence variation both share cancels (much narrower than the unpaired √(SE_A² + SE_B²), whose
+t quantile takes the Welch–Satterthwaite degrees of freedom).
 
 A ratio whose denominator is not resolved — its own 95% interval reaches 0 or is wider than ±50%
 of its value, e.g. a CE-loss score on the randomized model, where zero-ablating the MLP costs
@@ -24,14 +27,34 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import math
+from functools import lru_cache
+
 import numpy as np
 
-Z95 = 1.959963984540054
-"""Two-sided 95% normal quantile."""
-METHOD = "delta-method standard error over sequences (cluster-robust), 95% = ±1.96 SE"
+METHOD = "delta-method standard error over sequences (cluster-robust), 95% = ±t(0.975, n−1)·SE, n = sequences"
 """How every interval is computed (written into the JSONs)."""
 MAX_RELATIVE_DENOMINATOR_HALF_WIDTH = 0.5
 """A ratio is n/a when its denominator's 95% half-width exceeds this fraction of the denominator."""
+
+
+@lru_cache(maxsize=4096)
+def t95(dof: float) -> float:
+    """Two-sided 95% multiplier: Student's t quantile t₀.₉₇₅ with `dof` degrees of freedom (∞ below 1 dof)."""
+    if not dof >= 1:
+        return math.inf
+    from scipy.stats import t  # imported here: the CLI's --help must stay light
+
+    return float(t.ppf(0.975, dof))
+
+
+def welch_dof(*parts: tuple[float, int]) -> float:
+    """Welch–Satterthwaite degrees of freedom of a sum of independent terms, each (SE, its n sequences)."""
+    num = sum(se**2 for se, _ in parts) ** 2
+    den = sum(se**4 / (n - 1) for se, n in parts if n > 1 and se > 0)
+    if any(n <= 1 for _, n in parts) or not np.isfinite(num):
+        return 0.0
+    return float(num / den) if den > 0 else float(sum(n - 1 for _, n in parts))
 
 
 @dataclass(frozen=True)
@@ -89,7 +112,9 @@ class Estimate:
     def interval(self) -> Interval:
         if self.na_reason is not None or not np.isfinite(self.value):
             return Interval(None, None, None, self.n, self.na_reason or "not finite")
-        half = Z95 * self.se
+        if self.n <= 1:
+            return Interval(self.value, -math.inf, math.inf, self.n)
+        half = t95(self.n - 1) * self.se
         return Interval(self.value, self.value - half, self.value + half, self.n)
 
     def _check(self, other: Estimate) -> None:
@@ -160,11 +185,12 @@ def unresolved_reason(b: np.ndarray, name: str, per: Sequence[float] | np.ndarra
 
 
 def unpaired_difference(a: Estimate, b: Estimate) -> Interval:
-    """a − b for estimates on different sequences (independent): SE = √(SE_a² + SE_b²)."""
+    """a − b for estimates on different sequences (independent): SE = √(SE_a² + SE_b²), t quantile
+    at the Welch–Satterthwaite degrees of freedom."""
     if a.na_reason or b.na_reason:
         return Interval(None, None, None, min(a.n, b.n), a.na_reason or b.na_reason)
     v = a.value - b.value
-    half = Z95 * float(np.hypot(a.se, b.se))
+    half = t95(welch_dof((a.se, a.n), (b.se, b.n))) * float(np.hypot(a.se, b.se))
     return Interval(v, v - half, v + half, min(a.n, b.n))
 
 
@@ -214,17 +240,35 @@ def sparsity_estimates(ps: Mapping[str, Any], k: int) -> dict[str, Estimate]:
     return out
 
 
+LINEARITY_COLUMNS = ("linear", "jumprelu", "other", "n_curves", "on_line", "n_pairs")
+"""Per-token counts of a `LinearityResult.per_token` block."""
+NO_SEQUENCE_IDS = ("the linearity sample has no sequence ids (evaluated before its tokens were clustered by sequence; "
+                   "its tokens are not independent): re-run jsae eval")
+
+
 def linearity_estimates(pt: Mapping[str, Any]) -> dict[str, Estimate]:
     """Estimates of the linearity fractions from a `LinearityResult.per_token` block.
 
-    Units are the sampled tokens (drawn at random from the first 4·n_tokens positions, so mostly
-    from different places in the text; not clustered by sequence)."""
+    The sampled tokens' counts are summed per sequence (`pt["sequence"]`: which sequence each token
+    came from) and the sequences are the units, as for every other metric: several tokens of one
+    sequence are not independent. A block without sequence ids (older summaries) is n/a."""
     n = np.asarray(pt["n_curves"], dtype=np.float64)
     if n.size == 0 or n.sum() == 0:
         return {}
-    out = {f"linearity.{c}": ratio(pt[c], n) for c in ("linear", "jumprelu", "other")}
-    if np.sum(pt["n_pairs"]) > 0:
-        out["linearity.ablation_on_line"] = ratio(pt["on_line"], pt["n_pairs"])
+    if "sequence" not in pt:
+        col = {c: np.asarray(pt[c], dtype=np.float64) for c in LINEARITY_COLUMNS}
+        na = {f"linearity.{c}": Estimate(col[c].sum() / n.sum(), np.zeros(0), NO_SEQUENCE_IDS) for c in ("linear", "jumprelu", "other")}
+        if col["n_pairs"].sum() > 0:
+            na["linearity.ablation_on_line"] = Estimate(col["on_line"].sum() / col["n_pairs"].sum(), np.zeros(0), NO_SEQUENCE_IDS)
+        return na
+    seq = np.asarray(pt["sequence"])
+    if seq.shape != n.shape:
+        raise ValueError(f"linearity per_token: {seq.size} sequence ids for {n.size} tokens")
+    _, unit = np.unique(seq, return_inverse=True)
+    col = {c: np.bincount(unit, weights=np.asarray(pt[c], dtype=np.float64)) for c in LINEARITY_COLUMNS}
+    out = {f"linearity.{c}": ratio(col[c], col["n_curves"]) for c in ("linear", "jumprelu", "other")}
+    if col["n_pairs"].sum() > 0:
+        out["linearity.ablation_on_line"] = ratio(col["on_line"], col["n_pairs"])
     return out
 
 
@@ -313,7 +357,8 @@ def relative(a: Mapping[str, Any], b: Mapping[str, Any], key: str) -> tuple[Inte
     if ea.na_reason or eb.na_reason or eb.value == 0:
         return Interval(None, None, None, min(ea.n, eb.n), ea.na_reason or eb.na_reason or "division by 0"), False
     r = ea.value / eb.value
-    half = Z95 * float(np.hypot(ea.se / eb.value, r * eb.se / eb.value))
+    se_a, se_b = abs(ea.se / eb.value), abs(r * eb.se / eb.value)
+    half = t95(welch_dof((se_a, ea.n), (se_b, eb.n))) * float(np.hypot(se_a, se_b))
     return Interval(r, r - half, r + half, min(ea.n, eb.n)), False
 
 

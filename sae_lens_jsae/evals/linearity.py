@@ -12,6 +12,9 @@ apply the MLP, and read the output SAE's pre-activations on the token's active o
 
 The ablation check: the change of s_y[i] when s_x[j] is removed (factor 1 → 0 on the same
 curve) against J_ij · s_x[j]; the fraction within `ablation_tol` (absolute) is reported.
+
+The tokens are sampled across the whole eval set and each remembers its sequence, so the
+intervals treat sequences, not tokens, as the independent units (`intervals.linearity_estimates`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
+
+import numpy as np
 
 from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, mlp_inputs_of
 
@@ -106,7 +111,10 @@ class LinearityResult:
     """'reconstruction' (decode s_x) or 'input' (the true x plus the change along W_dec[j])."""
     per_token: dict[str, Any] | None = None
     """Per sampled token (lists) for intervals: linear, jumprelu, other, n_curves, on_line, n_pairs
-    counts, and sample_digest (which tokens were sampled); `intervals.linearity_estimates`."""
+    counts, sequence and position (where the token is in the eval tokens; `linearity` sets the
+    position), and sample_digest (which tokens were sampled); `intervals.linearity_estimates`."""
+    n_sequences: int = 0
+    """Distinct sequences the sampled tokens come from (the independent units of the intervals)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,8 +172,15 @@ def linearity_of_inputs(
     ablation_tol: float = 0.1,
     around: Literal["reconstruction", "input"] = "reconstruction",
     chunk_tokens: int = 16,
+    sequence: torch.Tensor | np.ndarray | list[int] | None = None,
 ) -> LinearityResult:
-    """`LinearityResult` over MLP inputs x (T, d_in), `chunk_tokens` tokens at a time."""
+    """`LinearityResult` over MLP inputs x (T, d_in), `chunk_tokens` tokens at a time.
+
+    `sequence` (T,): which sequence each row of x comes from (the units of the intervals); by
+    default each row is its own sequence."""
+    seq_ids = np.arange(x.shape[0]) if sequence is None else np.asarray(torch.as_tensor(sequence).cpu(), dtype=np.int64)
+    if seq_ids.shape != (x.shape[0],):
+        raise ValueError(f"sequence must hold one id per row of x ({x.shape[0]}); got shape {tuple(seq_ids.shape)}")
     counts = torch.zeros(3, dtype=torch.long)
     on_line = n_pairs = 0
     n_grid_used = n_grid + (n_grid % 2 == 0)
@@ -186,14 +201,25 @@ def linearity_of_inputs(
         per_token.append(torch.cat([by_class, by_class.sum(1, keepdim=True), hit.flatten(1).sum(1, keepdim=True),
                                     ok.flatten(1).sum(1, keepdim=True)], 1).cpu())
     P = torch.cat(per_token).T.tolist() if per_token else [[] for _ in range(6)]
+    per_token_dict: dict[str, Any] = dict(zip(("linear", "jumprelu", "other", "n_curves", "on_line", "n_pairs"), P))
+    per_token_dict["sequence"] = seq_ids.tolist()
     n = int(counts.sum())
     fr = (counts.double() / max(n, 1)).tolist()
     return LinearityResult(
         n_tokens=int(x.shape[0]), n_curves=n, linear=fr[0], jumprelu=fr[1], other=fr[2], n_pairs=n_pairs,
         ablation_on_line=on_line / max(n_pairs, 1), tol=tol, ablation_tol=ablation_tol, n_grid=n_grid_used,
-        max_factor=max_factor, around=around,
-        per_token=dict(zip(("linear", "jumprelu", "other", "n_curves", "on_line", "n_pairs"), P)),
+        max_factor=max_factor, around=around, per_token=per_token_dict, n_sequences=len(np.unique(seq_ids)),
     )
+
+
+def _token_matrix(tokens: TokenSource, batch_size: int) -> torch.Tensor:
+    """`tokens` as one (n_seqs, ctx) tensor (an iterable of batches is read to its end)."""
+    if isinstance(tokens, torch.Tensor):
+        return tokens[None] if tokens.ndim == 1 else tokens
+    batches = list(iter_token_batches(tokens, batch_size, None))
+    if len({b.shape[1] for b in batches}) > 1:
+        raise ValueError(f"linearity needs token batches of one sequence length; got {sorted({b.shape[1] for b in batches})}")
+    return torch.cat(batches) if batches else torch.zeros(0, 0, dtype=torch.long)
 
 
 @torch.no_grad()
@@ -215,49 +241,55 @@ def linearity(
 ) -> LinearityResult:
     """Linearity fractions and the ablation check on `n_tokens` tokens sampled from `tokens`.
 
-    Tokens are sampled uniformly (seeded) from the first 4·n_tokens positions the model sees
-    (sequence position 0, usually BOS, is skipped when `skip_first_position`).
+    Token positions are sampled uniformly without replacement (seeded) from every sequence of
+    `tokens` (sequence position 0, usually BOS, is skipped when `skip_first_position`), so the
+    sample spans the whole eval set; each sampled token records its sequence, the intervals' unit.
+    The model runs only on the sequences that hold a sampled position.
     """
-    pool = []
-    seen = []  # the token batches the sample came from (identifies it for paired differences)
-    n_pool = 0
-    for batch in iter_token_batches(tokens, batch_size, None, desc=None):
-        seen.append(batch)
-        acts = mlp_inputs_of(model, sae, batch).reshape(batch.shape[0], batch.shape[1], -1)
-        if skip_first_position and acts.shape[1] > 1:
-            acts = acts[:, 1:]
-        acts = acts.reshape(-1, acts.shape[-1])
-        pool.append(acts)
-        n_pool += acts.shape[0]
-        if n_pool >= 4 * n_tokens:
-            break
-    xs = torch.cat(pool)
-    gen = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(xs.shape[0], generator=gen)[:n_tokens]
-    x = xs[pick.to(xs.device)]
-    result = None
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens must be ≥ 1; got {n_tokens}")
+    toks = _token_matrix(tokens, batch_size)
+    first = 1 if skip_first_position and toks.ndim == 2 and toks.shape[1] > 1 else 0
+    if toks.ndim != 2 or toks.shape[0] == 0 or toks.shape[1] <= first:
+        raise ValueError(f"linearity needs (n_seqs, ctx) tokens with at least one position to sample; got shape {tuple(toks.shape)}")
+    n_seqs, ctx = toks.shape
+    per_seq = ctx - first
+    pick = torch.randperm(n_seqs * per_seq, generator=torch.Generator().manual_seed(seed))[:n_tokens]
+    seq, pos = pick // per_seq, pick % per_seq + first
+    rows = torch.unique(seq)  # sorted
+    x: torch.Tensor | None = None
+    for s in range(0, rows.numel(), batch_size):
+        chunk = rows[s : s + batch_size]
+        acts = mlp_inputs_of(model, sae, toks[chunk]).reshape(chunk.numel(), ctx, -1)
+        sel = torch.isin(seq, chunk).nonzero().squeeze(1)
+        if x is None:
+            x = acts.new_empty(pick.numel(), acts.shape[-1])
+        x[sel.to(x.device)] = acts[torch.searchsorted(chunk, seq[sel]).to(acts.device), pos[sel].to(acts.device)]
+    assert x is not None
     parts = []
     from tqdm.auto import tqdm
 
     step = 64
     for s in tqdm(range(0, x.shape[0], step), desc="Linearity", disable=not progress, leave=False):
-        parts.append(linearity_of_inputs(sae, x[s : s + step], n_grid=n_grid, max_factor=max_factor, tol=tol, ablation_tol=ablation_tol, around=around))
+        parts.append(linearity_of_inputs(sae, x[s : s + step], n_grid=n_grid, max_factor=max_factor, tol=tol, ablation_tol=ablation_tol,
+                                         around=around, sequence=seq[s : s + step]))
     result = merge_linearity(parts)
     if result.per_token is not None:
         import hashlib
 
         from sae_lens_jsae.evals.sparsity import tokens_digest
 
+        result.per_token["position"] = pos.tolist()
         digest = hashlib.sha256()
-        for batch in seen:
-            tokens_digest(digest, batch)
+        tokens_digest(digest, toks)
         tokens_digest(digest, pick)
         result.per_token["sample_digest"] = digest.hexdigest()
     return result
 
 
 def merge_linearity(parts: list[LinearityResult]) -> LinearityResult:
-    """Combine results over disjoint token sets (same settings)."""
+    """Combine results over disjoint token sets of one token source (same settings; sequence ids
+    refer to the same sequences)."""
     n = sum(p.n_curves for p in parts)
     pairs = sum(p.n_pairs for p in parts)
     frac = lambda name: sum(getattr(p, name) * p.n_curves for p in parts) / max(n, 1)  # noqa: E731
@@ -265,9 +297,10 @@ def merge_linearity(parts: list[LinearityResult]) -> LinearityResult:
     per_token = None
     if all(p.per_token is not None for p in parts):
         per_token = {k: [v for p in parts for v in p.per_token[k]] for k in first.per_token}  # type: ignore[index]
+    n_sequences = len(set(per_token["sequence"])) if per_token is not None and "sequence" in per_token else sum(p.n_sequences for p in parts)
     return LinearityResult(
         n_tokens=sum(p.n_tokens for p in parts), n_curves=n, linear=frac("linear"), jumprelu=frac("jumprelu"), other=frac("other"),
         n_pairs=pairs, ablation_on_line=sum(p.ablation_on_line * p.n_pairs for p in parts) / max(pairs, 1),
         tol=first.tol, ablation_tol=first.ablation_tol, n_grid=first.n_grid, max_factor=first.max_factor, around=first.around,
-        per_token=per_token,
+        per_token=per_token, n_sequences=n_sequences,
     )
