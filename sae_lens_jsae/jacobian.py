@@ -339,6 +339,24 @@ def mask_inactive(values: torch.Tensor, input_latents: torch.Tensor, output_late
     return values * (output_latents > 0).to(values.dtype)[:, :, None] * (input_latents > 0).to(values.dtype)[:, None, :]
 
 
+def attribution_row_ratio(values: torch.Tensor, input_latents: torch.Tensor, output_latents: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens and active output latents o of ‖r_o‖₁ / (‖r_o‖₂ · k), r_o = J[o, :] ⊙ s_x.
+
+    r_o is the attribution row of o's pre-activation over the k active input latents (J from
+    `active_jacobian_values`, masked or not; `input_latents`/`output_latents` the (tokens, k)
+    TopK values). In [1/k, 1/√k]: 1/k for a row on one input latent, 1/√k for equal magnitudes;
+    unchanged by J → cJ and by scaling any row. Rows that are all zero are left out (0 when none
+    is left). Differentiable w.r.t. J and s_x; computed in at least float32.
+    """
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    rows = values.to(dtype) * input_latents.to(dtype)[:, None, :]
+    l1 = rows.abs().sum(-1)
+    square = rows.pow(2).sum(-1)
+    keep = (output_latents > 0) & (square > 0)
+    ratio = l1 / square.clamp_min(torch.finfo(dtype).tiny).sqrt()  # the clamp keeps the gradient finite at 0
+    return (ratio * keep).sum() / (keep.sum().clamp_min(1) * values.shape[-1])
+
+
 # ---- sparse TopK SAE kernels for the training pass ------------------------------------------
 # The training step only ever needs each token's k active latents. SAELens' dense TopK path
 # materialises a (tokens, d_sae) gradient and pays a second tokens·d·d_sae product for ∂W_enc;

@@ -7,7 +7,8 @@
 (`mlp.*` buffers) maps the input space to the output space. Loss (per-element means):
 
     L = MSE(x̂, x) + output_mse_coefficient · MSE(ŷ, y) + λ_t · mean|J|,   y = f(x)
-        [+ mlp_reconstruction_coefficient · MSE(f(x̂), y), opt-in, not in the paper].
+        [+ mlp_reconstruction_coefficient · MSE(f(x̂), y), opt-in, not in the paper]
+        [+ edge_sparsity_coefficient · mean_o ‖J[o, :] ⊙ s_x‖₁ / (‖·‖₂ · k), opt-in, scale-free].
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from sae_lens_jsae.jacobian import (
     JacobianPenalty,
     PostNormTerm,
     active_jacobian_l1,
+    attribution_row_ratio,
     active_jacobian_values,
     chunk_tokens,
     gathered_dots,
@@ -176,6 +178,12 @@ class JacobianTrainingSAEConfig(TopKTrainingSAEConfig, _PairFields):
     """Weight c of an opt-in term c·MSE(f(x̂), y): the frozen MLP's output through the input
     SAE's reconstruction against its output on the true x. 0 (default): the paper's loss. It
     charges the input SAE for error in the directions the MLP reads (docs/ce_cost.md)."""
+    edge_sparsity_coefficient: float = 0.0
+    """Weight h of an opt-in scale-free penalty: h · mean over tokens and active output latents o
+    of ‖r_o‖₁ / (‖r_o‖₂ · k), r_o = J[o, :] ⊙ s_x (o's attribution row over the input latents,
+    `jacobian.attribution_row_ratio`). Shrinking J cannot lower it, only concentrating each row
+    on fewer input latents (the edge measure, docs/metrics.md). Ramped in over
+    `jacobian_warm_up_steps` like λ. 0 (default): the paper's loss."""
     normalize_decoder: bool = True
     """Renormalise decoder rows to unit norm before every step (the reference does, after each)."""
     apply_b_dec_to_input: bool = False
@@ -192,6 +200,8 @@ class JacobianTrainingSAEConfig(TopKTrainingSAEConfig, _PairFields):
             raise ValueError("aux_loss_coefficient must be 0: the Jacobian SAE loss has no AuxK term.")
         if self.mlp_reconstruction_coefficient < 0:
             raise ValueError(f"mlp_reconstruction_coefficient={self.mlp_reconstruction_coefficient} must be >= 0 (0: the paper's loss).")
+        if self.edge_sparsity_coefficient < 0:
+            raise ValueError(f"edge_sparsity_coefficient={self.edge_sparsity_coefficient} must be >= 0 (0: the paper's loss).")
 
     @property
     def resolved_jacobian_coefficient(self) -> float:
@@ -425,6 +435,15 @@ class _JacobianPairMixin:
         kwargs = self._jacobian_inputs(top_in, top_out, x, pre, dtype)
         return active_jacobian_l1(**kwargs, input_values=_token_rows(top_in.values), output_values=_token_rows(top_out.values))
 
+    def _edge_sparsity(self, top_in: _TopK, top_out: _TopK, x: torch.Tensor, pre: Any = None) -> torch.Tensor:
+        """The scale-free per-node penalty (`attribution_row_ratio`), differentiable w.r.t. both
+        SAEs; J (products in `cfg.jacobian_dtype`) from `active_jacobian_values`, a second pass
+        over the tokens when λ > 0 too (the fused mean|J| pass keeps only a detached J)."""
+        dtype = JACOBIAN_DTYPES[self.cfg.jacobian_dtype] if self.cfg.jacobian_dtype else None
+        kwargs = self._jacobian_inputs(top_in, top_out, x, pre, dtype)
+        values = active_jacobian_values(**kwargs)
+        return attribution_row_ratio(values, _token_rows(top_in.values), _token_rows(top_out.values))
+
     def _weight_products(self, mlp: FrozenMLP, dtype: torch.dtype | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """[W_dec_in @ W for W in the MLP's input weights] and W_out @ W_enc_out, in `dtype`
         (None: the weights' dtype, or autocast's).
@@ -540,12 +559,17 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
 
     @override
     def get_coefficients(self) -> dict[str, TrainCoefficientConfig | float]:
-        return {
+        coefficients: dict[str, TrainCoefficientConfig | float] = {
             "jacobian_coefficient": TrainCoefficientConfig(
                 value=self.cfg.resolved_jacobian_coefficient,
                 warm_up_steps=self.cfg.jacobian_warm_up_steps or 0,
             )
         }
+        if self.cfg.edge_sparsity_coefficient > 0:  # absent by default: the paper's schedulers and logs unchanged
+            coefficients["edge_sparsity_coefficient"] = TrainCoefficientConfig(
+                value=self.cfg.edge_sparsity_coefficient, warm_up_steps=self.cfg.jacobian_warm_up_steps or 0
+            )
+        return coefficients
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
@@ -581,6 +605,11 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
             loss = loss + losses["jacobian_loss"]
         else:
             losses["jacobian_loss"] = loss.new_zeros(())
+        if self.cfg.edge_sparsity_coefficient > 0:
+            h = step_input.coefficients.get("edge_sparsity_coefficient", self.cfg.edge_sparsity_coefficient)
+            term = h * self._edge_sparsity(top_in, top_out, x, pre) if h > 0 else loss.new_zeros(())
+            losses["edge_sparsity_loss"] = term
+            loss = loss + term
         metrics: dict[str, Any] = {}
         if step_input.is_logging_step:
             with torch.no_grad():
@@ -695,6 +724,8 @@ def _logging_metrics(
         "jacobian_count_above_0.01": (J > 0.01).float().sum((-1, -2)).mean().item(),
         # the scale-free headline (docs/metrics.md): mean over tokens with J ≠ 0 of ‖J‖₁/(‖J‖₂·k)
         "jacobian_l1_l2_ratio": (l1[nonzero] / (l2[nonzero] * sae.cfg.k)).mean().item() if nonzero.any() else float("nan"),
+        # per output latent: the edge-sparsity penalty's ratio (what `edge_sparsity_coefficient` lowers)
+        "edge_l1_l2_ratio": attribution_row_ratio(jacobian_values.detach(), _token_rows(top_in.values), _token_rows(top_out.values)).item(),
     }
 
 
