@@ -3,10 +3,12 @@
 import json
 from argparse import ArgumentParser, Namespace
 
+import numpy as np
 import pytest
 import torch
 from helpers import make_tiny_model
 from sae_lens import TopKSAE, TopKSAEConfig
+from scipy.stats import t as student_t
 
 from sae_lens_jsae import build_jacobian_sae
 from sae_lens_jsae.evals import (
@@ -281,10 +283,15 @@ def test_mlp_error_analysis_matches_direct_computation(kind):
     U = torch.linalg.svd(W, full_matrices=False)[0][:, : r.top_directions]
     assert r.error_share_in_top_directions == pytest.approx(float((e @ U).pow(2).sum() / e.pow(2).sum()), rel=1e-9)
     assert r.isotropic_share_in_top_directions == r.top_directions / W.shape[0]
-    # the per-sequence sums carry intervals around the same values; a subset's ratio is that subset's
+    # the per-sequence sums carry intervals around the same values: half-width t₀.₉₇₅(9) · delta-method SE
+    # of Σ‖eW‖² / Σ‖e‖² over the 10 sequences, computed here from e directly; a subset's ratio is that subset's
     est = error_estimates(r.to_dict())["mlp_error.error_sensitivity"]
     iv = est.interval()
-    assert iv.value == pytest.approx(r.error_sensitivity) and iv.lo < iv.value < iv.hi and est.n == 10
+    read, sq = ((e @ W).pow(2).sum(-1).reshape(10, 16).sum(1).numpy(), e.pow(2).sum(-1).reshape(10, 16).sum(1).numpy())
+    ratio_ = read.sum() / sq.sum()
+    se = np.sqrt(10 / 9 * np.sum(((read - ratio_ * sq) / sq.sum()) ** 2)) / isotropic
+    assert iv.value == pytest.approx(r.error_sensitivity) and est.n == iv.n_sequences == 10
+    assert iv.hi - iv.value == pytest.approx(student_t.ppf(0.975, 9) * se, rel=1e-6)
     sub = mlp_error_analysis(model, sae, tokens[:5], progress=False)
     ps = r.per_sequence
     assert sum(ps["sqerr_read"][:5]) / sum(ps["sqerr"][:5]) / r.mean_read == pytest.approx(sub.error_sensitivity)
