@@ -1,0 +1,423 @@
+"""Edges per downstream node: a method-neutral measure of how sparse an MLP's computation is.
+
+Per token, a bipartite graph. Upstream nodes are the active latents of an input SAE on the MLP
+input x, which they decompose exactly with an error node e and a bias node:
+
+    x = Σ_i s_i d_i + b_dec + e        (d_i = W_dec[i]; e is defined by this equation)
+
+Downstream nodes are a JSAE pair's active output latents, or a transcoder's active latents. The
+weight of edge i → j is the attribution of j's pre-activation h_j to upstream latent i:
+
+  * transcoder (h = x W_enc + b_enc, linear in x; a skip transcoder has the same encoder), exact:
+        a_ji = s_i · d_i·W_enc[:, j],  error_j = e·W_enc[:, j],  bias_j = b_dec·W_enc[:, j] + b_enc[j]
+  * pair (h = e_out(f(x)), f the frozen MLP), linearised at x with g_j = ∂h_j/∂x:
+        a_ji = J[j, i] · s_i (J from `pair.active_jacobian`),  error_j = g_j·e (a JVP of f),
+        bias_j = h_j(b_dec) (the pre-activation when every latent and the error are 0), and the
+        linearisation error h_j − Σ_i a_ji − error_j − bias_j = h_j(x) − h_j(b_dec) − g_j·(x − b_dec)
+        is reported (Σ|·| / Σ|h_j|), not made into a node.
+
+Headline (`edge_counts`, shared by both methods): for each active downstream node, the number of
+entries of its row (|a_j1| … |a_jk|, |error_j|, |bias_j|), largest first, needed to reach 80%
+(90%) of the row's total |attribution|; error and bias count as one edge each when they are
+needed (they are drawn as edges in a pruned graph). Mean over a token's active nodes, then over
+tokens, 95% intervals clustered by sequence (`evals.intervals`). Also: the same count restricted
+to latent→latent edges, the share of |attribution| on the error node (1 − that share is
+circuit-tracer's completeness, for this one layer) and on the bias node. docs/metrics.md has the
+reasons.
+
+Cost per token: a pair, one active Jacobian (jacobian.py) + one MLP JVP (d·d_mlp) + k·d for the
+error node; a transcoder, one d_sae_in × d_sae_tc product per call, then gathers (k_in·k_tc).
+No library computes this: circuit-tracer builds attribution graphs for transcoders only, through
+the whole model (its error nodes are per layer, not per upstream SAE), and nothing attributes a
+JSAE's output latents to its input latents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, mlp_inputs_of
+from sae_lens_jsae.evals.intervals import METHOD, Estimate, ratio, rounded
+from sae_lens_jsae.evals.sparsity import tokens_digest
+from sae_lens_jsae.jacobian import gathered_dots
+
+COVERAGES: tuple[float, ...] = (0.8, 0.9)
+"""Shares of a node's total |attribution| the headline counts edges for."""
+
+
+class EdgeAttributions(NamedTuple):
+    """Each downstream node's pre-activation split over upstream latents, error and bias (one batch)."""
+
+    latents: torch.Tensor
+    """(tokens, n_down, k_up): attribution of downstream node j's pre-activation to upstream slot i
+    (0 where the upstream latent is inactive)."""
+    error: torch.Tensor
+    """(tokens, n_down): the input SAE's error node's attribution (e's contribution)."""
+    bias: torch.Tensor
+    """(tokens, n_down): the bias node's attribution (b_dec of the input SAE, plus the downstream
+    encoder's bias; for a pair: the pre-activation at x = b_dec)."""
+    pre: torch.Tensor
+    """(tokens, n_down): the downstream node's pre-activation h_j."""
+    active: torch.Tensor
+    """(tokens, n_down) bool: the node is active (picked and h_j > 0); other rows are ignored."""
+    upstream_active: torch.Tensor
+    """(tokens, k_up) bool: the upstream slot holds an active latent (s_i > 0)."""
+    upstream_indices: torch.Tensor
+    """(tokens, k_up): the upstream SAE's latent in each slot."""
+    downstream_indices: torch.Tensor
+    """(tokens, n_down): the downstream model's latent in each slot."""
+
+    @property
+    def linearisation_error(self) -> torch.Tensor:
+        """(tokens, n_down): h_j − Σ_i a_ji − error_j − bias_j (0 up to rounding for a transcoder)."""
+        return self.pre - self.latents.sum(-1) - self.error - self.bias
+
+
+class _Upstream(NamedTuple):
+    values: torch.Tensor  # (tokens, k) s_i, 0 where inactive
+    indices: torch.Tensor  # (tokens, k)
+    error: torch.Tensor  # (tokens, d) e = x − Σ s_i d_i − b_dec
+
+
+def _decompose(sae: Any, x: torch.Tensor, indices: torch.Tensor | None = None) -> _Upstream:
+    """s, indices and e of `sae`'s encoding of x; `indices`: the slots to use (else its active latents)."""
+    s = sae.encode(x)
+    if indices is None:
+        width = max(1, int((s > 0).sum(-1).max()))
+        indices = s.topk(width, dim=-1, sorted=False).indices
+    values = s.gather(-1, indices).clamp_min(0)
+    x_hat = F.embedding_bag(indices, sae.W_dec, per_sample_weights=values.to(sae.W_dec.dtype), mode="sum") + sae.b_dec
+    return _Upstream(values, indices, x.to(x_hat.dtype) - x_hat)
+
+
+def _is_pair(sae: Any) -> bool:
+    return hasattr(sae, "active_jacobian") and hasattr(sae, "W_enc_out")
+
+
+@torch.no_grad()
+def pair_attributions(pair: Any, x: torch.Tensor) -> EdgeAttributions:
+    """`EdgeAttributions` of a JSAE pair's output latents to its own input latents, for MLP inputs x (tokens, d_in)."""
+    mlp = pair.require_mlp()
+    x = x.to(pair.dtype)
+    jac = pair.active_jacobian(x)
+    up = _decompose(pair, x, jac.input_indices)
+    y, error_direction = torch.func.jvp(mlp, (x,), (up.error,))  # ∂f/∂x · e at the true x
+    pre_all = pair._encode_output_topk(y).hidden_pre
+    pre = pre_all.gather(-1, jac.output_indices)
+    at_bias = pair._encode_output_topk(mlp(pair.b_dec[None])).hidden_pre[0]
+    return EdgeAttributions(
+        latents=jac.values * up.values[:, None, :],
+        error=gathered_dots(error_direction, pair.W_enc_out, jac.output_indices),
+        bias=at_bias[jac.output_indices],
+        pre=pre,
+        active=pre > 0,
+        upstream_active=up.values > 0,
+        upstream_indices=jac.input_indices,
+        downstream_indices=jac.output_indices,
+    )
+
+
+@torch.no_grad()
+def transcoder_attributions(upstream: Any, transcoder: Any, x: torch.Tensor, encoder_product: torch.Tensor | None = None) -> EdgeAttributions:
+    """`EdgeAttributions` of a transcoder's active latents to `upstream`'s (an SAE or a pair's input
+    SAE) active latents, for MLP inputs x (tokens, d_in). Exact: the encoder is linear.
+
+    `encoder_product`: W_dec_up @ W_enc_tc (d_sae_up, d_sae_tc), if already formed."""
+    _check_transcoder(upstream, transcoder)
+    W, b = transcoder.W_enc, transcoder.b_enc
+    x = x.to(W.dtype)
+    up = _decompose(upstream, x)
+    acts = transcoder.encode(x)
+    width = max(1, int((acts > 0).sum(-1).max()))
+    values, indices = acts.topk(width, dim=-1, sorted=False)
+    pre = gathered_dots(x, W, indices) + b[indices]
+    active = values > 0
+    off = (values - pre).abs().masked_fill(~active, 0).max() if active.any() else pre.new_zeros(())
+    if off > 1e-3 * (1 + float(pre.abs().max())):
+        raise ValueError(
+            f"the transcoder's encode(x) differs from x @ W_enc + b_enc on its active latents (by up to {float(off):.3g}): "
+            "the edge measure needs a ReLU-family encoder on the raw input (no b_dec subtraction, no input scaling)."
+        )
+    M = encoder_product if encoder_product is not None else upstream.W_dec.to(W.dtype) @ W
+    latents = M[up.indices[:, None, :], indices[:, :, None]] * up.values[:, None, :].to(W.dtype)
+    bias = (upstream.b_dec.to(W.dtype) @ W + b)[indices]
+    error = gathered_dots(up.error.to(W.dtype), W, indices)
+    return EdgeAttributions(latents, error, bias, pre, active, up.values > 0, up.indices, indices)
+
+
+def _check_transcoder(upstream: Any, transcoder: Any) -> None:
+    for name in ("W_enc", "b_enc", "encode"):
+        if not hasattr(transcoder, name):
+            raise ValueError(f"the downstream model has no {name!r}: expected a JSAE pair or a transcoder (W_enc, b_enc, encode).")
+    for name in ("W_dec", "b_dec", "encode"):
+        if not hasattr(upstream, name):
+            raise ValueError(f"the upstream SAE has no {name!r}: pass a JSAE pair or a SAELens SAE on the MLP input.")
+    if upstream.W_dec.shape[1] != transcoder.W_enc.shape[0]:
+        raise ValueError(
+            f"the upstream SAE decodes to d={upstream.W_dec.shape[1]} but the transcoder reads d_in={transcoder.W_enc.shape[0]}: "
+            "both must be on the same MLP input."
+        )
+
+
+def attributions(downstream: Any, x: torch.Tensor, upstream: Any = None) -> EdgeAttributions:
+    """`pair_attributions` for a JSAE pair (`upstream` must be None or the pair), else
+    `transcoder_attributions(upstream, downstream, x)`."""
+    if _check_models(downstream, upstream) == "pair":
+        return pair_attributions(downstream, x)
+    return transcoder_attributions(upstream, downstream, x)
+
+
+class EdgeCounts(NamedTuple):
+    """Per-token results of `edge_counts` (tokens without an active downstream node have weight 0)."""
+
+    edges: torch.Tensor
+    """(tokens, n_coverages): mean over the token's active nodes of the edges (latents, error and
+    bias alike) needed to reach each coverage of the node's total |attribution|."""
+    latent_edges: torch.Tensor
+    """(tokens, n_coverages): of those, the latent → latent edges."""
+    error_share: torch.Tensor
+    """(tokens,): mean over active nodes of |error| / total |attribution|."""
+    bias_share: torch.Tensor
+    """(tokens,): mean over active nodes of |bias| / total |attribution|."""
+    n_nodes: torch.Tensor
+    """(tokens,): active downstream nodes with a non-zero row (the ones averaged)."""
+    n_upstream: torch.Tensor
+    """(tokens,): active upstream latents."""
+    abs_linearisation_error: torch.Tensor
+    """(tokens,): Σ over those nodes of |h_j − Σ attributions|."""
+    abs_pre: torch.Tensor
+    """(tokens,): Σ over those nodes of |h_j|."""
+
+
+@torch.no_grad()
+def edge_counts(att: EdgeAttributions, coverages: Sequence[float] = COVERAGES) -> EdgeCounts:
+    """Edges per active downstream node to reach each coverage, for one batch (module docstring).
+
+    Depends only on the ratios within each row, so it is unchanged when a node's row is scaled."""
+    if not all(0 < c <= 1 for c in coverages):
+        raise ValueError(f"coverages must be in (0, 1]; got {list(coverages)}")
+    rows = torch.cat([att.latents, att.error[..., None], att.bias[..., None]], -1).abs().to(torch.float64)
+    k = att.latents.shape[-1]
+    total = rows.sum(-1)  # (T, n)
+    used = att.active & (total > 0)
+    weight = used.to(torch.float64)
+    n_nodes = weight.sum(-1)
+    per_node = lambda v: (v * weight).sum(-1) / n_nodes.clamp_min(1)  # noqa: E731
+    ordered, order = rows.sort(-1, descending=True)
+    rank = order.argsort(-1)  # position of each entry in the sorted row
+    cum = ordered.cumsum(-1)
+    nonzero = (rows > 0).sum(-1)
+    edges, latent_edges = [], []
+    for c in coverages:
+        # entries before the one whose cumulative sum reaches c·total, plus that one
+        count = torch.minimum((cum < c * total[..., None]).sum(-1) + 1, nonzero).to(torch.float64)
+        special = (rank[..., k:] < count[..., None]).sum(-1)  # error / bias among the kept entries
+        edges.append(per_node(count))
+        latent_edges.append(per_node(count - special))
+    safe_total = total.clamp_min(1e-300)
+    lin = att.linearisation_error.abs().to(torch.float64)
+    return EdgeCounts(
+        edges=torch.stack(edges, -1),
+        latent_edges=torch.stack(latent_edges, -1),
+        error_share=per_node(rows[..., k] / safe_total),
+        bias_share=per_node(rows[..., k + 1] / safe_total),
+        n_nodes=n_nodes,
+        n_upstream=att.upstream_active.sum(-1).to(torch.float64),
+        abs_linearisation_error=(lin * weight).sum(-1),
+        abs_pre=(att.pre.abs().to(torch.float64) * weight).sum(-1),
+    )
+
+
+_COLUMNS = ("n_tokens", "n_nodes", "n_upstream", "error_share_sum", "bias_share_sum", "abs_linearisation_error", "abs_pre")
+
+
+@dataclass
+class EdgeMeasureResult:
+    """The edge measure over an eval set (values with 95% intervals in `intervals`)."""
+
+    method: str
+    """"pair" or "transcoder"."""
+    n_tokens: int
+    """Tokens seen."""
+    n_nodes: int
+    """Active downstream nodes counted (over all tokens)."""
+    coverages: list[float]
+    """The coverages c of `edges_for_coverage`."""
+    edges_for_coverage: list[float]
+    """Per c: edges per active downstream node to reach c of its total |attribution| (mean per token)."""
+    latent_edges_for_coverage: list[float]
+    """Per c: of those, latent → latent edges."""
+    error_share: float
+    """Mean share of a node's |attribution| on the error node (completeness = 1 − this)."""
+    bias_share: float
+    """Mean share on the bias node."""
+    linearisation_error: float
+    """Σ|h − Σ attributions| / Σ|h| over counted nodes (≈ 0 for a transcoder: exact)."""
+    intervals: dict[str, dict[str, Any]]
+    """{metric key: Interval.to_dict()}, keys as `edge_estimates` (95%, clustered by sequence)."""
+    interval_method: str
+    """How the intervals are computed."""
+    per_sequence: dict[str, Any]
+    """Per-sequence sums (`edge_estimates` reads them; paired differences between models on the
+    same `tokens_digest`): n_tokens (tokens with a counted node), n_nodes, n_upstream,
+    edges_sum / latent_edges_sum (per coverage: Σ over tokens of the per-token mean),
+    error_share_sum, bias_share_sum, abs_linearisation_error, abs_pre."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _coverage_key(c: float) -> str:
+    return f"{100 * c:g}"
+
+
+def edge_estimates(ps: dict[str, Any]) -> dict[str, Estimate]:
+    """Estimates (for intervals and paired differences) from an `EdgeMeasureResult.per_sequence` block."""
+    n = np.asarray(ps["n_tokens"], dtype=np.float64)
+    out: dict[str, Estimate] = {}
+    for c, e, le in zip(ps["coverages"], ps["edges_sum"], ps["latent_edges_sum"]):
+        out[f"edges.edges_for_{_coverage_key(c)}"] = ratio(e, n)
+        out[f"edges.latent_edges_for_{_coverage_key(c)}"] = ratio(le, n)
+    out["edges.error_share"] = ratio(ps["error_share_sum"], n)
+    out["edges.completeness"] = out["edges.error_share"].scale(-1.0, 1.0)
+    out["edges.bias_share"] = ratio(ps["bias_share_sum"], n)
+    out["edges.active_downstream_per_token"] = ratio(ps["n_nodes"], n)
+    out["edges.active_upstream_per_token"] = ratio(ps["n_upstream"], n)
+    out["edges.linearisation_error"] = ratio(ps["abs_linearisation_error"], ps["abs_pre"])
+    return out
+
+
+class EdgeAccumulator:
+    """Per-sequence sums of `edge_counts`; `update` per batch, then `result()`."""
+
+    def __init__(self, method: str, coverages: Sequence[float] = COVERAGES) -> None:
+        self.method, self.coverages = method, [float(c) for c in coverages]
+        self._rows: list[torch.Tensor] = []
+        self._digest: Any = None
+        self._n_seen = 0
+
+    def update(self, counts: EdgeCounts, n_sequences: int, tokens: torch.Tensor | None = None) -> None:
+        """Add one batch of `n_sequences` equal-length sequences (tokens in row-major order);
+        `tokens`: their ids, hashed into `tokens_digest` so paired differences can check them."""
+        T = counts.n_nodes.shape[0]
+        if n_sequences <= 0 or T % n_sequences:
+            raise ValueError(f"{T} tokens cannot be split into {n_sequences} equal sequences")
+        has = (counts.n_nodes > 0).to(torch.float64)
+        cols = [has, counts.n_nodes, counts.n_upstream * has, counts.error_share, counts.bias_share,
+                counts.abs_linearisation_error, counts.abs_pre]
+        cols += [counts.edges[:, i] for i in range(len(self.coverages))]
+        cols += [counts.latent_edges[:, i] for i in range(len(self.coverages))]
+        self._rows.append(torch.stack(cols, 1).reshape(n_sequences, -1, len(cols)).sum(1).cpu())
+        self._n_seen += T
+        if tokens is not None:
+            self._digest = self._digest or hashlib.sha256()
+            tokens_digest(self._digest, tokens)
+
+    def result(self) -> EdgeMeasureResult:
+        if not self._rows:
+            raise ValueError("No tokens were aggregated.")
+        P = torch.cat(self._rows).T.numpy()
+        m = len(self.coverages)
+        ps: dict[str, Any] = {name: rounded(P[i]) for i, name in enumerate(_COLUMNS)}
+        ps["coverages"] = self.coverages
+        ps["edges_sum"] = [rounded(P[len(_COLUMNS) + i]) for i in range(m)]
+        ps["latent_edges_sum"] = [rounded(P[len(_COLUMNS) + m + i]) for i in range(m)]
+        ps["tokens_digest"] = None if self._digest is None else self._digest.hexdigest()
+        est = edge_estimates(ps)
+        value = lambda key: est[key].value  # noqa: E731
+        keys = [_coverage_key(c) for c in self.coverages]
+        return EdgeMeasureResult(
+            method=self.method,
+            n_tokens=self._n_seen,
+            n_nodes=int(P[1].sum()),
+            coverages=self.coverages,
+            edges_for_coverage=[value(f"edges.edges_for_{c}") for c in keys],
+            latent_edges_for_coverage=[value(f"edges.latent_edges_for_{c}") for c in keys],
+            error_share=value("edges.error_share"),
+            bias_share=value("edges.bias_share"),
+            linearisation_error=value("edges.linearisation_error"),
+            intervals={key: e.interval().to_dict() for key, e in est.items()},
+            interval_method=METHOD,
+            per_sequence=ps,
+        )
+
+
+def edge_measure_of_inputs(
+    downstream: Any,
+    inputs: Iterable[torch.Tensor],
+    *,
+    upstream: Any = None,
+    coverages: Sequence[float] = COVERAGES,
+) -> EdgeMeasureResult:
+    """The edge measure of `downstream` (a JSAE pair, or a transcoder with `upstream`) on batches
+    of MLP inputs, each (n_seqs, ctx, d_in) (sequences are the units of the intervals)."""
+    return _measure(downstream, upstream, ((x, None) for x in inputs), coverages)
+
+
+def _check_models(downstream: Any, upstream: Any) -> str:
+    """"pair" or "transcoder", after checking that the two fit together."""
+    if _is_pair(downstream):
+        if upstream is not None and upstream is not downstream:
+            raise ValueError("a JSAE pair's upstream is its own input SAE: pass upstream=None for a pair.")
+        return "pair"
+    if upstream is None:
+        raise ValueError("a transcoder needs an upstream SAE on the MLP input (e.g. the λ = 0 pair): pass upstream=.")
+    _check_transcoder(upstream, downstream)
+    return "transcoder"
+
+
+@torch.no_grad()
+def _measure(downstream: Any, upstream: Any, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], coverages: Sequence[float]) -> EdgeMeasureResult:
+    method = _check_models(downstream, upstream)
+    acc = EdgeAccumulator(method, coverages)
+    product = None
+    for x, tokens in batches:
+        if x.ndim != 3:
+            raise ValueError(f"each batch of MLP inputs must be (n_seqs, ctx, d_in); got {tuple(x.shape)}")
+        flat = x.reshape(-1, x.shape[-1])
+        if method == "pair":
+            att = pair_attributions(downstream, flat)
+        else:
+            if product is None:  # one d_sae_up × d_sae_tc product per call
+                product = upstream.W_dec.to(downstream.W_enc.dtype) @ downstream.W_enc
+            att = transcoder_attributions(upstream, downstream, flat, product)
+        acc.update(edge_counts(att, coverages), x.shape[0], tokens)
+    return acc.result()
+
+
+@torch.no_grad()
+def edge_measure(
+    model: Any,
+    downstream: Any,
+    tokens: TokenSource,
+    *,
+    upstream: Any = None,
+    coverages: Sequence[float] = COVERAGES,
+    batch_size: int = 16,
+    max_tokens: int | None = None,
+    progress: bool = True,
+) -> EdgeMeasureResult:
+    """The edge measure of `downstream` on `model`'s MLP inputs for `tokens` ((n_seqs, ctx) or batches).
+
+    `downstream`: a JSAE pair (upstream = its own input SAE; leave `upstream` None) or a
+    transcoder on the same MLP input (then `upstream` is required: a pair, whose input SAE is
+    used, or a SAELens SAE at `blocks.L.ln2.hook_normalized`). The MLP inputs are read at the
+    upstream SAE's hook."""
+    method = _check_models(downstream, upstream)
+    reader = downstream if method == "pair" else upstream
+    if method == "transcoder":
+        hook_in = getattr(getattr(getattr(downstream, "cfg", None), "metadata", None), "hook_name", None)
+        if hook_in and hook_in != reader.cfg.metadata.hook_name:
+            raise ValueError(f"the transcoder reads {hook_in!r} but the upstream SAE reads {reader.cfg.metadata.hook_name!r}.")
+    batches = (
+        (mlp_inputs_of(model, reader, batch).reshape(*batch.shape, -1), batch)
+        for batch in iter_token_batches(tokens, batch_size, max_tokens, desc="edge measure" if progress else None)
+    )
+    return _measure(downstream, upstream, batches, coverages)
