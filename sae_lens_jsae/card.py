@@ -6,11 +6,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sae_lens.constants import SAE_CFG_FILENAME
+from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 
 from sae_lens_jsae.hub import (
     INFERENCE_FILES,
     check_architecture,
+    check_safetensors,
     load_jsae,
     local_files,
 )
@@ -34,6 +35,7 @@ class CardFacts(NamedTuple):
     k: int
     jacobian_coefficient: float
     training_tokens: int | None
+    mlp_sha256: str | None
 
 
 def _training_tokens(sae_dir: Path) -> int | None:
@@ -57,7 +59,8 @@ def card_facts(sae_dir: str | Path) -> CardFacts:
     layer = meta.get("hook_layer")
     output_hook = resolve_output_hook(hook, cfg.get("output_hook_name"))
     return CardFacts(
-        model_name, _hf_model_id(model_name), hook, output_hook or "", layer, cfg["d_in"], cfg["d_sae"], cfg["k"], float(lam), _training_tokens(sae_dir)
+        model_name, _hf_model_id(model_name), hook, output_hook or "", layer, cfg["d_in"], cfg["d_sae"], cfg["k"], float(lam),
+        _training_tokens(sae_dir), cfg.get("mlp_sha256"),
     )
 
 
@@ -148,6 +151,7 @@ def model_card(sae_dir: str | Path, eval_json: str | Path | None = None, repo_id
         "k": facts.k,
         "jacobian_coefficient": facts.jacobian_coefficient,
         "training_tokens": facts.training_tokens,
+        "mlp_sha256": facts.mlp_sha256,
     }
     if metrics:
         jsae["metrics"] = metrics
@@ -179,8 +183,13 @@ import sae_lens_jsae  # registers the "jacobian" SAELens architecture
 from sae_lens import SAE
 
 jsae = SAE.from_pretrained("{repo}"{sid})          # a sae_lens_jsae.JacobianSAE
-# or: sae_lens_jsae.JacobianSAE.from_pretrained("{repo}"{sid})
+# or: sae_lens_jsae.JacobianSAE.from_pretrained("{repo}"{sid}, model=model)
 ```
+
+This repo holds SAE weights only, no LLM weights. The Jacobian needs the frozen MLP of block
+{facts.layer} of {facts.model_name or "the model"}: pass `model=` (a TransformerLens `HookedTransformer`
+of it) or call `jsae.attach_mlp_from_model(model)`. Its weights must match `mlp_sha256` in
+`cfg.json` (another model or a randomized one is refused).
 
 Without `sae_lens_jsae`, export the two SAEs as plain SAELens TopK SAEs:
 `jsae export-saelens DIR OUT`.
@@ -208,15 +217,22 @@ def stage_for_push(
     """Copy the inference files into `staging_dir/<sae_id>/` and write `staging_dir/README.md`.
 
     The pair is loaded first (safetensors only), so a broken or pickled checkpoint fails here.
+    No LLM weights are staged: a local `mlp.safetensors` stays behind, and weights saved with the
+    MLP inside (older files) are re-saved without it, cfg.json then gaining its `mlp_sha256`.
     """
     src = Path(checkpoint_dir)
-    load_jsae(src)
+    sae = load_jsae(src)
     sae_id = (sae_id or default_sae_id(src)).strip("/")
     dest = Path(staging_dir) / sae_id
     dest.mkdir(parents=True, exist_ok=True)
+    carries_mlp = any(key.startswith("mlp.") for key in check_safetensors(src / SAE_WEIGHTS_FILENAME))
+    if carries_mlp:
+        sae.save_model(dest)  # SAE weights only (the MLP is not in a pair's state dict)
     copied = []
     for name in INFERENCE_FILES:
-        if (src / name).is_file():
+        if carries_mlp and name in (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME):
+            copied.append(f"{sae_id}/{name}")
+        elif (src / name).is_file():
             shutil.copyfile(src / name, dest / name)
             copied.append(f"{sae_id}/{name}")
     (Path(staging_dir) / "README.md").write_text(model_card(src, eval_json, repo_id, sae_id))

@@ -363,27 +363,31 @@ def validate_graph_file(data: dict[str, Any]) -> list[str]:
 # ---- whole-command helpers (the CLI and the eval report call these) ------------------------------
 def pair_layer_and_model(source: str | Path) -> tuple[int, str | None]:
     """(block index, model name) from a local pair's cfg.json, without loading weights."""
+    from sae_lens_jsae.hub import read_pair_cfg
     from sae_lens_jsae.sae import layer_of_input_hook
 
     cfg_path = Path(source) / "cfg.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{source} is not a JSAE folder (no cfg.json): pass the folder `jsae train` wrote (cfg.json + sae_weights.safetensors).")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = read_pair_cfg(cfg_path)
     return layer_of_input_hook((cfg.get("metadata") or {}).get("hook_name") or cfg.get("hook_name")), (cfg.get("metadata") or {}).get("model_name")
 
 
 def load_pair_and_model(sources: list[str], model_source: str, model_name: str | None, device: str = "cpu") -> tuple[list[Any], Any]:
-    """Load JSAE pairs (local folders) and their model; the layer is checked against the model's config first."""
-    from sae_lens_jsae.hub import load_jsae
+    """Load JSAE pairs (local folders) and their model; the pairs' files and the layer are
+    checked first, then each pair's MLP comes from its `mlp.safetensors` or the model."""
+    from sae_lens_jsae.hub import check_pair_files, load_jsae
     from sae_lens_jsae.sources import check_layer, load_hooked_model
 
+    for source in sources:
+        check_pair_files(source)
     layer, saved_name = pair_layer_and_model(sources[0])
     name = model_name or saved_name
     if name is None:
         raise ValueError(f"{sources[0]}/cfg.json names no model (metadata.model_name): pass --model-name.")
     check_layer(model_source, name, layer)
-    saes = [load_jsae(s, device=device) for s in sources]
-    return saes, load_hooked_model(model_source, name, device=device)
+    model = load_hooked_model(model_source, name, device=device)
+    return [load_jsae(s, device=device, model=model) for s in sources], model
 
 
 def sotu_prompts(n: int = 3, min_words: int = 12, max_words: int = 35) -> list[str]:

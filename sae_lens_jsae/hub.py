@@ -7,14 +7,22 @@ A published pair is a folder `<sae_id>/` holding `cfg.json` (architecture `"jaco
 `SAE.from_pretrained("org/name", sae_id)` reads, so that call works too once this package is
 imported. Loading reads JSON and safetensors only; pickled weights (`.pt`, `.bin`, ...) are
 refused unless the caller passes `allow_pickle=True`.
+
+The frozen MLP is the LLM's, so a pair's files do not carry it: `cfg.json` names the model
+(`metadata.model_name`), the block (`metadata.hook_name`), the MLP's kind and `mlp_sha256`.
+`load_jsae` re-attaches it from a local `mlp.safetensors` (what `jsae train` leaves beside its
+output, never pushed) or from `model=`, refusing an MLP with another checksum. Files saved
+with `mlp.*` inside `sae_weights.safetensors` still load.
 """
 
 from __future__ import annotations
 
 import json
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from huggingface_hub import constants as hf_constants
@@ -34,9 +42,11 @@ from sae_lens.loading.pretrained_sae_loaders import (
     get_sae_lens_config_from_disk,
     sae_lens_disk_loader,
 )
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from sae_lens_jsae.sae import ARCHITECTURE, JacobianSAE
+from sae_lens_jsae.mlp import MLP_WEIGHTS_FILENAME, load_mlp
+from sae_lens_jsae.sae import ARCHITECTURE, JacobianSAE, JacobianSAEConfig, JacobianTrainingSAEConfig
 from sae_lens_jsae.util import dtype_name
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
@@ -197,8 +207,69 @@ def pickle_disk_loader(weights: Path) -> Any:
     return loader
 
 
+def check_safetensors(path: str | Path) -> list[str]:
+    """The tensor names of a safetensors file (header only); a one-line ValueError naming the
+    file when it is truncated or not safetensors."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return list(f.keys())
+    except SafetensorError as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e}): truncated or corrupt; re-save or re-download it.") from None
+
+
+def _json_types(annotation: Any) -> tuple[type, ...] | None:
+    """The JSON value types a config annotation accepts; None when not a simple scalar type."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        parts = [_json_types(a) for a in typing.get_args(annotation)]
+        return None if any(p is None for p in parts) else tuple(t for p in parts for t in p)  # type: ignore[union-attr]
+    if typing.get_origin(annotation) is Literal:
+        return tuple({type(a) for a in typing.get_args(annotation)})
+    return {int: (int,), float: (int, float), bool: (bool,), str: (str,), type(None): (type(None),)}.get(annotation)
+
+
+def check_cfg_types(cfg: Mapping[str, Any], path: str | Path) -> None:
+    """A one-line ValueError naming `path` and the field when a scalar field of a pair's cfg.json
+    has the wrong JSON type (`"k": "32"`), before any config class sees it."""
+    hints: dict[str, Any] = {}
+    for cls in (JacobianTrainingSAEConfig, JacobianSAEConfig):
+        hints.update(typing.get_type_hints(cls))
+    for key, value in cfg.items():
+        allowed = _json_types(hints.get(key))
+        if allowed is None or (isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)):
+            continue
+        names = " or ".join(dict.fromkeys("null" if t is type(None) else t.__name__ for t in allowed))
+        raise ValueError(f"{path}: {key!r} must be {names}, not {value!r} ({'null' if value is None else type(value).__name__}).")
+
+
+def read_pair_cfg(path: str | Path) -> dict[str, Any]:
+    """An SAE's cfg.json as a dict; a one-line ValueError naming the file when it is not a JSON
+    object or (a Jacobian pair's) a field has the wrong type."""
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}).") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path} holds a JSON {type(cfg).__name__}, not an SAE config object.")
+    if cfg.get("architecture") == ARCHITECTURE:
+        check_cfg_types(cfg, path)
+    return cfg
+
+
+def check_pair_files(folder: str | Path) -> dict[str, Any]:
+    """Check a local SAE folder's files without loading weights (cheap: JSON and safetensors
+    headers): cfg.json (a Jacobian pair's field types) and every safetensors file there
+    (`sae_weights`, `mlp`, `sparsity`). A one-line error naming the bad file; returns the cfg."""
+    folder = Path(folder)
+    if not (folder / SAE_CFG_FILENAME).is_file():
+        raise PretrainedNotFoundError(f"{folder} has no {SAE_CFG_FILENAME}.")
+    cfg = read_pair_cfg(folder / SAE_CFG_FILENAME)
+    for path in sorted(folder.glob("*.safetensors")):
+        check_safetensors(path)
+    return cfg
+
+
 def check_architecture(files: SAEFiles) -> dict[str, Any]:
-    cfg = json.loads(files.cfg.read_text())
+    cfg = read_pair_cfg(files.cfg)
     architecture = cfg.get("architecture")
     if architecture != ARCHITECTURE:
         raise ValueError(
@@ -220,11 +291,15 @@ def load_jsae(
     cache_dir: str | Path | None = None,
     allow_pickle: bool = False,
     fold_W_dec_norm: bool = False,
+    model: Any = None,
 ) -> JacobianSAE:
     """Load a `JacobianSAE` from a Hub repo, the HF cache or a local directory.
 
     Positional arguments follow SAELens' `SAE.from_pretrained(release, sae_id, device, dtype,
-    force_download)`; `dtype=None` keeps the saved dtype.
+    force_download)`; `dtype=None` keeps the saved dtype. The frozen MLP comes from
+    `mlp.safetensors` beside the weights when there is one, else from `model` (the
+    TransformerLens model the pair was trained on), and must match the saved checksum; with
+    neither the pair loads without it (`sae.mlp is None`; `sae.attach_mlp_from_model(model)`).
     """
     files = resolve_files(
         source, sae_id, revision=revision, cache_dir=cache_dir, force_download=force_download, allow_pickle=allow_pickle
@@ -232,12 +307,27 @@ def load_jsae(
     check_architecture(files)
     if files.cfg.parent != files.weights.parent:
         raise PretrainedNotFoundError(f"{files.cfg} and {files.weights} are not in one folder.")
+    if files.weights.suffix == ".safetensors":
+        check_safetensors(files.weights)
     converter = sae_lens_disk_loader if files.weights.name == SAE_WEIGHTS_FILENAME else pickle_disk_loader(files.weights)
     dtype_str = dtype_name(dtype) if isinstance(dtype, torch.dtype) else dtype
     sae = JacobianSAE.load_from_disk(
         files.cfg.parent, device=device, dtype=dtype_str, converter=converter, fold_W_dec_norm=fold_W_dec_norm
     )
+    if sae.mlp is None:  # not inside the weights (files saved before the MLP left them carry it)
+        attach_saved_mlp(sae, files.cfg.parent, model)
     return sae
+
+
+def attach_saved_mlp(sae: Any, folder: str | Path, model: Any = None) -> None:
+    """Attach a loaded pair's MLP from `folder/mlp.safetensors` if present, else from `model`
+    (if given); either must match `sae.cfg.mlp_sha256`."""
+    local = Path(folder) / MLP_WEIGHTS_FILENAME
+    if local.is_file():
+        check_safetensors(local)
+        sae.attach_mlp(load_mlp(local, sae.cfg.mlp_act_fn))
+    elif model is not None:
+        sae.attach_mlp_from_model(model)
 
 
 def load_sparsity(files: SAEFiles) -> dict[str, torch.Tensor] | None:

@@ -18,8 +18,10 @@ correction per token: docs/jacobian_post_norm.md.
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -87,12 +89,19 @@ class MLPPreActivations(NamedTuple):
     """Post-norm MLPs only: z, the MLP's output before the norm. Shape (..., d_model)."""
 
 
+MLP_WEIGHTS_FILENAME = "mlp.safetensors"
+"""A local copy of a pair's frozen MLP, beside its `sae_weights.safetensors` (never published)."""
+
+CHECKSUM_ORDER = ("W_in", "b_in", "W_out", "b_out", "W_gate", "b_gate", "b_lin", "w_post", "post_norm_eps")
+
+
 class FrozenMLP(nn.Module):
     """A copy of one block's MLP with ln2's affine folded in; weights are buffers (never trained).
 
-    The buffers are persistent, so they are saved in the SAE's safetensors and a saved JSAE is
-    self-contained. `post_norm_eps` (not None) adds the post-MLP RMSNorm: buffers `w_post` and
-    `post_norm_eps` (a 0-dim tensor, so the saved file carries it).
+    `FrozenMLP.state_dict()` holds the buffers (what `save_mlp` writes); a Jacobian SAE pair
+    leaves them out of its own state dict, so a pair's `sae_weights.safetensors` holds SAE
+    weights only and its cfg the MLP's `mlp_checksum`. `post_norm_eps` (not None) adds the
+    post-MLP RMSNorm: buffers `w_post` and `post_norm_eps` (a 0-dim tensor, so a file carries it).
     """
 
     W_in: torch.Tensor
@@ -115,6 +124,8 @@ class FrozenMLP(nn.Module):
         self.act_fn_name = act_fn
         self.gated = gated
         self.act_fn, self.act_fn_derivative = ACTIVATIONS[act_fn]
+        self.source = "the given MLP"
+        """Where the weights came from ("<model> block L", a file), for error messages."""
 
         def empty(*shape: int) -> torch.Tensor:
             return torch.zeros(*shape, dtype=dtype, device=device)
@@ -178,7 +189,21 @@ class FrozenMLP(nn.Module):
                 frozen.b_in.copy_(mlp.b_in.detach())
             else:
                 frozen.b_in.copy_(mlp.b_in.detach() + b @ W_in)
+        frozen.source = f"{name} block {layer}"
         return frozen
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, torch.Tensor], act_fn: str, source: str = "a state dict") -> FrozenMLP:
+        """An MLP from its buffers (`FrozenMLP.state_dict()`, e.g. read from `mlp.safetensors`)."""
+        missing = [name for name in ("W_in", "b_in", "W_out", "b_out") if name not in state]
+        if missing:
+            raise ValueError(f"{source} is not a frozen MLP's weights: no {', '.join(missing)}.")
+        W_in, W_out = state["W_in"], state["W_out"]
+        eps = state.get("post_norm_eps")
+        mlp = cls(W_in.shape[0], W_in.shape[1], act_fn, "W_gate" in state, W_out.dtype, W_out.device, None if eps is None else float(eps))
+        mlp.load_state_dict(dict(state))
+        mlp.source = source
+        return mlp
 
     def pre_activations(self, x: torch.Tensor) -> MLPPreActivations:
         """Hidden pre-activations at `x` (reused by the Jacobian: no second MLP pass); with a
@@ -272,6 +297,51 @@ class FrozenMLP(nn.Module):
     def extra_repr(self) -> str:
         post = f", post_norm_eps={float(self.post_norm_eps):g}" if self.post_norm else ""
         return f"d_model={self.d_model}, d_mlp={self.d_mlp}, act_fn={self.act_fn_name!r}, gated={self.gated}{post}"
+
+
+def mlp_checksum(mlp: FrozenMLP) -> str:
+    """sha256 (hex) of the MLP's weights: each buffer's name, shape and values, in `CHECKSUM_ORDER`.
+
+    Values are rounded to bfloat16 first, so float32, float64 and bfloat16 copies of the same
+    weights agree (a pair is trained, loaded and evaluated in different dtypes). It identifies
+    the weights (another model, layer or a randomized control differ in every bit that counts);
+    it is not a bit-exact fingerprint.
+    """
+    digest = hashlib.sha256()
+    buffers = dict(mlp.named_buffers())
+    for name in CHECKSUM_ORDER:
+        if name not in buffers:
+            continue
+        t = buffers[name].detach().to("cpu", torch.bfloat16).contiguous()
+        digest.update(f"{name}{tuple(t.shape)};".encode())
+        digest.update(t.view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_mlp(mlp: FrozenMLP, path: str | Path) -> Path:
+    """Write the MLP's buffers to `path` (safetensors), its activation and checksum as metadata."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    metadata = {"act_fn": mlp.act_fn_name, "gated": str(mlp.gated), "sha256": mlp_checksum(mlp)}
+    save_file({name: t.detach().contiguous() for name, t in mlp.state_dict().items()}, str(path), metadata=metadata)
+    return path
+
+
+def load_mlp(path: str | Path, act_fn: str | None = None, device: str | torch.device = "cpu") -> FrozenMLP:
+    """Read an MLP that `save_mlp` wrote; `act_fn` defaults to the file's own."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt", device=str(device)) as f:
+            state = {name: f.get_tensor(name) for name in f.keys()}
+            metadata = f.metadata() or {}
+    except SafetensorError as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e}): truncated or corrupt; delete it (the MLP is then read from the model).") from None
+    act_fn = act_fn or metadata.get("act_fn")
+    if act_fn is None:
+        raise ValueError(f"{path} names no activation function (metadata act_fn); pass act_fn.")
+    return FrozenMLP.from_state_dict(state, act_fn, source=str(path))
 
 
 def _check_supported(cfg: object, name: str, layer: int) -> None:

@@ -173,6 +173,7 @@ def convert_reference(
     sae.load_state_dict({**ours, **{f"mlp.{n}": getattr(mlp, n) for n in REFERENCE_MLP_KEYS}})
     if out_dir is not None:
         sae.save_model(out_dir)
+        sae.save_mlp(out_dir)  # the artifact's MLP, kept locally beside the SAE (`jsae push` leaves it out)
         sparsity = Path(directory) / SPARSITY_FILENAME
         if sparsity.is_file():
             shutil.copyfile(sparsity, Path(out_dir) / SPARSITY_FILENAME)

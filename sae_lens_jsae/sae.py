@@ -42,7 +42,7 @@ from sae_lens_jsae.jacobian import (
     gathered_dots,
     mask_inactive,
 )
-from sae_lens_jsae.mlp import FrozenMLP, check_activation
+from sae_lens_jsae.mlp import MLP_WEIGHTS_FILENAME, FrozenMLP, check_activation, mlp_checksum, save_mlp
 
 ARCHITECTURE = "jacobian"
 INPUT_HOOK_PATTERN = re.compile(r"^blocks\.(\d+)\.ln2\.hook_normalized$")
@@ -107,6 +107,10 @@ class _PairFields:
     """TransformerLens `act_fn` of the MLP (φ, or σ of the gate when `gated_mlp`)."""
     gated_mlp: bool = False
     """Whether the MLP is gated (Llama/SmolLM2/Gemma style)."""
+    mlp_sha256: str | None = None
+    """`mlp_checksum` of the frozen MLP, set when one is first attached. The MLP is not in the
+    saved weights: loading re-attaches it (from `mlp.safetensors` or the model named in the
+    metadata, block of `hook_name`) and refuses one with another checksum."""
     output_hook_name: str | None = None
     """Hook of the output SAE; None means `blocks.L.hook_mlp_out` for the input hook's block L."""
     jacobian_chunk_bytes: int | None = 256 * 2**20
@@ -236,6 +240,15 @@ class _TopK(NamedTuple):
     hidden_pre: torch.Tensor
 
 
+class MLPMismatchError(ValueError):
+    """The MLP offered to a saved pair is not the one it was trained with (checksums differ)."""
+
+
+def _drop_mlp_from_state(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "mlp.")]:
+        del state_dict[key]
+
+
 class _JacobianPairMixin:
     """What the inference and the training class share: output SAE, frozen MLP, Jacobian."""
 
@@ -253,6 +266,12 @@ class _JacobianPairMixin:
     device: torch.device
 
     # ---- construction -------------------------------------------------------------------
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        # The frozen MLP is the LLM's, not the SAE's: it stays out of the state dict (and so of
+        # `sae_weights.safetensors`); cfg.mlp_sha256 identifies it.
+        self.register_state_dict_post_hook(_drop_mlp_from_state)  # type: ignore[attr-defined]
+
     def initialize_weights(self) -> None:
         super().initialize_weights()  # type: ignore[misc]  # the input SAE (SAELens)
         W_dec_out = torch.empty(self.cfg.d_sae, self.cfg.d_in, dtype=self.dtype, device=self.device)
@@ -267,7 +286,23 @@ class _JacobianPairMixin:
         self.mlp = None
 
     def attach_mlp(self, mlp: FrozenMLP) -> None:
-        """Attach the frozen MLP. A config with d_mlp=0 adopts the MLP's shape and kind."""
+        """Attach the frozen MLP (cast to the SAE's dtype and device). A config with d_mlp=0
+        adopts the MLP's shape and kind; one with `mlp_sha256` (a saved pair) only that MLP."""
+        self._check_mlp(mlp)
+        self.mlp = mlp.to(device=self.device, dtype=self.dtype)
+
+    def attach_mlp_from_model(self, model: nn.Module) -> None:
+        """Attach the MLP of the input hook's block of a TransformerLens `model`, checked
+        against the saved checksum (an `MLPMismatchError` for another model or layer)."""
+        self.attach_mlp(FrozenMLP.from_hooked_transformer(model, layer_of_input_hook(self.cfg.metadata.hook_name)))
+
+    def save_mlp(self, folder: str | Any) -> Any:
+        """Write the attached MLP to `folder/mlp.safetensors`: a local copy, so loading needs no model."""
+        from pathlib import Path
+
+        return save_mlp(self.require_mlp(), Path(folder) / MLP_WEIGHTS_FILENAME)
+
+    def _check_mlp(self, mlp: FrozenMLP) -> None:
         problems = []
         if mlp.d_model != self.cfg.d_in:
             problems.append(f"d_model {mlp.d_model} != d_in {self.cfg.d_in}")
@@ -280,14 +315,23 @@ class _JacobianPairMixin:
             problems.append(f"act_fn {mlp.act_fn_name!r} != cfg.mlp_act_fn {self.cfg.mlp_act_fn!r}")
         if problems:
             raise ValueError("The MLP does not fit this Jacobian SAE: " + "; ".join(problems) + ".")
+        checksum, expected = mlp_checksum(mlp), self.cfg.mlp_sha256
+        if expected is not None and checksum != expected:
+            meta = self.cfg.metadata
+            raise MLPMismatchError(
+                f"The MLP of {mlp.source} is not the one this Jacobian SAE was trained with ({meta.model_name}, "
+                f"{meta.hook_name}): its sha256 is {checksum[:16]}…, the pair's cfg.json records {expected[:16]}…. "
+                "Load the model it was trained on (a randomized-model pair: the same seed)."
+            )
         self.cfg.d_mlp, self.cfg.gated_mlp, self.cfg.mlp_act_fn = mlp.d_mlp, mlp.gated, mlp.act_fn_name
-        self.mlp = mlp.to(device=self.device, dtype=self.dtype)
+        self.cfg.mlp_sha256 = checksum
 
     def require_mlp(self) -> FrozenMLP:
         if self.mlp is None:
             raise RuntimeError(
                 "This Jacobian SAE has no FrozenMLP attached, so it has no Jacobian or output target. "
-                "Build it with sae_lens_jsae.build_jacobian_sae(model, layer, d_sae, k), or call "
+                "A loaded pair: sae.attach_mlp_from_model(model) or sae_lens_jsae.load_jsae(path, model=model) "
+                "(saved pairs carry no LLM weights). Build one with sae_lens_jsae.build_jacobian_sae(model, layer, d_sae, k), or call "
                 "sae.attach_mlp(FrozenMLP.from_hooked_transformer(model, layer)); to train from a "
                 "SAELens runner config use sae_lens_jsae.JacobianSAETrainingRunner (SAELens' own "
                 "LanguageModelSAETrainingRunner has no way to hand the model's MLP to the SAE)."
@@ -295,17 +339,17 @@ class _JacobianPairMixin:
         return self.mlp
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):  # type: ignore[override]
-        """As nn.Module's, creating the FrozenMLP first when the state holds `mlp.*` buffers."""
-        if "mlp.W_in" in state_dict:
-            W_in, W_out = state_dict["mlp.W_in"], state_dict["mlp.W_out"]
-            gated = "mlp.W_gate" in state_dict
-            eps = state_dict.get("mlp.post_norm_eps")
-            post = eps is not None
-            if self.mlp is None or self.mlp.W_in.shape != W_in.shape or self.mlp.gated != gated or self.mlp.post_norm != post:
-                eps = None if eps is None else float(eps)
-                self.mlp = FrozenMLP(W_in.shape[0], W_in.shape[1], self.cfg.mlp_act_fn, gated, W_out.dtype, W_out.device, eps)
-                self.cfg.d_mlp, self.cfg.gated_mlp = W_in.shape[1], gated
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)  # type: ignore[misc]
+        """As nn.Module's for the SAE weights; the attached MLP (if any) stays. `mlp.*` tensors
+        (files saved before the MLP left the SAE's weights) become the MLP, checksum-checked."""
+        state = dict(state_dict)
+        mlp_state = {key[len("mlp."):]: state.pop(key) for key in list(state) if key.startswith("mlp.")}
+        if mlp_state:
+            mlp = FrozenMLP.from_state_dict(mlp_state, self.cfg.mlp_act_fn, source="the mlp.* tensors in the saved weights")
+            self._check_mlp(mlp)
+            self.mlp = mlp  # as loaded (this may run on the meta device; SAELens then moves the SAE)
+        if self.mlp is not None:  # not in the SAE's state: hand nn.Module the attached buffers
+            state.update({f"mlp.{name}": t for name, t in self.mlp.state_dict().items()})
+        return super().load_state_dict(state, strict=strict, assign=assign)  # type: ignore[misc]
 
     # ---- the two SAEs -------------------------------------------------------------------
     def _topk(self, hidden_pre: torch.Tensor) -> _TopK:
@@ -625,6 +669,21 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
             losses=losses,
             metrics=metrics,
         )
+
+    @override
+    def load_weights_from_checkpoint(self, checkpoint_path: Any) -> None:
+        """SAELens' resume, refusing a checkpoint trained on another MLP than the attached one."""
+        import json
+        from pathlib import Path
+
+        cfg_path = Path(checkpoint_path) / "cfg.json"
+        saved = json.loads(cfg_path.read_text()).get("mlp_sha256") if cfg_path.is_file() else None
+        if saved is not None and self.cfg.mlp_sha256 is not None and saved != self.cfg.mlp_sha256:
+            raise MLPMismatchError(
+                f"{checkpoint_path} was trained on an MLP with sha256 {saved[:16]}…, but the attached MLP "
+                f"({self.mlp.source if self.mlp is not None else 'none'}) has {self.cfg.mlp_sha256[:16]}…: resume with the model it was trained on."
+            )
+        super().load_weights_from_checkpoint(checkpoint_path)
 
     @override
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:

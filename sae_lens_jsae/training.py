@@ -407,6 +407,12 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
         self.stream.load(path)
         multi.checkpoint_thresholds = [t for t in multi.checkpoint_thresholds if t >= multi.n_training_samples]
 
+    def save_final_sae(self, sae: Any, output_path: str, log_feature_sparsity: torch.Tensor | None = None) -> None:  # type: ignore[override]
+        """SAELens' final save (SAE weights only, cfg with `mlp_sha256`), plus a local
+        `mlp.safetensors` so the output loads without the model (`jsae push` leaves it out)."""
+        super().save_final_sae(sae=sae, output_path=output_path, log_feature_sparsity=log_feature_sparsity)
+        sae.save_mlp(output_path)
+
     def save_checkpoint(self, checkpoint_path: Path | None) -> None:
         super().save_checkpoint(checkpoint_path)
         if checkpoint_path is not None:

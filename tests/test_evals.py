@@ -221,8 +221,8 @@ def test_evaluate_checkpoint_from_disk_and_mlp_check(setup, tmp_path):
     assert d["jacobian_coefficient"] == 0.5 and d["mlp_relative_error"] < 1e-9
     assert set(d["core"]) == {"input", "output"} and (tmp_path / "out" / d["core"]["input"]["file"]).exists()
     assert d["splice"]["average_ce_loss_score"] == pytest.approx((d["splice"]["input"]["ce_loss_score"] + d["splice"]["output"]["ce_loss_score"]) / 2)
-    other = make_tiny_model("gated_silu", seed=5)  # e.g. the randomized model: the stored MLP does not fit
-    with pytest.raises(ValueError, match="frozen MLP does not match"):
+    other = make_tiny_model("gated_silu", seed=5)  # e.g. the randomized model: its MLP is not the pair's (checksum)
+    with pytest.raises(ValueError, match="not the one this Jacobian SAE was trained with"):
         evaluate_checkpoint(tmp_path / "ckpt", other, tokens, tmp_path / "out2", **kw)
     # a penalised pair passed as the λ=0 baseline is refused before any evaluation runs
     with pytest.raises(ValueError, match="jacobian_coefficient=0.5, not 0"):

@@ -44,20 +44,27 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # ---- fixtures -------------------------------------------------------------------------------
 @pytest.fixture
-def trained(reproducibility):
-    """A float32 pair with non-trivial biases, its MLP inputs, and a checkpoint folder."""
-    model = make_tiny_model("dense_gelu", dtype=torch.float32)
-    sae = build_jacobian_sae(model, 1, d_sae=48, k=6, jacobian_coefficient=0.7)
+def tiny_model():
+    """The model the `trained` pair is built on (the same weights every call)."""
+    return make_tiny_model("dense_gelu", dtype=torch.float32)
+
+
+@pytest.fixture
+def trained(reproducibility, tiny_model):
+    """A float32 pair with non-trivial biases and its MLP inputs."""
+    sae = build_jacobian_sae(tiny_model, 1, d_sae=48, k=6, jacobian_coefficient=0.7)
     with torch.no_grad():
         for bias in (sae.b_enc, sae.b_dec, sae.b_enc_out, sae.b_dec_out):
             bias.add_(0.05 * torch.randn_like(bias))
-    return sae, mlp_inputs(model, 1, n_tokens=32)
+    return sae, mlp_inputs(tiny_model, 1, n_tokens=32)
 
 
 @pytest.fixture
 def checkpoint(trained, tmp_path):
+    """A local pair folder as `jsae train` leaves it: SAE files plus the local `mlp.safetensors`."""
     sae, _ = trained
     sae.save_model(tmp_path / "ckpt")
+    sae.save_mlp(tmp_path / "ckpt")
     save_file({"sparsity": torch.full((48,), -2.0)}, tmp_path / "ckpt" / "sparsity.safetensors")
     return tmp_path / "ckpt"
 
@@ -130,7 +137,7 @@ def test_local_dir_errors_name_the_problem(checkpoint, tmp_path):
         JacobianSAE.from_pretrained(tmp_path / "plain" / "input_sae")
 
 
-def test_pickled_weights_are_refused_unless_allowed(trained, checkpoint, tmp_path, offline_cache):
+def test_pickled_weights_are_refused_unless_allowed(trained, checkpoint, tmp_path, offline_cache, tiny_model):
     sae, x = trained
     pickled = tmp_path / "pickled"
     pickled.mkdir()
@@ -138,19 +145,20 @@ def test_pickled_weights_are_refused_unless_allowed(trained, checkpoint, tmp_pat
     torch.save(load_file(checkpoint / "sae_weights.safetensors"), pickled / "sae_weights.pt")
     with pytest.raises(PickleRefusedError, match=r"'sae_weights.pt'.*allow_pickle=True"):
         JacobianSAE.from_pretrained(pickled)
-    assert_same_pair(JacobianSAE.from_pretrained(pickled, allow_pickle=True), sae, x)
+    assert_same_pair(JacobianSAE.from_pretrained(pickled, allow_pickle=True, model=tiny_model), sae, x)
     # the same from the HF cache
     lay_out_hf_cache(offline_cache, "org/pickled", {f"p/{n}": pickled / n for n in ("cfg.json", "sae_weights.pt")})
     with pytest.raises(PickleRefusedError, match="allow_pickle=True"):
         JacobianSAE.from_pretrained("org/pickled", "p")
-    assert_same_pair(JacobianSAE.from_pretrained("org/pickled", "p", allow_pickle=True), sae, x)
+    assert_same_pair(JacobianSAE.from_pretrained("org/pickled", "p", allow_pickle=True, model=tiny_model), sae, x)
 
 
 # ---- the HF cache, offline --------------------------------------------------------------------
-def test_hf_cache_offline_loads_with_our_loader(trained, cached_repo):
+def test_hf_cache_offline_loads_with_our_loader(trained, cached_repo, tiny_model):
     sae, x = trained
     assert hf_constants.is_offline_mode()
-    loaded = JacobianSAE.from_pretrained(REPO, SAE_ID)
+    assert JacobianSAE.from_pretrained(REPO, SAE_ID).mlp is None  # the repo holds no LLM weights
+    loaded = JacobianSAE.from_pretrained(REPO, SAE_ID, model=tiny_model)
     assert_same_pair(loaded, sae, x)
     files = resolve_files(REPO, SAE_ID, revision=COMMIT)
     assert files.cfg.parent == cached_repo / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT / SAE_ID
@@ -158,23 +166,24 @@ def test_hf_cache_offline_loads_with_our_loader(trained, cached_repo):
     # an explicit cache_dir works without the env var / constant
     other = cached_repo.parent / "moved_cache"
     cached_repo.rename(other)
-    assert_same_pair(JacobianSAE.from_pretrained(REPO, SAE_ID, cache_dir=other, revision="main"), sae, x)
+    assert_same_pair(JacobianSAE.from_pretrained(REPO, SAE_ID, cache_dir=other, revision="main", model=tiny_model), sae, x)
 
 
-def test_saelens_own_from_pretrained_routes_to_jacobian(trained, cached_repo):
+def test_saelens_own_from_pretrained_routes_to_jacobian(trained, cached_repo, tiny_model):
     sae, x = trained
     loaded = SAE.from_pretrained(REPO, SAE_ID)
     assert type(loaded) is JacobianSAE
+    loaded.attach_mlp_from_model(tiny_model)
     assert_same_pair(loaded, sae, x)
     _, cfg, log_sparsity = SAE.from_pretrained_with_cfg_and_sparsity(REPO, SAE_ID)
     assert cfg["architecture"] == "jacobian" and log_sparsity.shape == (48,)
 
 
-def test_hf_cache_without_sparsity_file(trained, checkpoint, offline_cache):
+def test_hf_cache_without_sparsity_file(trained, checkpoint, offline_cache, tiny_model):
     sae, x = trained
     lay_out_hf_cache(offline_cache, REPO, {f"{SAE_ID}/{n}": checkpoint / n for n in ("cfg.json", "sae_weights.safetensors")})
     assert resolve_files(REPO, SAE_ID).sparsity is None
-    assert_same_pair(SAE.from_pretrained(REPO, SAE_ID), sae, x)
+    assert_same_pair(JacobianSAE.from_pretrained(REPO, SAE_ID, model=tiny_model), sae, x)
 
 
 @pytest.mark.parametrize("repo_cached", [False, True])
@@ -426,7 +435,7 @@ def test_convert_reference_matches_a_pair_built_from_the_same_tensors(tmp_path, 
     tensors = write_reference(tmp_path / "ref", model, underscore=underscore)
     assert cli_main(["convert-reference", str(tmp_path / "ref"), str(tmp_path / "ours")]) == 0
     converted = JacobianSAE.from_pretrained(tmp_path / "ours")
-    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == ["cfg.json", "sae_weights.safetensors", "sparsity.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == ["cfg.json", "mlp.safetensors", "sae_weights.safetensors", "sparsity.safetensors"]
     cfg = converted.cfg
     assert (cfg.d_in, cfg.d_sae, cfg.k, cfg.mlp_act_fn, cfg.d_mlp) == (16, 40, 5, "gelu", 24)
     assert cfg.metadata.hook_name == "blocks.1.ln2.hook_normalized" and cfg.metadata.model_name == "pythia-70m-deduped"

@@ -106,6 +106,7 @@ def test_save_and_load_keep_the_post_norm(tmp_path):
 
     _, sae, x = _gemma2_pair()
     sae.save_inference_model(str(tmp_path))
+    sae.save_mlp(tmp_path)  # the local mlp.safetensors carries the post-norm's w_post and eps
     loaded = load_jsae(tmp_path, dtype="float64")
     assert loaded.mlp.post_norm
     torch.testing.assert_close(loaded.mlp(x), sae.mlp(x), rtol=0, atol=1e-14)

@@ -72,12 +72,14 @@ def test_from_dict_returns_plugin_class():
 
 @pytest.mark.parametrize("saver", ["save_model", "save_inference_model"])
 def test_save_load_round_trip(pair, tmp_path, saver):
-    _, sae, x = pair
+    model, sae, x = pair
     getattr(sae, saver)(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.json", "sae_weights.safetensors"]  # no pickles
     assert json.loads((tmp_path / "cfg.json").read_text())["architecture"] == "jacobian"
     loaded = SAE.load_from_disk(tmp_path)
     assert type(loaded) is JacobianSAE
+    assert loaded.mlp is None  # SAELens' generic loader: SAE weights only; the MLP comes from the model
+    loaded.attach_mlp_from_model(model)
     expected, got = sae.forward_pair(x), loaded.forward_pair(x)
     for a, b in zip(expected, got):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
@@ -85,6 +87,7 @@ def test_save_load_round_trip(pair, tmp_path, saver):
     if saver == "save_model":
         tloaded = TrainingSAE.load_from_disk(tmp_path)
         assert type(tloaded) is JacobianTrainingSAE
+        tloaded.attach_mlp_from_model(model)
         assert tloaded.cfg.jacobian_coefficient == 0.7
         torch.testing.assert_close(tloaded.active_jacobian(x).values, sae.active_jacobian(x).values, rtol=0, atol=1e-12)
 

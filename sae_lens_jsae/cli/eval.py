@@ -57,7 +57,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--processes is for sweeps (several pairs); a single checkpoint is evaluated in one process.")
     if sweep_mode and args.baseline:
         raise ValueError("--baseline is for one checkpoint; a sweep directory brings its own λ=0 pair (jacobian_coefficient=0).")
+
     first = find_pairs(args.checkpoint[0])[0]
+    from sae_lens_jsae.hub import check_pair_files
+
+    for source in [*args.checkpoint, *args.randomized_sweep, *([args.baseline] if args.baseline else [])]:
+        for pair in find_pairs(source):
+            check_pair_files(pair)  # a bad cfg.json or a truncated safetensors file: one line, before the model loads
     layer, saved_name = pair_layer_and_model(first)
     model_name = args.model_name or saved_name
     check_layer(args.model_source, model_name, layer)  # before the weights load
@@ -84,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         from sae_lens_jsae.evals.pipeline import load_checkpoint
         from sae_lens_jsae.graph import add_graphs_to_report, sotu_prompts
 
-        graphs = add_graphs_to_report(report, {n: load_checkpoint(c).to(args.device) for n, c in pairs.items()}, model, sotu_prompts(args.n_graphs))
+        graphs = add_graphs_to_report(report, {n: load_checkpoint(c, model).to(args.device) for n, c in pairs.items()}, model, sotu_prompts(args.n_graphs))
         print(f"wrote {len(graphs)} attribution graphs to {Path(report).parent / 'graphs'} (view: jsae serve {Path(report).parent / 'graphs'})")
     print(f"wrote {report} and {Path(report).with_suffix('.html')}")
     return 0

@@ -73,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_jsae.sources import load_hooked_model, sotu_token_dataset
 
     model = load_hooked_model(cfg.get("model_source", "hub"), model_name, device=device)
+    for jsae in jsaes.values():  # saved pairs carry no LLM weights: the MLP comes from the model, checksum-checked
+        if jsae.mlp is None:
+            jsae.attach_mlp_from_model(model)
     ctx = int(cfg.get("context_size", 128))
     n_tokens = int(cfg.get("n_tokens", 102_400))
     if cfg.get("dataset") and online:

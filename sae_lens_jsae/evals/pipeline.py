@@ -30,13 +30,12 @@ from sae_lens_jsae.sae import layer_of_input_hook, saved_jacobian_coefficient
 SUMMARY_FORMAT = "sae_lens_jsae.eval/1"
 
 
-def load_checkpoint(path: str | os.PathLike[str]):
-    """`SAE.load_from_disk(path)` (a JSAE checkpoint directory: cfg.json + sae_weights.safetensors)."""
-    from sae_lens import SAE
+def load_checkpoint(path: str | os.PathLike[str], model: Any = None):
+    """A JSAE checkpoint directory (cfg.json + sae_weights.safetensors), its frozen MLP from
+    `mlp.safetensors` or else from `model`, checksum-checked (`hub.load_jsae`)."""
+    from sae_lens_jsae.hub import load_jsae
 
-    import sae_lens_jsae  # noqa: F401  (registers the architecture)
-
-    return SAE.load_from_disk(str(path))
+    return load_jsae(path, model=model)
 
 
 def _jacobian_coefficient(sae, checkpoint: Any) -> float:
@@ -118,7 +117,9 @@ def evaluate_checkpoint(
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sae = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    sae = load_checkpoint(checkpoint, model) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    if sae.mlp is None:
+        sae.attach_mlp_from_model(model)
     sae = sae.to(model.cfg.device)
     # materialise once: every metric sees the same tokens in the same order
     toks = collect_tokens(tokens, max(n_tokens, n_splice_tokens, n_core_reconstruction_tokens, n_core_sparsity_tokens))
@@ -249,7 +250,7 @@ def evaluate_and_compare(
     from sae_lens_jsae.evals.splice import splice_scores_multi
 
     pairs = {"jsae": checkpoint, **({"lambda0": baseline} if baseline is not None else {})}
-    loaded = {k: (load_checkpoint(v) if isinstance(v, (str, os.PathLike)) else v).to(model.cfg.device) for k, v in pairs.items()}
+    loaded = {k: (load_checkpoint(v, model) if isinstance(v, (str, os.PathLike)) else v).to(model.cfg.device) for k, v in pairs.items()}
     if kwargs.get("check_mlp", True):
         for sae in loaded.values():
             check_mlp_matches(model, sae, toks)

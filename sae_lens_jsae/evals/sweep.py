@@ -147,7 +147,7 @@ def evaluate_sweep(
 
     if len({p.randomized for p in pairs}) > 1:
         raise ValueError("evaluate_sweep: trained and randomized pairs need different models; evaluate them in two calls.")
-    saes = {p.file_label: load_checkpoint(p.path).to(model.cfg.device) for p in pairs}
+    saes = {p.file_label: load_checkpoint(p.path, model).to(model.cfg.device) for p in pairs}
     if len(saes) != len(pairs):
         raise ValueError(f"two pairs share a folder name: {[str(p.path) for p in pairs]}; give the sweeps distinct folder names.")
     if kwargs.get("check_mlp", True):  # before any work: a pair trained on another model (e.g. a wrong --seed)
