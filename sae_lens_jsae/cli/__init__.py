@@ -26,7 +26,6 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("push", "sae_lens_jsae.cli.push", "Upload a JSAE's inference files and a model card to the Hub."),
     ("export-saelens", "sae_lens_jsae.cli.export_saelens", "Write a JSAE as two plain SAELens TopK SAE folders."),
     ("convert-reference", "sae_lens_jsae.cli.convert_reference", "Convert the authors' reference artifact into a JSAE folder."),
-    ("bench", "sae_lens_jsae.cli.bench", "Benchmark training speed (vs a plain pair and sparsify), Jacobian vs jacrev, memory, sweeps."),
 ]
 
 USER_ERRORS = (OSError, ValueError)

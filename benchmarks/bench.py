@@ -1,4 +1,9 @@
-"""`jsae bench` / `scripts/bench.py`: a reproducible performance benchmark of the JSAE.
+#!/usr/bin/env python
+"""A reproducible performance benchmark of the JSAE (a script of the repository, not of the package).
+
+    python benchmarks/bench.py [--quick] [--batch N] [--threads N] [--profile] [--device cuda --bf16]
+    python benchmarks/bench.py --post-norm-only      # section 6 only
+    python benchmarks/bench.py --data-parallel-only  # section 7 only: torchrun, 2 gloo ranks vs 1 process
 
 Every ratio is measured inside ONE process run on ONE machine, each timing the median of
 >= 5 timed steps after warm-up, and printed next to the FLOP floor the shapes imply
@@ -434,14 +439,26 @@ def bench_jacrev(size, T: int, n_jacrev: int, device: torch.device, repeats: int
 
 
 def _peak_cpu_bytes(fn: Callable[[], Any]) -> int:
-    """Peak of torch's CPU allocations during `fn` above the level at its start (profiler events)."""
+    """Peak of torch's CPU allocations during `fn` above the level at its start: the running sum
+    of the allocator's `[memory]` events (+bytes, -bytes) in the profiler's exported trace."""
+    import tempfile
+
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")  # type: ignore[union-attr]
+    with tempfile.TemporaryDirectory() as tmp:
+        prof.export_chrome_trace(f"{tmp}/trace.json")
+        trace = json.loads(Path(f"{tmp}/trace.json").read_text())
+    return peak_allocated_bytes(trace)
+
+
+def peak_allocated_bytes(trace: dict[str, Any] | list[dict[str, Any]]) -> int:
+    """Peak of the running sum of the `[memory]` events' `Bytes` (in time order) of a Chrome trace."""
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    memory = sorted((e["ts"], e["args"]["Bytes"]) for e in events if e.get("name") == "[memory]")
     level = peak = 0
-    for _, nbytes in events:
+    for _, nbytes in memory:
         level += nbytes
         peak = max(peak, level)
     return int(peak)
@@ -695,7 +712,7 @@ def _launch_data_parallel(nproc: int, tokens: int, batch: int, work: Path, shard
     import sys
 
     work.mkdir(parents=True, exist_ok=True)
-    worker = ["-m", "sae_lens_jsae.bench", "--data-parallel-worker", str(tokens), str(batch), str(work), str(int(shard_products))]
+    worker = [str(Path(__file__).resolve()), "--data-parallel-worker", str(tokens), str(batch), str(work), str(int(shard_products))]
     cmd = [sys.executable, *worker] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *worker]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     load = os.getloadavg()
@@ -839,19 +856,52 @@ def write_result(result: dict[str, Any], out_dir: str | Path = "benchmarks/resul
     return path
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="benchmarks/bench.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (~1 min): checks the benchmark runs, numbers mean nothing")
+    parser.add_argument("--batch", type=int, default=None, help="tokens per step (default 4096; 64 with --quick)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU runs; written as a separate result file)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per measurement (median; >= 5)")
+    parser.add_argument("--skip-offline", action="store_true", help="skip the offline-model sections (sweep, activations, end-to-end)")
+    parser.add_argument("--profile", action="store_true", help="also profile JSAE steps (top ops, self CPU time per step; CPU only)")
+    parser.add_argument(
+        "--no-keep-freed-memory", action="store_true", help="leave glibc's default (unmap large freed blocks) instead of util.keep_freed_memory"
+    )
+    parser.add_argument("--post-norm-only", action="store_true", help="run only section 6 (penalty with vs without a post-MLP norm)")
+    parser.add_argument("--data-parallel-only", action="store_true",
+                        help="run only section 7: torchrun 2 gloo ranks vs 1 process on the offline default (needs 2 idle cores, ≈ 5 min)")
+    parser.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"), help="where the JSON result is written")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     import sys
 
-    from sae_lens_jsae.cli.bench import add_arguments, run
-
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--data-parallel-worker"]:  # section 7's processes (python -m sae_lens_jsae.bench)
+    if argv[:1] == ["--data-parallel-worker"]:  # section 7's processes (this file, run by torchrun)
         tokens, batch, work, shard = argv[1:5]
         data_parallel_worker(int(tokens), int(batch), Path(work), shard_products=shard == "1")
         return 0
-    parser = argparse.ArgumentParser(prog="scripts/bench.py", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = build_parser().parse_args(argv)
+    result = run_benchmark(
+        quick=args.quick,
+        batch=args.batch,
+        device=args.device,
+        bf16=args.bf16,
+        threads=args.threads,
+        repeats=max(5, args.repeats),
+        skip_offline=args.skip_offline,
+        keep_memory=not args.no_keep_freed_memory,
+        profile=args.profile,
+        post_norm_only=args.post_norm_only,
+        data_parallel_only=args.data_parallel_only,
+    )
+    path = write_result(result, args.out_dir)
+    result["result_file"] = str(path)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Prints one JSON object. jacrev is slow at these sizes: it is timed on a handful 
 (one jacrev per token, the active sets held fixed) and scaled per token; the JSON says so.
 Targets: closed form >= 1000x faster than jacrev; chunked peak memory <= 1/4 of unchunked.
 
-    python scripts/bench_jacobian.py [--tokens 1024] [--jacrev-tokens 8] [--full-jacrev-tokens 2] [--threads N] [--quick]
+    python benchmarks/bench_jacobian.py [--tokens 1024] [--jacrev-tokens 8] [--full-jacrev-tokens 2] [--threads N] [--quick]
 """
 
 import argparse
@@ -14,8 +14,7 @@ import json
 import sys
 
 import torch
-
-from sae_lens_jsae.bench import QUICK_SIZES, SIZES, bench_jacrev, bench_memory, machine_info
+from bench import QUICK_SIZES, SIZES, bench_jacrev, bench_memory, machine_info  # benchmarks/bench.py: this script's folder is on sys.path
 
 
 def main(argv=None) -> int:
