@@ -1,19 +1,44 @@
-"""The README's Quickstart snippet runs as written (offline SmolLM2)."""
+"""The README: its Quickstart runs, its commands parse, its paths exist, its numbers come from
+committed result files, and it stays short and free of run dates, commit ids and issue numbers."""
 
 import contextlib
 import io
+import json
 import re
+import shlex
+import tomllib
 from pathlib import Path
 
 import pytest
 
-README = Path(__file__).parents[1] / "README.md"
+ROOT = Path(__file__).parents[1]
+README = ROOT / "README.md"
+
+
+def readme() -> str:
+    return README.read_text()
+
+
+def section(heading: str) -> str:
+    text = readme()
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    return text[start : end if end >= 0 else None]
 
 
 def python_block_after(heading: str) -> str:
-    text = README.read_text()
-    section = text[text.index(heading) :]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    return re.search(r"```python\n(.*?)```", section(heading), re.S).group(1)
+
+
+def bash_lines(text: str) -> list[str]:
+    """Command lines of the ```bash blocks (comments dropped, `\\` continuations joined)."""
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].split(" # ")[0].strip()
+            if line and not line.startswith("#"):
+                lines.append(line)
+    return lines
 
 
 @pytest.mark.slow
@@ -25,3 +50,96 @@ def test_quickstart_snippet_runs(tmp_path, monkeypatch):
     lines = out.getvalue().splitlines()
     assert re.fullmatch(r"torch\.Size\(\[\d+, 32, 32\]\)", lines[0]), lines
     assert lines[-1].startswith("tensor(")
+
+
+def test_short_and_without_dates_commit_ids_or_issue_numbers():
+    text = readme()
+    assert len(text.encode()) <= 10 * 1024, f"README is {len(text.encode())} bytes"
+    assert not re.findall(r"\b(?:19|20)\d\d-\d\d-\d\d\b", text), "a date"
+    assert not re.findall(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b", text), "a commit id"
+    assert not re.findall(r"(?i)\bissues?\s*#?\d+|(?<![\w&])#\d+\b", text), "an issue number"
+
+
+def test_the_two_setup_commands_are_demo_and_test():
+    assert bash_lines(section("## Install")).count("bash scripts/demo.sh") == 1
+    assert bash_lines(section("## Install")).count("bash scripts/test.sh") == 1
+    assert [line for line in bash_lines(section("## Install")) if line.startswith("bash ")] == ["bash scripts/demo.sh", "bash scripts/test.sh"]
+
+
+def test_every_jsae_command_parses():
+    from sae_lens_jsae.cli import build_parser
+
+    commands = [line for line in bash_lines(readme()) if line.startswith("jsae ")]
+    assert len(commands) >= 10
+    for line in commands:
+        try:
+            build_parser().parse_args(shlex.split(line)[1:])
+        except SystemExit as exc:
+            pytest.fail(f"README command does not parse ({exc}): {line}")
+
+
+def test_every_script_link_and_path_exists():
+    text = readme()
+    paths = set(re.findall(r"(?<![\w/])((?:configs|scripts|benchmarks|docs|\.ci)/[\w./=-]*\w)", text))
+    paths |= {link.split("#")[0] for link in re.findall(r"\]\(([^)#:]+(?:#[^)]*)?)\)", text)}
+    assert len(paths) >= 12
+    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    assert not missing, missing
+    for line in bash_lines(text):  # `python X.py` / `bash X.sh`
+        for word in shlex.split(line):
+            if re.fullmatch(r"[\w./-]+\.(py|sh)", word):
+                assert (ROOT / word).is_file(), line
+
+
+def test_extras_in_readme_are_the_declared_ones():
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    install = section("## Install")
+    used = {e for group in re.findall(r"sae-lens-jsae\[([\w,]+)\]|\.\[([\w,]+)\]", install) for e in ",".join(group).split(",") if e}
+    assert used and used <= declared, used - declared
+    assert all(f"`{extra}`" in install for extra in declared), declared  # each one explained
+
+
+# --- "Results at a glance": every number is the committed summary's, rounded as printed -----
+RESULTS = ROOT / "docs" / "results" / "reference-2m"
+COLUMNS = {
+    "λ = 0": RESULTS / "jacobian_coefficient_0_summary.json",
+    "rule (0.89)": RESULTS / "jacobian_coefficient_0.8889_summary.json",
+    "4 × rule (3.56)": RESULTS / "jacobian_coefficient_3.556_summary.json",
+    "randomized LLM, rule": RESULTS / "randomized" / "randomized_jacobian_coefficient_0.8889_summary.json",
+}
+ROWS = {
+    "count \\|J\\| > 0.01 (of 1024)": "jacobian_sparsity.mean_count_above[1]",
+    "L1/(L2·k), lower = sparser": "jacobian_sparsity.l1_l2_ratio",
+    "average CE-loss score [95%]": "splice.average_ce_loss_score",
+    "explained variance, input SAE": "explained_variance.input",
+}
+
+
+def matches(printed: str, value: float | None) -> bool:
+    """`printed` is `value` rounded to the printed number of decimals."""
+    if value is None:
+        return False
+    decimals = len(printed.split(".")[1]) if "." in printed else 0
+    return abs(float(printed) - value) <= 0.5 * 10**-decimals + 1e-12
+
+
+def test_results_table_comes_from_the_committed_summaries():
+    rows = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in section("## Results at a glance").splitlines() if line.startswith("|")]
+    header, body = rows[0][1:], rows[2:]
+    assert header == list(COLUMNS)
+    assert [r[0] for r in body] == list(ROWS)
+    summaries = {col: json.loads(path.read_text()) for col, path in COLUMNS.items()}
+    for summary in summaries.values():
+        assert summary["jacobian_sparsity"]["thresholds"][1] == 0.01 and summary["k"] == 32
+    for row in body:
+        key = ROWS[row[0]]
+        for col, cell in zip(COLUMNS, row[1:]):
+            interval = summaries[col]["intervals"][key]
+            if cell == "n/a":
+                assert interval["value"] is None and interval["na_reason"], (row[0], col)
+                continue
+            m = re.fullmatch(r"([\d.]+)(?: \[([\d.]+), ([\d.]+)\])?", cell)
+            assert m, cell
+            assert matches(m.group(1), interval["value"]), (row[0], col, cell, interval["value"])
+            if m.group(2):
+                assert matches(m.group(2), interval["lo"]) and matches(m.group(3), interval["hi"]), (row[0], col, cell, interval)
