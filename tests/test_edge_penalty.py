@@ -137,7 +137,7 @@ def test_logged_metric_is_the_per_node_ratio():
     active = sae.encode_output(sae.mlp(x)).gather(1, jac.output_indices) > 0
     keep = active & (rows.abs().sum(-1) > 0)
     expected = (rows.abs().sum(-1) / (rows.norm(dim=-1) * sae.cfg.k))[keep].mean()
-    assert metrics["edge_l1_l2_ratio"] == pytest.approx(float(expected), rel=1e-9)
+    assert metrics["edge_l1_l2_ratio"] == pytest.approx(expected.item(), rel=1e-9)
 
 
 def test_training_steps_with_the_penalty_lower_it():

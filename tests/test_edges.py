@@ -86,7 +86,7 @@ def test_pair_attributions_equal_autograd(kind):
     h_bias = h(sae.b_dec[None])[0]
     for t in range(x.shape[0]):
         K1, K2 = att.upstream_indices[t], att.downstream_indices[t]
-        G = torch.autograd.functional.jacobian(lambda v: h(v[None])[0, K2], x[t])  # (k_out, d)
+        G = torch.autograd.functional.jacobian(lambda v, K2=K2: h(v[None])[0, K2], x[t])  # (k_out, d)
         torch.testing.assert_close(att.latents[t], (G @ sae.W_dec[K1].T) * s[t, K1][None, :], rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(att.error[t], G @ e[t], rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(att.bias[t], h_bias[K2], rtol=1e-12, atol=1e-12)
@@ -100,6 +100,30 @@ def test_pair_attributions_equal_autograd(kind):
         near = pair_attributions(sae, sae.b_dec + eps * (x - sae.b_dec))
         relative.append(float(near.linearisation_error.abs().sum() / (near.pre - near.bias).abs().sum()))
     assert relative[0] < 0.05 and 0.05 < relative[1] / relative[0] < 0.15
+
+
+def test_pair_integrated_gradients_equal_autograd_and_converge():
+    """path_steps = m: J and the error JVP averaged over the m midpoints b_dec + α(x − b_dec)
+    (autograd), and the remainder h(x) − h(b_dec) − Σ attributions falls like 1/m²."""
+    model, sae = _pair("gated_silu")
+    x = mlp_inputs(model, 1, n_tokens=6)
+    att = pair_attributions(sae, x, path_steps=4)
+    s = sae.encode(x)
+    e = x - s @ sae.W_dec - sae.b_dec
+
+    def h(v):
+        return sae.mlp(v) @ sae.W_enc_out + sae.b_enc_out
+
+    for t in range(x.shape[0]):
+        K1, K2 = att.upstream_indices[t], att.downstream_indices[t]
+        G = sum(torch.autograd.functional.jacobian(lambda v, K2=K2: h(v[None])[0, K2], sae.b_dec + a * (x[t] - sae.b_dec))
+                for a in (0.125, 0.375, 0.625, 0.875)) / 4
+        torch.testing.assert_close(att.latents[t], (G @ sae.W_dec[K1].T) * s[t, K1][None, :], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(att.error[t], G @ e[t], rtol=1e-9, atol=1e-12)
+    remainder = {m: float(pair_attributions(sae, x, path_steps=m).linearisation_error.abs().sum()) for m in (0, 4, 16)}
+    assert remainder[4] < remainder[0] / 10 and remainder[16] < remainder[4] / 8
+    with pytest.raises(ValueError, match="path_steps=-1"):
+        pair_attributions(sae, x, path_steps=-1)
 
 
 @pytest.mark.parametrize("make", ["hand", TOPK_TRANSCODER, TOPK_SKIP_TRANSCODER])

@@ -102,25 +102,40 @@ def _is_pair(sae: Any) -> bool:
 
 
 @torch.no_grad()
-def pair_attributions(pair: Any, x: torch.Tensor) -> EdgeAttributions:
-    """`EdgeAttributions` of a JSAE pair's output latents to its own input latents, for MLP inputs x (tokens, d_in)."""
+def pair_attributions(pair: Any, x: torch.Tensor, path_steps: int = 0) -> EdgeAttributions:
+    """`EdgeAttributions` of a JSAE pair's output latents to its own input latents, for MLP inputs x (tokens, d_in).
+
+    `path_steps` = 0: the tangent at x (J as `pair.active_jacobian`, the Jacobian the JSAE
+    penalises). m > 0: integrated gradients from b_dec to x, J and the error JVP averaged over m
+    midpoints b_dec + α(x − b_dec) with the active sets of x (m times the cost); the attributions
+    then sum to h(x) − h(b_dec) up to the midpoint rule's O(1/m²) error."""
+    if path_steps < 0:
+        raise ValueError(f"path_steps={path_steps} must be >= 0 (0: the tangent at x).")
     mlp = pair.require_mlp()
     x = x.to(pair.dtype)
-    jac = pair.active_jacobian(x)
-    up = _decompose(pair, x, jac.input_indices)
-    y, error_direction = torch.func.jvp(mlp, (x,), (up.error,))  # ∂f/∂x · e at the true x
-    pre_all = pair._encode_output_topk(y).hidden_pre
-    pre = pre_all.gather(-1, jac.output_indices)
+    top_in = pair._encode_input_topk(x)
+    y = mlp(x)
+    top_out = pair._encode_output_topk(y)
+    up = _decompose(pair, x, top_in.indices)
+    # J as `pair.active_jacobian` computes it (same call), at x or at each point of the path
+    alphas = [1.0] if path_steps == 0 else [(j + 0.5) / path_steps for j in range(path_steps)]
+    J: Any = 0.0
+    error_direction: Any = 0.0
+    for alpha in alphas:
+        point = x if alpha == 1.0 else pair.b_dec + alpha * (x - pair.b_dec)
+        J = J + pair._jacobian(top_in, top_out, point, mlp.pre_activations(point)).values / len(alphas)
+        error_direction = error_direction + torch.func.jvp(mlp, (point,), (up.error,))[1] / len(alphas)  # ∂f/∂x · e
+    pre = top_out.hidden_pre.gather(-1, top_out.indices)
     at_bias = pair._encode_output_topk(mlp(pair.b_dec[None])).hidden_pre[0]
     return EdgeAttributions(
-        latents=jac.values * up.values[:, None, :],
-        error=gathered_dots(error_direction, pair.W_enc_out, jac.output_indices),
-        bias=at_bias[jac.output_indices],
+        latents=J * up.values[:, None, :],
+        error=gathered_dots(error_direction, pair.W_enc_out, top_out.indices),
+        bias=at_bias[top_out.indices],
         pre=pre,
         active=pre > 0,
         upstream_active=up.values > 0,
-        upstream_indices=jac.input_indices,
-        downstream_indices=jac.output_indices,
+        upstream_indices=top_in.indices,
+        downstream_indices=top_out.indices,
     )
 
 
@@ -166,11 +181,11 @@ def _check_transcoder(upstream: Any, transcoder: Any) -> None:
         )
 
 
-def attributions(downstream: Any, x: torch.Tensor, upstream: Any = None) -> EdgeAttributions:
+def attributions(downstream: Any, x: torch.Tensor, upstream: Any = None, path_steps: int = 0) -> EdgeAttributions:
     """`pair_attributions` for a JSAE pair (`upstream` must be None or the pair), else
-    `transcoder_attributions(upstream, downstream, x)`."""
+    `transcoder_attributions(upstream, downstream, x)` (exact; `path_steps` does not apply)."""
     if _check_models(downstream, upstream) == "pair":
-        return pair_attributions(downstream, x)
+        return pair_attributions(downstream, x, path_steps)
     return transcoder_attributions(upstream, downstream, x)
 
 
@@ -244,6 +259,9 @@ class EdgeMeasureResult:
 
     method: str
     """"pair" or "transcoder"."""
+    path_steps: int | None
+    """A pair's linearisation: 0 the tangent at x, m integrated gradients over m points; None
+    for a transcoder (exact)."""
     n_tokens: int
     """Tokens seen."""
     n_nodes: int
@@ -297,8 +315,8 @@ def edge_estimates(ps: dict[str, Any]) -> dict[str, Estimate]:
 class EdgeAccumulator:
     """Per-sequence sums of `edge_counts`; `update` per batch, then `result()`."""
 
-    def __init__(self, method: str, coverages: Sequence[float] = COVERAGES) -> None:
-        self.method, self.coverages = method, [float(c) for c in coverages]
+    def __init__(self, method: str, coverages: Sequence[float] = COVERAGES, path_steps: int | None = None) -> None:
+        self.method, self.coverages, self.path_steps = method, [float(c) for c in coverages], path_steps
         self._rows: list[torch.Tensor] = []
         self._digest: Any = None
         self._n_seen = 0
@@ -335,6 +353,7 @@ class EdgeAccumulator:
         keys = [_coverage_key(c) for c in self.coverages]
         return EdgeMeasureResult(
             method=self.method,
+            path_steps=self.path_steps,
             n_tokens=self._n_seen,
             n_nodes=int(P[1].sum()),
             coverages=self.coverages,
@@ -355,10 +374,12 @@ def edge_measure_of_inputs(
     *,
     upstream: Any = None,
     coverages: Sequence[float] = COVERAGES,
+    path_steps: int = 0,
 ) -> EdgeMeasureResult:
     """The edge measure of `downstream` (a JSAE pair, or a transcoder with `upstream`) on batches
-    of MLP inputs, each (n_seqs, ctx, d_in) (sequences are the units of the intervals)."""
-    return _measure(downstream, upstream, ((x, None) for x in inputs), coverages)
+    of MLP inputs, each (n_seqs, ctx, d_in) (sequences are the units of the intervals).
+    `path_steps`: a pair's linearisation (`pair_attributions`)."""
+    return _measure(downstream, upstream, ((x, None) for x in inputs), coverages, path_steps)
 
 
 def _check_models(downstream: Any, upstream: Any) -> str:
@@ -374,16 +395,20 @@ def _check_models(downstream: Any, upstream: Any) -> str:
 
 
 @torch.no_grad()
-def _measure(downstream: Any, upstream: Any, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], coverages: Sequence[float]) -> EdgeMeasureResult:
+def _measure(
+    downstream: Any, upstream: Any, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], coverages: Sequence[float], path_steps: int
+) -> EdgeMeasureResult:
     method = _check_models(downstream, upstream)
-    acc = EdgeAccumulator(method, coverages)
+    if path_steps < 0:
+        raise ValueError(f"path_steps={path_steps} must be >= 0 (0: the tangent at x).")
+    acc = EdgeAccumulator(method, coverages, path_steps if method == "pair" else None)
     product = None
     for x, tokens in batches:
         if x.ndim != 3:
             raise ValueError(f"each batch of MLP inputs must be (n_seqs, ctx, d_in); got {tuple(x.shape)}")
         flat = x.reshape(-1, x.shape[-1])
         if method == "pair":
-            att = pair_attributions(downstream, flat)
+            att = pair_attributions(downstream, flat, path_steps)
         else:
             if product is None:  # one d_sae_up × d_sae_tc product per call
                 product = upstream.W_dec.to(downstream.W_enc.dtype) @ downstream.W_enc
@@ -403,13 +428,15 @@ def edge_measure(
     batch_size: int = 16,
     max_tokens: int | None = None,
     progress: bool = True,
+    path_steps: int = 0,
 ) -> EdgeMeasureResult:
     """The edge measure of `downstream` on `model`'s MLP inputs for `tokens` ((n_seqs, ctx) or batches).
 
     `downstream`: a JSAE pair (upstream = its own input SAE; leave `upstream` None) or a
     transcoder on the same MLP input (then `upstream` is required: a pair, whose input SAE is
     used, or a SAELens SAE at `blocks.L.ln2.hook_normalized`). The MLP inputs are read at the
-    upstream SAE's hook."""
+    upstream SAE's hook. `path_steps` (pairs only): 0, the tangent at x; m, integrated gradients
+    from the input SAE's b_dec with m midpoints (`pair_attributions`)."""
     method = _check_models(downstream, upstream)
     reader = downstream if method == "pair" else upstream
     if method == "transcoder":
@@ -420,4 +447,4 @@ def edge_measure(
         (mlp_inputs_of(model, reader, batch).reshape(*batch.shape, -1), batch)
         for batch in iter_token_batches(tokens, batch_size, max_tokens, desc="edge measure" if progress else None)
     )
-    return _measure(downstream, upstream, batches, coverages)
+    return _measure(downstream, upstream, batches, coverages, path_steps)
