@@ -501,3 +501,60 @@ def test_cli_lists_the_hub_commands():
     assert out.returncode == 0
     for name in ("push", "export-saelens", "convert-reference"):
         assert name in out.stdout
+
+
+# ---- the frozen MLP: not published, re-attached and checked --------------------------------------
+def test_mlp_comes_from_the_local_file_or_the_model_and_a_mismatch_is_refused(trained, checkpoint, tmp_path, tiny_model):
+    import copy
+
+    from sae_lens_jsae.mlp import mlp_checksum
+    from sae_lens_jsae.sae import MLPMismatchError
+
+    sae, x = trained
+    expected = json.loads((checkpoint / "cfg.json").read_text())["mlp_sha256"]
+    local = JacobianSAE.from_pretrained(checkpoint)  # no model: the local mlp.safetensors
+    assert local.mlp.source == str(checkpoint / "mlp.safetensors")
+    assert_same_pair(local, sae, x)
+    (checkpoint / "mlp.safetensors").unlink()
+    assert JacobianSAE.from_pretrained(checkpoint).mlp is None
+    assert_same_pair(JacobianSAE.from_pretrained(checkpoint, model=tiny_model), sae, x)
+    upcast = JacobianSAE.from_pretrained(checkpoint, model=copy.deepcopy(tiny_model).to(torch.float64), dtype="float64")
+    assert upcast.mlp.W_in.dtype == torch.float64  # the same weights in another dtype are accepted
+
+    other = make_tiny_model("dense_gelu", dtype=torch.float32, seed=3)  # e.g. a randomized control's model
+    actual = mlp_checksum(FrozenMLP.from_hooked_transformer(other, 1))
+    with pytest.raises(MLPMismatchError) as info:
+        JacobianSAE.from_pretrained(checkpoint, model=other)
+    message = str(info.value)
+    assert expected[:16] in message and actual[:16] in message and "tiny-dense_gelu" in message and "\n" not in message
+    with pytest.raises(MLPMismatchError, match="block 0"):  # another block of the right model
+        JacobianSAE.from_pretrained(checkpoint).attach_mlp(FrozenMLP.from_hooked_transformer(tiny_model, 0))
+    # a local copy whose weights were altered is refused, naming the file
+    sae.save_mlp(checkpoint)
+    state = load_file(checkpoint / "mlp.safetensors")
+    state["W_out"][0, 0] += 1.0
+    save_file(state, checkpoint / "mlp.safetensors", metadata={"act_fn": "gelu"})
+    with pytest.raises(MLPMismatchError, match=str(checkpoint / "mlp.safetensors")):
+        JacobianSAE.from_pretrained(checkpoint, model=tiny_model)
+
+
+def test_push_and_export_carry_no_llm_weights_even_from_old_files(trained, checkpoint, tmp_path, tiny_model):
+    sae, x = trained
+    # a folder written before the MLP left the SAE's weights: mlp.* inside, no checksum in cfg.json
+    (checkpoint / "mlp.safetensors").unlink()
+    state = {**sae.state_dict(), **{f"mlp.{n}": t for n, t in sae.mlp.state_dict().items()}}
+    save_file({k: v.contiguous() for k, v in state.items()}, checkpoint / "sae_weights.safetensors")
+    cfg = json.loads((checkpoint / "cfg.json").read_text())
+    del cfg["mlp_sha256"]
+    (checkpoint / "cfg.json").write_text(json.dumps(cfg))
+    assert_same_pair(JacobianSAE.from_pretrained(checkpoint), sae, x)  # still loads, MLP and all
+
+    staged = stage_for_push(checkpoint, tmp_path / "stage", REPO)
+    folder = staged.folder / staged.sae_id
+    assert sorted(p.name for p in folder.iterdir()) == ["cfg.json", "sae_weights.safetensors", "sparsity.safetensors"]
+    assert not [k for k in load_file(folder / "sae_weights.safetensors") if k.startswith("mlp.")]
+    assert json.loads((folder / "cfg.json").read_text())["mlp_sha256"] == sae.cfg.mlp_sha256
+    assert_same_pair(JacobianSAE.from_pretrained(folder, model=tiny_model), sae, x)
+    paths = export_saelens(checkpoint, tmp_path / "export")
+    for path in paths:
+        assert not [k for k in load_file(path / "sae_weights.safetensors") if k.startswith("mlp.")]

@@ -168,7 +168,8 @@ def test_loss_terms_match_hand_computation(pair):
     jac = sae.active_jacobian(x)
     mse_in = ((ref.input_reconstruction - x) ** 2).mean()
     mse_out = ((ref.output_reconstruction - ref.mlp_output) ** 2).mean()
-    torch.testing.assert_close(out.losses["mse_loss"], mse_in)
+    torch.testing.assert_close(out.losses["input_mse_loss"], mse_in)
+    assert "mse_loss" not in out.losses  # SAELens' key is a per-token sum: ours would read d_in times too small
     torch.testing.assert_close(out.losses["output_mse_loss"], 1.0 * mse_out)
     torch.testing.assert_close(out.losses["jacobian_loss"], 0.7 * jac.values.abs().mean())
     torch.testing.assert_close(out.loss, mse_in + mse_out + 0.7 * jac.values.abs().mean())
@@ -247,7 +248,7 @@ def test_nan_loss_names_step_and_term(pair):
     _, sae, x = pair
     x = x.clone()
     x[0, 0] = float("nan")
-    with pytest.raises(FloatingPointError, match="'mse_loss'.*step 0"):
+    with pytest.raises(FloatingPointError, match="'input_mse_loss'.*step 0"):
         sae.training_forward_pass(step_input(x))
 
 
@@ -325,3 +326,85 @@ def test_fold_W_dec_norm_refuses_non_unit_decoders_like_saelens_topk(pair, which
         SAE.load_from_disk(tmp_path, fold_W_dec_norm=True)
     with pytest.raises(NotImplementedError):  # the exported halves are SAELens TopKSAEs: refused there too
         (sae.input_sae if which != "W_dec_out" else sae.output_sae).fold_W_dec_norm()
+
+
+# ---- no LLM weights in the SAE's files; the MLP re-attached and checked ------------------------
+SAE_KEYS = {"W_enc", "b_enc", "W_dec", "b_dec", "W_enc_out", "b_enc_out", "W_dec_out", "b_dec_out"}
+
+
+@pytest.mark.parametrize("saver", ["save_model", "save_inference_model"])
+def test_saved_weights_hold_only_sae_weights_and_cfg_identifies_the_mlp(pair, tmp_path, saver):
+    from safetensors.torch import load_file
+
+    from sae_lens_jsae.mlp import FrozenMLP, mlp_checksum
+
+    model, sae, _ = pair
+    assert set(sae.state_dict()) == SAE_KEYS  # what tools walking the state dict see
+    getattr(sae, saver)(tmp_path)
+    assert set(load_file(tmp_path / "sae_weights.safetensors")) == SAE_KEYS
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert cfg["mlp_sha256"] == mlp_checksum(FrozenMLP.from_hooked_transformer(model, 1))
+    assert (cfg["metadata"]["model_name"], cfg["metadata"]["hook_name"]) == ("tiny-gated_silu", "blocks.1.ln2.hook_normalized")
+    assert (cfg["d_mlp"], cfg["mlp_act_fn"], cfg["gated_mlp"]) == (24, "silu", True)
+
+
+def test_mlp_checksum_sees_every_buffer_but_not_the_dtype():
+    from sae_lens_jsae.mlp import CHECKSUM_ORDER, FrozenMLP, mlp_checksum
+
+    model = make_tiny_model("gated_silu", dtype=torch.float32)
+    mlp = FrozenMLP.from_hooked_transformer(model, 1)
+    base = mlp_checksum(mlp)
+    for dtype in (torch.float64, torch.bfloat16):  # the same weights loaded in another dtype
+        assert mlp_checksum(copy.deepcopy(mlp).to(dtype)) == base, dtype
+    assert mlp_checksum(FrozenMLP.from_hooked_transformer(model, 0)) != base  # another layer
+    assert mlp_checksum(FrozenMLP.from_hooked_transformer(make_tiny_model("gated_silu", dtype=torch.float32, seed=3), 1)) != base
+    buffers = dict(mlp.named_buffers())
+    assert set(buffers) <= set(CHECKSUM_ORDER)
+    for name in buffers:  # one changed entry of any buffer changes the checksum
+        changed = copy.deepcopy(mlp)
+        with torch.no_grad():
+            getattr(changed, name).view(-1)[0] += 0.25
+        assert mlp_checksum(changed) != base, name
+
+
+def _old_format_save(sae, path):
+    """What this package wrote before the MLP left the SAE's weights: `mlp.*` inside, no checksum."""
+    from safetensors.torch import save_file
+
+    sae.save_model(path)
+    state = {**sae.state_dict(), **{f"mlp.{n}": t for n, t in sae.mlp.state_dict().items()}}
+    save_file({k: v.contiguous() for k, v in state.items()}, path / "sae_weights.safetensors")
+    cfg = json.loads((path / "cfg.json").read_text())
+    del cfg["mlp_sha256"]
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    return cfg
+
+
+def test_old_files_with_the_mlp_inside_still_load(pair, tmp_path):
+    from sae_lens_jsae.hub import load_jsae
+    from sae_lens_jsae.sae import MLPMismatchError
+
+    model, sae, x = pair
+    cfg = _old_format_save(sae, tmp_path / "old")
+    for loaded in (SAE.load_from_disk(tmp_path / "old"), load_jsae(tmp_path / "old"), TrainingSAE.load_from_disk(tmp_path / "old")):
+        assert loaded.mlp is not None and loaded.cfg.mlp_sha256 == sae.cfg.mlp_sha256
+        for a, b in zip(loaded.forward_pair(x), sae.forward_pair(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert set(loaded.state_dict()) == SAE_KEYS
+    # a checksum in the cfg is checked against the MLP found inside the weights too
+    (tmp_path / "old" / "cfg.json").write_text(json.dumps({**cfg, "mlp_sha256": "0" * 64}))
+    with pytest.raises(MLPMismatchError, match="0000000000000000"):
+        SAE.load_from_disk(tmp_path / "old")
+
+
+def test_resume_refuses_a_checkpoint_trained_on_another_mlp(pair, tmp_path):
+    from sae_lens_jsae.sae import MLPMismatchError
+
+    model, sae, x = pair
+    sae.save_model(tmp_path / "ckpt")
+    same = build_jacobian_sae(model, 1, d_sae=48, k=6, jacobian_coefficient=0.7)
+    same.load_weights_from_checkpoint(tmp_path / "ckpt")  # what SAELens' runner does on resume
+    torch.testing.assert_close(same.forward_pair(x).output_reconstruction, sae.forward_pair(x).output_reconstruction, rtol=0, atol=0)
+    other = build_jacobian_sae(make_tiny_model("gated_silu", seed=3), 1, d_sae=48, k=6, jacobian_coefficient=0.7)
+    with pytest.raises(MLPMismatchError, match=str(tmp_path / "ckpt")):
+        other.load_weights_from_checkpoint(tmp_path / "ckpt")

@@ -57,13 +57,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--processes is for sweeps (several pairs); a single checkpoint is evaluated in one process.")
     if sweep_mode and args.baseline:
         raise ValueError("--baseline is for one checkpoint; a sweep directory brings its own λ=0 pair (jacobian_coefficient=0).")
-
-    first = find_pairs(args.checkpoint[0])[0]
     from sae_lens_jsae.hub import check_pair_files
 
     for source in [*args.checkpoint, *args.randomized_sweep, *([args.baseline] if args.baseline else [])]:
         for pair in find_pairs(source):
             check_pair_files(pair)  # a bad cfg.json or a truncated safetensors file: one line, before the model loads
+    first = find_pairs(args.checkpoint[0])[0]
     layer, saved_name = pair_layer_and_model(first)
     model_name = args.model_name or saved_name
     check_layer(args.model_source, model_name, layer)  # before the weights load

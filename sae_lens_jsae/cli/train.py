@@ -21,6 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # before the imports below (sae_lens, torch: seconds), so a mistyped path answers at once
+    if not os.path.isfile(args.config):
+        raise FileNotFoundError(f"config file {args.config} does not exist" + (" (it is a directory)" if os.path.isdir(args.config) else "") + ".")
+    if args.resume and not os.path.exists(args.resume):
+        raise FileNotFoundError(f"--resume {args.resume} does not exist (a checkpoint dir, or a run's checkpoint root).")
     from sae_lens_jsae.config import load_run_config
     from sae_lens_jsae.training import (
         JacobianSAETrainingRunner,
