@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from sae_lens_jsae.evals import saebench as sb
 
 TESTS = Path(__file__).parent
@@ -42,6 +44,7 @@ WITHOUT_SAE_BENCH = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch, SAELens and TransformerLens: 35-50 s on the shared 2-core VM
 def test_eval_and_report_run_without_sae_bench(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     run = subprocess.run([sys.executable, "-c", WITHOUT_SAE_BENCH, str(tmp_path), str(TESTS)], capture_output=True, text=True, env=env, timeout=600)
