@@ -1,34 +1,50 @@
 """`jsae eval` over sweeps: every pair on the same tokens, labels from cfg.json, the frontier report."""
 
 import json
+import re
 from argparse import ArgumentParser
 
+import numpy as np
 import pytest
 import torch
 from helpers import make_tiny_model
+from scipy.stats import t as student_t
 
 from sae_lens_jsae import build_jacobian_sae
+from sae_lens_jsae.evals._batches import mlp_inputs_of
+from sae_lens_jsae.evals.pipeline import load_checkpoint
 from sae_lens_jsae.evals.sweep import evaluate_sweeps_and_compare, find_pairs, label_pairs, load_pair
 from sae_lens_jsae.sae import resolve_jacobian_coefficient
 
 KW = dict(n_tokens=64, n_splice_tokens=96, n_linearity_tokens=4, batch_size=4, core=False, progress=False)
 
 
-def _save(model, path, **cfg):
-    torch.manual_seed(0)
+def _save(model, path, seed, **cfg):
+    torch.manual_seed(seed)  # every pair its own weights: a swapped pair or label changes the numbers
     build_jacobian_sae(model, 1, d_sae=32, k=4, **cfg).save_model(path)
+
+
+AUTO = resolve_jacobian_coefficient(None, 4, 16)  # 0.5
+FOLDER_OF = {  # (randomized, λ, series label) -> the checkpoint the summary must come from
+    (False, 0.0, "paper loss"): "sweep/jacobian_coefficient=0",
+    (False, round(AUTO, 6), "paper loss"): "sweep/jacobian_coefficient=auto",
+    (False, 0.25, "paper loss"): "sweep/odd_name",
+    (False, 0.5, "output_mse_coefficient=2"): "sweep2/jacobian_coefficient=0.5,output_mse_coefficient=2",
+    (True, 0.0, "paper loss"): "rsweep/jacobian_coefficient=0",
+    (True, 0.5, "paper loss"): "rsweep/jacobian_coefficient=0.5",
+}
 
 
 @pytest.fixture(scope="module")
 def sweeps(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweeps")
     model, rmodel = make_tiny_model("gated_silu"), make_tiny_model("gated_silu", seed=5)
-    _save(model, root / "sweep" / "jacobian_coefficient=0", jacobian_coefficient=0.0)
-    _save(model, root / "sweep" / "jacobian_coefficient=auto", jacobian_coefficient=None)
-    _save(model, root / "sweep" / "odd_name", jacobian_coefficient=0.5)  # the label must come from cfg.json
-    _save(model, root / "sweep2" / "jacobian_coefficient=0.5,output_mse_coefficient=2", jacobian_coefficient=0.5, output_mse_coefficient=2.0)
-    _save(rmodel, root / "rsweep" / "jacobian_coefficient=0", jacobian_coefficient=0.0)
-    _save(rmodel, root / "rsweep" / "jacobian_coefficient=0.5", jacobian_coefficient=0.5)
+    _save(model, root / "sweep" / "jacobian_coefficient=0", 1, jacobian_coefficient=0.0)
+    _save(model, root / "sweep" / "jacobian_coefficient=auto", 2, jacobian_coefficient=None)
+    _save(model, root / "sweep" / "odd_name", 3, jacobian_coefficient=0.25)  # the label must come from cfg.json
+    _save(model, root / "sweep2" / "jacobian_coefficient=0.5,output_mse_coefficient=2", 4, jacobian_coefficient=0.5, output_mse_coefficient=2.0)
+    _save(rmodel, root / "rsweep" / "jacobian_coefficient=0", 5, jacobian_coefficient=0.0)
+    _save(rmodel, root / "rsweep" / "jacobian_coefficient=0.5", 6, jacobian_coefficient=0.5)
     tokens = torch.randint(1, model.cfg.d_vocab, (8, 16), generator=torch.Generator().manual_seed(0))
     report = evaluate_sweeps_and_compare([root / "sweep", root / "sweep2"], model, tokens, root / "out",
                                          randomized_dirs=[root / "rsweep"], randomized_model=rmodel, **KW)
@@ -39,7 +55,7 @@ def test_labels_come_from_cfg_and_series_from_differing_fields(sweeps):
     root, _ = sweeps
     pairs = label_pairs([load_pair(p) for d in ("sweep", "sweep2") for p in find_pairs(root / d)])
     by_folder = {p.path.name: p for p in pairs}
-    assert by_folder["odd_name"].jacobian_coefficient == 0.5 and by_folder["odd_name"].series_label == "paper loss"
+    assert by_folder["odd_name"].jacobian_coefficient == 0.25 and by_folder["odd_name"].series_label == "paper loss"
     assert by_folder["jacobian_coefficient=auto"].jacobian_coefficient == pytest.approx(resolve_jacobian_coefficient(None, 4, 16))
     assert by_folder["jacobian_coefficient=0.5,output_mse_coefficient=2"].series_label == "output_mse_coefficient=2"
     assert find_pairs(root / "sweep" / "odd_name") == [root / "sweep" / "odd_name"]  # a checkpoint is a one-pair sweep
@@ -54,7 +70,7 @@ def test_frontier_report_leads_with_plot_and_side_by_side_table(sweeps):
     assert headings[0].startswith("## Frontier") and (root / "out" / "frontier.png").stat().st_size > 5000
     table = [line for line in text.splitlines() if line.startswith("| metric |")][0]
     assert table.count(" | ") == 6  # metric + 4 trained + 2 randomized pairs
-    assert "λ=0.5 (paper loss)" in table and "λ=0.5 (output_mse_coefficient=2)" in table and "randomized λ=0 (paper loss)" in table
+    assert "λ=0.25 (paper loss)" in table and "λ=0.5 (paper loss)" in table and "λ=0.5 (output_mse_coefficient=2)" in table and "randomized λ=0 (paper loss)" in table
     delta = [line for line in text.splitlines() if line.startswith("| Δ vs λ=0 (paired): count")][0].split(" | ")
     assert delta[1] == "—" and "[" in delta[2]  # λ=0 itself; the others have a paired interval
 
@@ -67,9 +83,65 @@ def test_summaries_carry_intervals_and_the_same_tokens(sweeps):
     digests = {d["splice"]["per_sequence"]["tokens_digest"] for d in summaries + rand}
     assert len(digests) == 1  # trained and randomized pairs saw the same splice tokens
     for d in summaries:
-        iv = d["intervals"]["jacobian_sparsity.mean_count_above[1]"]
-        assert iv["lo"] <= iv["value"] <= iv["hi"] and iv["value"] == pytest.approx(d["jacobian_sparsity"]["mean_count_above"][1])
         assert "explained_variance.input" in d["intervals"] and d["interval_method"].startswith("delta-method")
+
+
+def _direct_counts(root, summary):
+    """Per-sequence count |J| > thresholds[1] and Σ|J| of the checkpoint a summary's labels name, computed here."""
+    model = make_tiny_model("gated_silu", seed=5) if summary["randomized"] else make_tiny_model("gated_silu")
+    key = (bool(summary["randomized"]), round(float(summary["jacobian_coefficient"]), 6), summary["series_label"])
+    sae = load_checkpoint(root / FOLDER_OF[key], model)
+    n_seq = len(summary["jacobian_sparsity"]["per_sequence"]["n_tokens"])
+    tokens = torch.randint(1, model.cfg.d_vocab, (8, 16), generator=torch.Generator().manual_seed(0))[:n_seq]
+    with torch.no_grad():
+        J = sae.active_jacobian(mlp_inputs_of(model, sae, tokens)).values
+    thr = summary["jacobian_sparsity"]["thresholds"][1]
+    per_seq = lambda v: v.reshape(n_seq, 16).sum(1).double().numpy()  # noqa: E731
+    return per_seq((J.abs() > thr).sum((1, 2))), per_seq(J.abs().sum((1, 2)))
+
+
+def _cells(line):
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]  # markdown: \| is a literal bar
+
+
+def _parse(cell):
+    v, lo, hi = (float(x) for x in re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", cell).groups())
+    return v, lo, hi
+
+
+def test_values_intervals_and_paired_deltas_match_direct_computation(sweeps):
+    """Each summary's count and interval, and each paired Δ vs λ = 0 in the report, against the count
+    computed here from the checkpoint its labels name: a swapped pair or label, a wrong reference pair,
+    or an unpaired / wrongly scaled interval fails."""
+    root, report = sweeps
+    summaries = [json.loads(p.read_text()) for p in sorted((root / "out").rglob("*_summary.json"))]
+    assert len(summaries) == 6
+    direct = {d["pair_name"]: (d, *_direct_counts(root, d)) for d in summaries}
+    assert len({tuple(a) for _, _, a in direct.values()}) == 6  # the pairs (and their names) differ
+    for d, counts, abs_sum in direct.values():
+        n = counts.size  # 16 tokens per sequence, k² = 16 entries each
+        assert d["intervals"]["jacobian_sparsity.mean_abs"]["value"] == pytest.approx(abs_sum.sum() / (16 * 16 * n), rel=1e-6)
+        iv = d["intervals"]["jacobian_sparsity.mean_count_above[1]"]
+        assert iv["value"] == pytest.approx(counts.sum() / (16 * n), rel=1e-9) == d["jacobian_sparsity"]["mean_count_above"][1]
+        half = student_t.ppf(0.975, n - 1) * (counts / 16).std(ddof=1) / np.sqrt(n)
+        assert iv["n_sequences"] == n and iv["hi"] - iv["value"] == pytest.approx(half, rel=1e-9)
+    text = report.read_text()
+    header, row = (_cells(next(line for line in text.splitlines() if line.startswith(start))) for start in ("| metric |", "| Δ vs λ=0 (paired): count"))
+    n_deltas = 0
+    for name, cell in zip(header[1:], row[1:]):
+        d, counts, _ = direct[name]
+        if d["jacobian_coefficient"] == 0:
+            assert cell == "—"
+            continue
+        ref = next(c for e, c, _ in direct.values() if e["jacobian_coefficient"] == 0 and e["randomized"] == d["randomized"])
+        diff = (counts - ref) / 16
+        n = diff.size
+        half = student_t.ppf(0.975, n - 1) * diff.std(ddof=1) / np.sqrt(n)
+        assert diff.mean() != 0
+        for got, want in zip(_parse(cell), (diff.mean(), diff.mean() - half, diff.mean() + half)):
+            assert got == pytest.approx(want, rel=6e-3, abs=1e-12), (name, cell)
+        n_deltas += 1
+    assert n_deltas == 4
 
 
 def test_cli_accepts_sweeps_and_randomized_sweeps():
@@ -98,7 +170,7 @@ def test_a_pair_from_another_model_is_refused_before_any_work(sweeps, tmp_path):
     root, _ = sweeps
     model = make_tiny_model("gated_silu")
     tokens = torch.randint(1, model.cfg.d_vocab, (4, 16), generator=torch.Generator().manual_seed(0))
-    with pytest.raises(ValueError, match="frozen MLP does not match"):  # randomized pairs on the trained model
+    with pytest.raises(ValueError, match="is not the one this Jacobian SAE was trained with"):  # randomized pairs on the trained model
         evaluate_sweeps_and_compare([], model, tokens, tmp_path / "o", randomized_dirs=[root / "rsweep"], randomized_model=model, **KW)
     assert not (tmp_path / "o").exists()
 
@@ -113,7 +185,9 @@ def test_single_pair_mode_shares_the_splice_pass_and_reports_paired_deltas(sweep
     md = evaluate_and_compare(root / "sweep" / "odd_name", model, tokens, tmp_path, baseline=root / "sweep" / "jacobian_coefficient=0", core=False, **kw)
     j, b = (json.loads((tmp_path / f"{n}_summary.json").read_text()) for n in ("jsae", "lambda0"))
     assert j["splice"]["per_sequence"]["tokens_digest"] == b["splice"]["per_sequence"]["tokens_digest"]
-    assert "| Δ vs λ=0 (paired): count" in md.read_text()
+    delta = [_cells(line) for line in md.read_text().splitlines() if line.startswith("| Δ vs λ=0 (paired): count")][0]
+    in_sweep = [_cells(line) for line in (root / "out" / "report.md").read_text().splitlines() if line.startswith("| Δ vs λ=0 (paired): count")][0]
+    assert delta[1:] == ["—", in_sweep[2]] and _parse(delta[2])[0] != 0  # the same paired Δ as the sweep's λ=0.25 column
 
 
 def test_pairs_with_the_same_folder_name_in_two_sweeps_get_distinct_labels(sweeps, tmp_path):

@@ -36,7 +36,7 @@ ModelFactory = Callable[[], Any]
 """A picklable callable that builds the model afresh (e.g. a `functools.partial` of
 `sources.load_hooked_model`): worker processes of `evaluate_sweeps_and_compare(processes=N)` call it."""
 
-NOT_SERIES = {"jacobian_coefficient", "device", "dtype", "jacobian_chunk_bytes", "metadata", "architecture"}
+NOT_SERIES = {"jacobian_coefficient", "device", "dtype", "jacobian_chunk_bytes", "metadata", "architecture", "mlp_sha256"}
 """cfg fields that never distinguish a series (λ is the frontier's own axis)."""
 PAPER_LOSS = "paper loss"
 """Series label of pairs trained with the paper's loss (all series fields at their defaults)."""
