@@ -54,16 +54,16 @@ def _jsae(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "sae_lens_jsae", *args], capture_output=True, text=True, cwd=cwd)
 
 
-def test_help_is_fast_and_imports_nothing_heavy():
-    code = ("import sys, time; t = time.time(); from sae_lens_jsae.cli import main\n"
-            "for argv in (['--help'], ['graph', '--help'], ['train', '--help'], ['bench', '--help']):\n"
+def test_help_imports_nothing_heavy():
+    """`jsae --help` stays quick because it imports none of torch / SAELens / TransformerLens (no timing assert here)."""
+    code = ("import sys; from sae_lens_jsae.cli import main\n"
+            "for argv in (['--help'], ['graph', '--help'], ['train', '--help'], ['eval', '--help']):\n"
             "    try: main(argv)\n"
             "    except SystemExit: pass\n"
-            "print('HEAVY', sorted(m for m in ('torch', 'sae_lens', 'transformer_lens', 'transformers', 'yaml') if m in sys.modules), time.time() - t)")
+            "print('HEAVY', sorted(m for m in ('torch', 'sae_lens', 'transformer_lens', 'transformers', 'yaml', 'scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    heavy, seconds = out.split("HEAVY ")[1].rsplit(" ", 1)
+    heavy = out.split("HEAVY ")[1].strip()
     assert heavy == "[]", heavy
-    assert float(seconds) < 1.0
     for command in ("graph", "latents", "serve"):
         assert command in out
 
