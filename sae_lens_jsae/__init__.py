@@ -4,16 +4,17 @@ Importing this package registers the architecture `"jacobian"` with SAELens (inf
 training classes), after which SAELens' own loaders and runner configs accept it.
 
 The import itself is light (so `jsae --help` answers at once): the public names below load on
-first use, and the registration runs as soon as SAELens is imported (at once if it already is).
+first use, and the registration runs as soon as SAELens is imported (at once if it already is;
+`wrapt.register_post_import_hook`, SAELens' own modules and loader are left as they are).
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.abc
-import importlib.util
 import sys
 from typing import Any
+
+import wrapt
 
 _EXPORTS = {
     "ActiveJacobian": "sae_lens_jsae.jacobian",
@@ -54,35 +55,19 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-def _register() -> None:
-    sae_module = sys.modules.get("sae_lens_jsae.sae")
-    if sae_module is not None and getattr(sae_module.__spec__, "_initializing", False):
-        return  # sae.py is mid-import (it imported sae_lens) and registers at its end
-    registration = importlib.import_module("sae_lens_jsae.registration")
-    registration.register_jacobian_architecture()
-    registration.register_transcoder_architectures()
+# The modules that register an architecture with SAELens at their end (registration.py).
+ARCHITECTURE_MODULES = ("sae_lens_jsae.sae", "sae_lens_jsae.transcoder")
 
 
-class _RegisterAfterSAELens(importlib.abc.MetaPathFinder):
-    """Finds `sae_lens` with the normal finders and makes its loader register "jacobian" after it runs."""
-
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if fullname != "sae_lens":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            run_module = spec.loader.exec_module  # a fresh loader object per find_spec: patching it is local
-
-            def exec_module(module: Any) -> None:
-                run_module(module)
-                _register()
-
-            spec.loader.exec_module = exec_module  # type: ignore[method-assign]
-        return spec
+def _register_architectures(_sae_lens: Any = None) -> None:
+    """Import the architecture modules not imported yet; each registers itself at its end. One
+    already in `sys.modules` (loaded, or mid-import because it imported SAELens) needs nothing."""
+    for name in ARCHITECTURE_MODULES:
+        if name not in sys.modules:
+            importlib.import_module(name)
 
 
-if "sae_lens" in sys.modules:
-    _register()
-elif not any(isinstance(f, _RegisterAfterSAELens) for f in sys.meta_path):
-    sys.meta_path.insert(0, _RegisterAfterSAELens())
+# SAELens takes seconds to import and the `jsae` CLI (which imports this package) must answer
+# `--help` at once, so registration waits for SAELens: wrapt's post-import hook runs it right
+# after `import sae_lens` completes, or now if SAELens is already imported.
+wrapt.register_post_import_hook(_register_architectures, "sae_lens")

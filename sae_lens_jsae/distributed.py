@@ -21,8 +21,8 @@ The gather moves B·d_in activations per step, small beside the gradient all-red
 ranks share rank 0's stream and store state, a checkpoint (written by rank 0) does not depend on
 the world size: a run resumes under any world size that divides the batches.
 
-Only rank 0 shows progress bars, writes the JSON-lines log, W&B and checkpoints (in a sweep each
-rank writes its own pairs). A collective that fails (a rank died) or waits longer than
+Only rank 0 writes the JSON-lines log, W&B and checkpoints (in a sweep each rank writes its own
+pairs); `jsae train` runs the other ranks in `progress_bars_disabled`, so one bar shows. A collective that fails (a rank died) or waits longer than
 `dist_timeout_s` stops the run with `RankFailureError`.
 """
 
@@ -46,6 +46,7 @@ from torch.distributed import nn as dist_nn
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
+from sae_lens_jsae import saelens_private
 from sae_lens_jsae.sae import JacobianTrainingSAE
 from sae_lens_jsae.training import (
     JacobianSAETrainer,
@@ -131,22 +132,32 @@ def init_from_env(device: str, backend: str | None = None, timeout_s: float = 60
     if not dist.is_initialized():
         kwargs = {"device_id": torch.device("cuda", local_rank)} if backend == "nccl" else {}
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
-    if rank != 0:
-        _silence_progress_bars()  # one progress bar per job
     return DistributedContext(rank, world_size, local_rank, backend, timeout_s)
 
 
-def _silence_progress_bars() -> None:
-    """Disable tqdm in this process (a rank other than 0). TQDM_DISABLE alone is not enough:
-    tqdm reads its environment when it is imported, and SAELens' trainers have imported it by
-    now, so their module-level `tqdm` names are replaced too."""
+@contextlib.contextmanager
+def progress_bars_disabled(disable: bool = True) -> Iterator[None]:
+    """Inside the block, SAELens' trainers make their progress bars with `disable=True` (the
+    `jsae train` CLI wraps ranks other than 0 in it: one bar per job); both trainer modules'
+    `tqdm` come back on exit. SAELens has no option for this and reads the `tqdm` name of its
+    trainer modules when `fit` starts, so those names are swapped for the block's duration
+    (a user's own bars, and anything outside the block, are untouched)."""
+    if not disable:
+        yield
+        return
     from functools import partial
 
     from sae_lens.training import multi_sae_trainer, sae_trainer
 
-    os.environ["TQDM_DISABLE"] = "1"  # for anything that imports tqdm later
-    for module in (sae_trainer, multi_sae_trainer):
-        module.tqdm = partial(module.tqdm, disable=True)  # type: ignore[attr-defined]
+    modules = (sae_trainer, multi_sae_trainer)
+    saved = [module.tqdm for module in modules]  # type: ignore[attr-defined]
+    for module, bar in zip(modules, saved):
+        module.tqdm = partial(bar, disable=True)  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for module, bar in zip(modules, saved):
+            module.tqdm = bar  # type: ignore[attr-defined]
 
 
 def place_on_rank_device(cfg: Any, context: DistributedContext) -> None:
@@ -297,7 +308,7 @@ class DataParallelTrainer(JacobianSAETrainer):
         if self.weight_products is not None:
             sae._weight_products = self.weight_products  # type: ignore[method-assign]
         try:
-            output = super()._train_step(sae, sae_in[r * n : (r + 1) * n])
+            output = saelens_private.train_step(self, sae, sae_in[r * n : (r + 1) * n])
         finally:
             del sae.training_forward_pass
             sae.__dict__.pop("_weight_products", None)

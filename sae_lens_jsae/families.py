@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
-from unittest import mock
 
 import torch
 
@@ -129,15 +128,22 @@ FAMILIES: list[Family] = [
 TINY = {"n_layers": 2, "d_model": 16, "d_head": 4, "n_heads": 4, "d_vocab": 64, "n_ctx": 32}
 
 
-class _OfflineAutoConfig:
-    """Stands in for `transformers.AutoConfig` inside TransformerLens' conversion: hands back
-    the config built in code instead of fetching the checkpoint's config.json."""
+def _pretrained_config_offline(checkpoint: str, hf: Any) -> Any:
+    """TransformerLens' `get_pretrained_model_config(checkpoint)` with `hf` as the checkpoint's
+    config.json, offline: the file is written in the Hub cache layout under a temporary
+    `cache_dir`, which TransformerLens hands to `AutoConfig.from_pretrained` (`local_files_only`)."""
+    import tempfile
+    from pathlib import Path
 
-    def __init__(self, config: Any):
-        self.config = config
+    from transformer_lens import loading_from_pretrained as loading
 
-    def from_pretrained(self, *args: Any, **kwargs: Any) -> Any:
-        return self.config
+    revision = "0" * 40  # any commit id: refs/main points the lookup at this snapshot
+    with tempfile.TemporaryDirectory(prefix="jsae-family-") as cache:
+        repo = Path(cache) / f"models--{checkpoint.replace('/', '--')}"
+        hf.save_pretrained(repo / "snapshots" / revision)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(revision)
+        return loading.get_pretrained_model_config(checkpoint, dtype=torch.float64, cache_dir=cache, local_files_only=True)
 
 
 def full_config(family: Family) -> dict[str, Any]:
@@ -153,9 +159,10 @@ def full_config(family: Family) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="jsae-family-") as tmp:
             hf.save_pretrained(tmp)
             cfg = loading.get_pretrained_model_config(tmp, hf_cfg=hf.to_dict(), dtype=torch.float64)
+    elif hf is None:  # a name-keyed branch (Llama 3.2, Gemma): TransformerLens fetches nothing
+        cfg = loading.get_pretrained_model_config(family.checkpoint, dtype=torch.float64)
     else:
-        with mock.patch.object(loading, "AutoConfig", _OfflineAutoConfig(hf)):
-            cfg = loading.get_pretrained_model_config(family.checkpoint, dtype=torch.float64)
+        cfg = _pretrained_config_offline(family.checkpoint, hf)
     return cfg.to_dict()
 
 

@@ -67,7 +67,7 @@ class _GatheredJacobian(torch.autograd.Function):
     per call (`index_select(..., out=)`, `bmm(..., out=)`, in-place mixing), so the hot loop does
     no allocation; on CPU a fresh large tensor costs more in page faults than the gather itself.
     The gated terms are mixed in place (one (t, k, d_mlp) slice, not one per term), H = Gᵀ Bt[K2]
-    is formed once for all terms, and the scatters are `index_add_` (contiguous rows).
+    is formed once for all terms, and the scatters add contiguous rows (`_scatter_rows`).
     Inputs: Bt (d_sae, m), K1/K2 (T, k), chunk, the post-norm E (T, k_out) and q (T, m) (both
     None without a post-norm), then the R A_r (d_sae, m) and the R c_r (T, m).
     """
@@ -370,19 +370,19 @@ _ROWS_PER_SCATTER = 1 << 15
 def _scatter_rows(out: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> None:
     """`out.index_add_(0, index, src)` (rows of `src` added into the rows `index` of `out`).
 
-    On CPU with few threads the parallel scatter kernel's sort-and-barrier costs far more than
-    it saves (measured: ~10x slower with 2 threads than with 1 on a busy 2-core machine), so
-    small thread pools scatter on one thread; large pools and GPUs use the default kernel.
+    On CPU with 2-4 threads the rows are added one after another on the calling thread:
+    `index_add_` along dim 1 of a (1, rows, width) view takes PyTorch's per-slice loop (one
+    vectorised add per row, inline below the parallel grain size), while dim 0 goes through
+    `scatter_add_`'s parallel sort-and-sum, whose parallel regions wait for descheduled threads
+    on a busy small machine (single calls measured 10-100× slower on the 2-core VM). The same
+    additions in the same order: bit-identical to dim 0. One thread, large pools and GPUs use
+    dim 0. (It replaced one thread set process-wide around the call; scripts/bench_scatter.py
+    compares the two, docs/performance.md has the ratio.)
     """
-    if out.device.type != "cpu" or torch.get_num_threads() > 4:
+    if out.device.type == "cpu" and 1 < torch.get_num_threads() <= 4:
+        out[None].index_add_(1, index, src[None])
+    else:
         out.index_add_(0, index, src)
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        out.index_add_(0, index, src)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _token_chunk(k: int, width: int) -> int:

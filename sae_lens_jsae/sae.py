@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -494,21 +495,24 @@ class _JacobianPairMixin:
 
         Under autograd they are recomputed every call (once per training step). Without grad
         (evaluation: thousands of batches, fixed weights) they are cached until a weight
-        changes in place (tensor version counters) or is replaced.
+        changes in place (tensor version counters) or is replaced: the cache holds weak
+        references to the weights it was formed from and is used only when each is still the
+        very same tensor (`is`, not `id`, which a new tensor may reuse), at the same version and
+        on the same memory (`param.data = other` keeps both the object and its version).
         """
         tensors = (self.W_dec, self.W_enc_out, *mlp.input_weights(), mlp.W_out, *([mlp.w_post] if mlp.post_norm else []))
         if torch.is_grad_enabled():
             self.__dict__.pop("_weight_products_cache", None)
         else:
             autocast = torch.is_autocast_enabled(self.W_dec.device.type)
-            key = (dtype, autocast, *((id(t), t._version, t.dtype, t.device) for t in tensors))
+            key = (dtype, autocast, *((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors))
             cached = self.__dict__.get("_weight_products_cache")
-            if cached is not None and cached[0] == key:
+            if cached is not None and cached[0] == key and all(ref() is t for ref, t in zip(cached[2], tensors, strict=True)):
                 return cached[1]
         products = self.weight_product_rows(mlp, slice(None), dtype)
         products = (products[:-1], products[-1].T)  # B as the transpose of a contiguous Bᵀ: J gathers rows of Bᵀ
         if not torch.is_grad_enabled():
-            self.__dict__["_weight_products_cache"] = (key, products)
+            self.__dict__["_weight_products_cache"] = (key, products, [weakref.ref(t) for t in tensors])
         return products
 
     def weight_product_rows(self, mlp: FrozenMLP, rows: slice, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
@@ -637,8 +641,9 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
         mse_out = F.mse_loss(y_hat, y)
         lam = step_input.coefficients.get("jacobian_coefficient", self.cfg.resolved_jacobian_coefficient)
         loss = mse_in + self.cfg.output_mse_coefficient * mse_out
-        # Each reported term is weighted as in the loss, so the terms sum to `loss`.
-        losses = {"mse_loss": mse_in, "output_mse_loss": self.cfg.output_mse_coefficient * mse_out}
+        # Each reported term is weighted as in the loss, so the terms sum to `loss`. Not "mse_loss":
+        # SAELens logs Σ_d (x̂ − x)² (mean over tokens) under that key, d_in times our per-element mean.
+        losses = {"input_mse_loss": mse_in, "output_mse_loss": self.cfg.output_mse_coefficient * mse_out}
         if self.cfg.mlp_reconstruction_coefficient > 0:  # gradients reach x̂ only: the MLP is frozen
             losses["mlp_reconstruction_loss"] = self.cfg.mlp_reconstruction_coefficient * F.mse_loss(mlp(x_hat), y)
             loss = loss + losses["mlp_reconstruction_loss"]

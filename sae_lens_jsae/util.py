@@ -1,23 +1,28 @@
 """Small helpers shared by the adapters."""
 
 import torch
-from sae_lens.util import dtype_to_str
 
 
 def dtype_name(dtype: torch.dtype) -> str:
     """SAELens' short dtype name ("float32", "bfloat16", ...)."""
+    from sae_lens.util import dtype_to_str  # here: this module must not import SAELens on load
+
     return dtype_to_str(dtype)
 
 
 def keep_freed_memory() -> bool:
     """Let glibc keep freed blocks of any size for reuse instead of unmapping them (CPU only).
 
+    Process-wide and permanent (`mallopt`), so the library never calls it on its own: the `jsae`
+    CLI turns it on for its training runs, and Python users opt in with
+    `RunOptions(keep_freed_memory=True)` or by calling this (docs/performance.md).
+
     Why: every training step frees and reallocates the same large temporaries (weight-product
     gradients, (tokens, d_sae) latents: tens of MB each). glibc hands blocks above its mmap
     threshold back to the OS, so the next step page-faults them in again, which measured
     ≈0.1 s per 28 MB tensor on the 2-core CI VM. jemalloc/tcmalloc (what PyTorch's CPU tuning
-    guide suggests preloading) reuse them; `mallopt` does the same without a preload. The
-    setting is process-wide; returns False (doing nothing) where glibc is not the allocator.
+    guide suggests preloading) reuse them; `mallopt` does the same without a preload. Returns
+    False (doing nothing) where glibc is not the allocator.
     """
     import ctypes
     import platform

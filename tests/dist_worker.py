@@ -62,12 +62,19 @@ if os.environ.get("WORLD_SIZE", "1") == "1":
     else:
         JacobianSAETrainingRunner(cfg, options, **data).run()
 else:
-    from sae_lens_jsae.distributed import barrier_and_close, init_from_env, train_distributed, train_sweep_over_ranks
+    from sae_lens_jsae.distributed import (
+        barrier_and_close,
+        init_from_env,
+        progress_bars_disabled,
+        train_distributed,
+        train_sweep_over_ranks,
+    )
 
     context = init_from_env(cfg.device, "gloo", options.dist_timeout_s)
-    if args["mode"] == "sweep":
-        train_sweep_over_ranks(cfg, "jacobian_coefficient", [0.0, 0.5, 2.0], options, context, **data)
-    else:
-        train_distributed(cfg, options, context, **data)
+    with progress_bars_disabled(not context.is_main):  # as `jsae train` does: one bar per job
+        if args["mode"] == "sweep":
+            train_sweep_over_ranks(cfg, "jacobian_coefficient", [0.0, 0.5, 2.0], options, context, **data)
+        else:
+            train_distributed(cfg, options, context, **data)
     (tmp / f"times_rank{rank}.json").write_text(json.dumps(vars(context.times)))
     barrier_and_close(context)

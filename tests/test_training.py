@@ -51,7 +51,7 @@ def test_training_lowers_both_mses_and_logs_everything(tmp_path):
     log = read_log(tmp_path / "out" / "train_log.jsonl")
     assert len(log) == 8  # 40 steps, every 5
     first, last = log[0], log[-1]
-    for term in ("losses/mse_loss", "losses/output_mse_loss"):
+    for term in ("losses/input_mse_loss", "losses/output_mse_loss"):
         assert last[term] < 0.7 * first[term], term
     for key in ("losses/jacobian_loss", "details/jacobian_coefficient_coefficient", "metrics/l0", "metrics/output_l0",
                 "metrics/explained_variance", "metrics/output_explained_variance", "metrics/jacobian_abs_mean",
@@ -192,7 +192,7 @@ def test_nan_stops_naming_step_and_term_after_saving_last_good(tmp_path):
         return forward(step_input)
 
     runner.sae.training_forward_pass = poisoned
-    with pytest.raises(FloatingPointError, match=r"'mse_loss' is nan at training step 3"):
+    with pytest.raises(FloatingPointError, match=r"'input_mse_loss' is nan at training step 3"):
         runner.run()
     saved = list(Path(cfg.checkpoint_path).glob("last_good_*"))
     assert [p.name for p in saved] == [f"last_good_{3 * 64}"]

@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = latest_checkpoint(args.resume) or args.resume
         overrides.append(f"runner.resume_from_checkpoint={checkpoint}")
     cfg, options = load_run_config(args.config, overrides)
+    if options.keep_freed_memory is None:  # this process is the CLI's own: on unless the config says no
+        options.keep_freed_memory = True
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return _run_distributed(args, cfg, options)
     if args.sweep:
@@ -67,18 +69,20 @@ def _run_distributed(args: argparse.Namespace, cfg: Any, options: Any) -> int:
     from sae_lens_jsae.distributed import (
         barrier_and_close,
         init_from_env,
+        progress_bars_disabled,
         train_distributed,
         train_variants_over_ranks,
     )
 
     context = init_from_env(cfg.device, options.dist_backend, options.dist_timeout_s)
     assert context is not None
-    if args.sweep:
-        saes = train_variants_over_ranks(cfg, _parse_sweep(args.sweep), options, context)
-        print(f"rank {context.rank}/{context.world_size} trained {len(saes)} JSAEs under {cfg.output_path}: {', '.join(saes)}")
-    else:
-        train_distributed(cfg, options, context)
-        if context.is_main:
-            print(f"trained JSAE saved to {cfg.output_path} ({context.world_size} ranks, {context.backend})")
+    with progress_bars_disabled(not context.is_main):  # one progress bar per job (rank 0's)
+        if args.sweep:
+            saes = train_variants_over_ranks(cfg, _parse_sweep(args.sweep), options, context)
+            print(f"rank {context.rank}/{context.world_size} trained {len(saes)} JSAEs under {cfg.output_path}: {', '.join(saes)}")
+        else:
+            train_distributed(cfg, options, context)
+            if context.is_main:
+                print(f"trained JSAE saved to {cfg.output_path} ({context.world_size} ranks, {context.backend})")
     barrier_and_close(context)
     return 0
