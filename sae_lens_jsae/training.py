@@ -44,6 +44,7 @@ from sae_lens_jsae.sae import (
     NonFiniteLossError,
     layer_of_input_hook,
 )
+from sae_lens_jsae import saelens_private
 from sae_lens_jsae.util import keep_freed_memory
 
 STREAM_STATE_FILENAME = "jsae_stream_state.safetensors"
@@ -106,9 +107,10 @@ class RunOptions:
     """Save a checkpoint every this many training tokens (None: SAELens' `n_checkpoints`)."""
     log_path: str | None = None
     """JSON-lines log file; None: `<output_path>/train_log.jsonl` (or `./train_log.jsonl`)."""
-    keep_freed_memory: bool = True
+    keep_freed_memory: bool | None = None
     """On CPU, let glibc reuse freed large blocks instead of page-faulting them in every step
-    (`util.keep_freed_memory`, process-wide; docs/performance.md has the measured gain)."""
+    (`util.keep_freed_memory`: process-wide and permanent, so opt-in). None: off from Python,
+    on in the `jsae` CLI; docs/performance.md has the measured gain."""
     dist_backend: str | None = None
     """Under torchrun: torch.distributed backend; None picks "nccl" on CUDA, "gloo" on CPU."""
     dist_timeout_s: float = 600.0
@@ -161,7 +163,7 @@ class ResumableActivationStream:
         self.generator = torch.Generator().manual_seed(seed)
         self.buffer: torch.Tensor | None = None
         self.queue: torch.Tensor | None = None
-        self._llm_batches = store._iterate_filtered_activations()  # handles epochs and special tokens
+        self._llm_batches = saelens_private.iterate_filtered_activations(store)  # handles epochs and special tokens
 
     def __iter__(self) -> ResumableActivationStream:
         return self
@@ -217,7 +219,7 @@ class JacobianSAETrainer(SAETrainer[JacobianTrainingSAE, JacobianTrainingSAEConf
     def _checkpoint_if_needed(self) -> None:
         # SAELens calls this after each step (before counting it), the point where scheduled
         # checkpoints are saved and resume exactly: a stop request saves one there too.
-        super()._checkpoint_if_needed()
+        saelens_private.checkpoint_if_needed(self)
         if self.stop_requested:
             checkpoint = None
             if self.cfg.checkpoint_path is not None:
@@ -230,7 +232,7 @@ class JacobianSAETrainer(SAETrainer[JacobianTrainingSAE, JacobianTrainingSAEConf
 
     def _log_train_step(self, step_output: TrainStepOutput) -> None:
         if self.cfg.logger.log_to_wandb:
-            super()._log_train_step(step_output)
+            saelens_private.log_train_step(self, step_output)
 
     def step(self, batch: torch.Tensor) -> TrainStepOutput:
         try:
@@ -323,7 +325,7 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
             raise ValueError(f"The SAE's frozen MLP is not block {layer}'s MLP of {cfg.model_name}.")
 
     def _set_sae_metadata(self) -> None:
-        super()._set_sae_metadata()
+        saelens_private.set_sae_metadata(self)
         if isinstance(self.sae, TopKTrainingTranscoder):  # where SAELens' HookedSAETransformer splices its output
             self.sae.cfg.metadata.hook_name_out = transcoder_output_hook(self.cfg.hook_name)
 
