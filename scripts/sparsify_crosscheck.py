@@ -62,6 +62,13 @@ FVU_TOLERANCE = 0.10
 SPARSIFY_VARIANTS = ("sparsify", "sparsify_adam", "sparsify_default_lr")
 
 
+def _batch_digest(digest: Any, *tensors: torch.Tensor) -> None:
+    """Fingerprint a batch (its sum and every 64th row: cheap beside a step, inside its timing)."""
+    for t in tensors:
+        t = t.detach().to("cpu", torch.float64)
+        digest.update(t.sum().numpy().tobytes() + t[::64].contiguous().numpy().tobytes())
+
+
 # ---- contenders ---------------------------------------------------------------------------------
 class Ours:
     """Our transcoder, stepped by the runner's own trainer (as `jsae train` does)."""
@@ -74,8 +81,10 @@ class Ours:
         self.trainer = JacobianSAETrainer(cfg=trainer_cfg, sae=self.sae, data_provider=iter(()), log_path=log_dir / LOG_FILENAME,
                                           log_every_n_steps=log_every_n_steps)
         self.lr = trainer_cfg.lr
+        self.seen = hashlib.sha256()  # of the batches it trained on
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        _batch_digest(self.seen, x, self.sae.require_mlp().pre_activations_and_output(x)[1])
         self.trainer.step(x)  # its MLP pass hits FrozenMLP's cache of this batch's y
         self.trainer.n_training_steps += 1  # as SAETrainer.fit does after each step
 
@@ -110,8 +119,10 @@ class Sparsify:
         else:
             raise ValueError(f"optimizer={optimizer!r}: 'signum' or 'adam'")
         self.lr, self.started = lr, False
+        self.seen = hashlib.sha256()  # of the batches it trained on
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        _batch_digest(self.seen, x, y)
         if not self.started:  # sparsify Trainer.fit at global_step 0 (transcode=True): centre the pre-activations
             with torch.no_grad():
                 self.coder.encoder.bias.copy_(-x.mean(0) @ self.coder.encoder.weight.T)
@@ -194,10 +205,6 @@ def _interval(est: Any) -> dict[str, Any]:
 
 
 # ---- the two sections ------------------------------------------------------------------------------
-def _batch_digest(digest: Any, x: torch.Tensor) -> None:
-    digest.update(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-
-
 def crosscheck(runner: Any, heldout_tokens: torch.Tensor, steps: int, work: Path, variants: tuple[str, ...] = SPARSIFY_VARIANTS) -> dict[str, Any]:
     """Section 1: train ours and sparsify's transcoders on the runner's stream for `steps` batches;
     held-out FVU with intervals, and each one's median step time on the same batches."""
@@ -215,7 +222,6 @@ def crosscheck(runner: Any, heldout_tokens: torch.Tensor, steps: int, work: Path
         contenders[name] = Sparsify(d_in, d_sae, k, lrs[name], optimizers[name], init_W_enc, str(runner.sae.device), runner.sae.dtype)
     stream = runner.make_stream()
     times: dict[str, list[float]] = {name: [] for name in [*contenders, "mlp_forward"]}
-    digests = {name: hashlib.sha256() for name in contenders}
     t_start = time.perf_counter()
     for i in range(steps):
         if i and i % 10 == 0:
@@ -225,7 +231,6 @@ def crosscheck(runner: Any, heldout_tokens: torch.Tensor, steps: int, work: Path
         _, y = mlp.pre_activations_and_output(x)  # once per batch, shared (ours hits this cache)
         times["mlp_forward"].append(time.perf_counter() - t0)
         for name, contender in contenders.items():
-            _batch_digest(digests[name], x)
             t0 = time.perf_counter()
             contender.step(x, y)
             times[name].append(time.perf_counter() - t0)
@@ -248,7 +253,7 @@ def crosscheck(runner: Any, heldout_tokens: torch.Tensor, steps: int, work: Path
             "step_median_s": statistics.median(times[name]),
             "step_total_s": sum(times[name]),
             "lr": contender.lr,
-            "batches_sha256": digests[name].hexdigest(),
+            "batches_sha256": contender.seen.hexdigest(),
         }
     for name in variants:
         rel = fvus[name] / fvus["ours"]  # paired: same held-out sequences
