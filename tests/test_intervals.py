@@ -231,24 +231,27 @@ def test_linearity_per_token_counts_reproduce_the_fractions(tiny):
 
 
 def test_linearity_samples_the_whole_eval_set_and_records_each_tokens_sequence(tiny):
-    """8 tokens from 40 sequences of 16: spread over the sequences (not the first batch), BOS
-    skipped, and each sampled token's counts are those of its (sequence, position) computed directly."""
+    """40 tokens from 40 sequences of 16: 10 sequences (4 tokens each) drawn from all 40, not the
+    first batch; BOS skipped; each sampled token's counts are those of its (sequence, position)
+    computed directly."""
     from sae_lens_jsae.evals import linearity, linearity_of_inputs
     from sae_lens_jsae.evals._batches import mlp_inputs_of
 
     model, saes, _ = tiny
     sae = saes["a"]
     tokens = torch.randint(0, model.cfg.d_vocab, (40, 16), generator=torch.Generator().manual_seed(3))
-    r = linearity(model, sae, tokens, n_tokens=8, batch_size=4, progress=False)
+    r = linearity(model, sae, tokens, n_tokens=40, batch_size=4, progress=False)
     seq, pos = r.per_token["sequence"], r.per_token["position"]
-    assert len(seq) == 8 and len(set(zip(seq, pos))) == 8 and min(pos) >= 1
-    assert max(seq) >= 20 and r.n_sequences == len(set(seq)) >= 5  # the first batch (4 sequences) alone would give ≤ 4
+    assert len(seq) == 40 and len(set(zip(seq, pos))) == 40 and min(pos) >= 1
+    assert max(seq) >= 20 and r.n_sequences == len(set(seq)) == 10  # the first batch alone: sequences 0–3
+    assert sorted(seq.count(s) for s in set(seq)) == [4] * 10
     x = mlp_inputs_of(model, sae, tokens).reshape(40, 16, -1)[torch.tensor(seq), torch.tensor(pos)]
     direct = linearity_of_inputs(sae, x, sequence=seq)
     for c in ("linear", "jumprelu", "other", "n_curves", "on_line", "n_pairs", "sequence"):
         assert r.per_token[c] == direct.per_token[c], c
-    assert linearity(model, sae, tokens, n_tokens=8, batch_size=16, progress=False).per_token == r.per_token  # batching does not change the sample
-    with pytest.raises(ValueError, match="n_tokens must be ≥ 1"):
+    assert linearity(model, sae, tokens, n_tokens=40, batch_size=16, progress=False).per_token == r.per_token  # batching does not change the sample
+    assert linearity(model, sae, tokens[:2], n_tokens=8, progress=False).n_sequences == 2  # fewer sequences: more tokens each
+    with pytest.raises(ValueError, match="n_tokens and tokens_per_sequence must be ≥ 1"):
         linearity(model, sae, tokens, n_tokens=0, progress=False)
 
 

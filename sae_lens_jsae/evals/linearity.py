@@ -238,24 +238,32 @@ def linearity(
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
+    tokens_per_sequence: int = 4,
 ) -> LinearityResult:
     """Linearity fractions and the ablation check on `n_tokens` tokens sampled from `tokens`.
 
-    Token positions are sampled uniformly without replacement (seeded) from every sequence of
-    `tokens` (sequence position 0, usually BOS, is skipped when `skip_first_position`), so the
-    sample spans the whole eval set; each sampled token records its sequence, the intervals' unit.
-    The model runs only on the sequences that hold a sampled position.
+    A two-stage sample (seeded) across the whole eval set: ⌈n_tokens / tokens_per_sequence⌉
+    sequences drawn uniformly from all of `tokens` (all of them if there are fewer, with more
+    tokens each), then positions drawn uniformly within each (sequence position 0, usually BOS,
+    is skipped when `skip_first_position`). Each sampled token records its sequence and position;
+    the sequences are the intervals' units. The model runs only on the sampled sequences.
     """
-    if n_tokens < 1:
-        raise ValueError(f"n_tokens must be ≥ 1; got {n_tokens}")
+    if n_tokens < 1 or tokens_per_sequence < 1:
+        raise ValueError(f"n_tokens and tokens_per_sequence must be ≥ 1; got {n_tokens} and {tokens_per_sequence}")
     toks = _token_matrix(tokens, batch_size)
     first = 1 if skip_first_position and toks.ndim == 2 and toks.shape[1] > 1 else 0
     if toks.ndim != 2 or toks.shape[0] == 0 or toks.shape[1] <= first:
         raise ValueError(f"linearity needs (n_seqs, ctx) tokens with at least one position to sample; got shape {tuple(toks.shape)}")
     n_seqs, ctx = toks.shape
     per_seq = ctx - first
-    pick = torch.randperm(n_seqs * per_seq, generator=torch.Generator().manual_seed(seed))[:n_tokens]
-    seq, pos = pick // per_seq, pick % per_seq + first
+    gen = torch.Generator().manual_seed(seed)
+    n_rows = min(n_seqs, -(-n_tokens // tokens_per_sequence))
+    per_row = min(per_seq, -(-n_tokens // n_rows))
+    chosen = torch.randperm(n_seqs, generator=gen)[:n_rows]
+    within = torch.rand(n_rows, per_seq, generator=gen).argsort(1)[:, :per_row]  # distinct positions in each sequence
+    keep = torch.randperm(n_rows * per_row, generator=gen)[:n_tokens]  # trim to n_tokens
+    seq, pos = chosen.repeat_interleave(per_row)[keep], within.reshape(-1)[keep] + first
+    pick = seq * ctx + pos  # flat index into tokens (for the sample digest)
     rows = torch.unique(seq)  # sorted
     x: torch.Tensor | None = None
     for s in range(0, rows.numel(), batch_size):
