@@ -23,12 +23,11 @@ of its value, e.g. a CE-loss score on the randomized model, where zero-ablating 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import math
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 

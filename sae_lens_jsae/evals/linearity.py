@@ -22,9 +22,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-import torch
-
 import numpy as np
+import torch
 
 from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, mlp_inputs_of
 
