@@ -22,6 +22,7 @@ feeds, batch by batch,
                            at OUR learning rate,
       `sparsify_adam`      `torch.optim.Adam` at our learning rate (isolates the optimizer),
       `sparsify_default_lr` signum at sparsify's own default lr for this width (5e-3/√(d_sae/2¹⁴)).
+and, as a diagnostic, `ours_sparsify_bias_init`: ours with sparsify's first-batch bias initialisation.
 All start from the same encoder weights (ours, which both draw as `nn.Linear`'s default), the same
 k, d_sae, tokens and batches. Held-out FVU = Σ‖y − ŷ‖² / Σ‖y − μ‖² on sequences of the sotu EVAL
 split (speeches never trained on), special tokens excluded and μ the eval-set mean as in `jsae eval`,
@@ -71,12 +72,16 @@ def _batch_digest(digest: Any, *tensors: torch.Tensor) -> None:
 
 # ---- contenders ---------------------------------------------------------------------------------
 class Ours:
-    """Our transcoder, stepped by the runner's own trainer (as `jsae train` does)."""
+    """Our transcoder, stepped by the runner's own trainer (as `jsae train` does).
 
-    def __init__(self, runner: Any, log_dir: Path, log_every_n_steps: int):
+    `centre_first_batch`: a diagnostic, not what the runner does: on the first batch set the
+    biases as sparsify's trainer does (b_enc = −mean(x)·W_enc, b_dec = mean(y))."""
+
+    def __init__(self, runner: Any, sae: Any, log_dir: Path, log_every_n_steps: int, centre_first_batch: bool = False):
         from sae_lens_jsae.training import LOG_FILENAME, JacobianSAETrainer
 
-        self.sae = runner.sae
+        self.sae = sae
+        self.centre_first_batch = centre_first_batch
         trainer_cfg = replace(runner.cfg.to_sae_trainer_config(), n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False)
         self.trainer = JacobianSAETrainer(cfg=trainer_cfg, sae=self.sae, data_provider=iter(()), log_path=log_dir / LOG_FILENAME,
                                           log_every_n_steps=log_every_n_steps)
@@ -85,6 +90,11 @@ class Ours:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         _batch_digest(self.seen, x, self.sae.require_mlp().pre_activations_and_output(x)[1])
+        if self.centre_first_batch:
+            with torch.no_grad():
+                self.sae.b_enc.copy_(-x.mean(0) @ self.sae.W_enc)
+                self.sae.b_dec.copy_(y.mean(0))
+            self.centre_first_batch = False
         self.trainer.step(x)  # its MLP pass hits FrozenMLP's cache of this batch's y
         self.trainer.n_training_steps += 1  # as SAETrainer.fit does after each step
 
@@ -95,6 +105,11 @@ class Ours:
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.sae(x)
+
+    @torch.no_grad()
+    def fired(self, x: torch.Tensor) -> torch.Tensor:
+        """Which latents are active on some token of `x` (tokens, d_in)."""
+        return (self.sae.encode(x) > 0).any(0)
 
 
 class Sparsify:
@@ -147,6 +162,13 @@ class Sparsify:
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.coder(x).sae_out
+
+    @torch.no_grad()
+    def fired(self, x: torch.Tensor) -> torch.Tensor:
+        top = self.coder.encode(x)
+        out = torch.zeros(self.coder.num_latents, dtype=torch.bool, device=x.device)
+        out[top.top_indices[top.top_acts > 0]] = True
+        return out
 
 
 def sparsify_default_lr(d_sae: int) -> float:
@@ -205,7 +227,8 @@ def _interval(est: Any) -> dict[str, Any]:
 
 
 # ---- the two sections ------------------------------------------------------------------------------
-def crosscheck(runner: Any, heldout_tokens: torch.Tensor, steps: int, work: Path, variants: tuple[str, ...] = SPARSIFY_VARIANTS) -> dict[str, Any]:
+def crosscheck(runner: Any, heldout_tokens: torch.Tensor, steps: int, work: Path, variants: tuple[str, ...] = SPARSIFY_VARIANTS,
+               centred_twin: bool = True) -> dict[str, Any]:
     """Section 1: train ours and sparsify's transcoders on the runner's stream for `steps` batches;
     held-out FVU with intervals, and each one's median step time on the same batches."""
     from sae_lens_jsae.sae import layer_of_input_hook
@@ -213,11 +236,17 @@ def crosscheck(runner: Any, heldout_tokens: torch.Tensor, steps: int, work: Path
     cfg = runner.cfg
     mlp = runner.sae.require_mlp()
     d_in, d_sae, k = runner.sae.cfg.d_in, runner.sae.cfg.d_sae, runner.sae.cfg.k
-    ours = Ours(runner, work / "ours", log_every_n_steps=max(1, steps))
+    from sae_lens_jsae.training import build_variant_sae, variant_sae_config
+
     init_W_enc = runner.sae.W_enc.detach().clone()
+    twin = build_variant_sae(variant_sae_config(runner.sae.cfg, {}), mlp, cfg.device)
+    twin.load_state_dict(runner.sae.state_dict())  # the same start as ours
+    ours = Ours(runner, runner.sae, work / "ours", log_every_n_steps=max(1, steps))
     lrs = {"sparsify": ours.lr, "sparsify_adam": ours.lr, "sparsify_default_lr": sparsify_default_lr(d_sae)}
     optimizers = {"sparsify": "signum", "sparsify_adam": "adam", "sparsify_default_lr": "signum"}
     contenders: dict[str, Any] = {"ours": ours}
+    if centred_twin:
+        contenders["ours_sparsify_bias_init"] = Ours(runner, twin, work / "twin", log_every_n_steps=max(1, steps), centre_first_batch=True)
     for name in variants:
         contenders[name] = Sparsify(d_in, d_sae, k, lrs[name], optimizers[name], init_W_enc, str(runner.sae.device), runner.sae.dtype)
     stream = runner.make_stream()
@@ -246,16 +275,18 @@ def crosscheck(runner: Any, heldout_tokens: torch.Tensor, steps: int, work: Path
             fvus[name] = heldout_fvu(contender.predict, x_ho, y_ho, keep)
             fvus_all[name] = heldout_fvu(contender.predict, x_ho, y_ho, torch.ones_like(keep))
             bias_removed = heldout_fvu(contender.predict, x_ho, y_ho, keep, remove_mean_error=True)
+            fired = contender.fired(x_ho[keep])
         results[name] = {
             "heldout_fvu": _interval(fvus[name]),
             "heldout_fvu_all_tokens": _interval(fvus_all[name]),
             "heldout_fvu_mean_error_removed": bias_removed.value,
+            "heldout_latents_never_active": int((~fired).sum()),
             "step_median_s": statistics.median(times[name]),
             "step_total_s": sum(times[name]),
             "lr": contender.lr,
             "batches_sha256": contender.seen.hexdigest(),
         }
-    for name in variants:
+    for name in [n for n in contenders if n != "ours"]:
         rel = fvus[name] / fvus["ours"]  # paired: same held-out sequences
         results[name]["fvu_ratio_to_ours"] = _interval(rel)
         results[name]["fvu_ratio_to_ours_all_tokens"] = _interval(fvus_all[name] / fvus_all["ours"])
