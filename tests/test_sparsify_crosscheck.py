@@ -98,3 +98,29 @@ def test_crosscheck_trains_ours_exactly_as_the_runner_and_all_on_the_same_batche
     times = script.step_times(runner, warmup=1, repeats=1, work=tmp_path / "st")
     assert set(times["step_median_s"]) == {"transcoder", "skip_transcoder", "jsae_pair_lambda_rule", "plain_pair_lambda_0"}
     assert times["jacobian_coefficient_rule"] == pytest.approx(0.5 * 4**2 / 16)
+
+
+def test_docs_figures_come_from_the_committed_result():
+    """docs/transcoders.md's cross-check and step-time tables quote the result file it links."""
+    import json
+    import re
+
+    doc = (ROOT / "docs" / "transcoders.md").read_text()
+    (name,) = set(re.findall(r"\(\.\./benchmarks/results/(sparsify-crosscheck-cpu-[\d-]+\.json)\)", doc)) - {
+        "sparsify-crosscheck-cpu-20261202-211153.json"}  # the earlier, shorter run it also cites
+    result = json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+    contenders = result["crosscheck"]["contenders"]
+    assert f"{result['crosscheck']['training_tokens']:,} training tokens" in doc
+    for c in contenders.values():
+        iv = c["heldout_fvu"]
+        assert f"{iv['value']:.3f} [{iv['lo']:.3f}, {iv['hi']:.3f}]" in doc
+        if "fvu_ratio_to_ours" in c:
+            r = c["fvu_ratio_to_ours"]
+            assert f"{r['value']:.3f}" in doc and f"{r['lo']:.3f}, {r['hi']:.3f}]" in doc
+            assert f"| {c['step_time_ratio_to_ours']:.2f} |" in doc
+        assert f"| {c['heldout_latents_never_active']}" in doc
+    steps = result["step_times"]
+    for member, ms in steps["step_median_s"].items():
+        assert f"| {ms * 1e3:.0f} |" in doc, member
+    for key in ("transcoder_vs_plain_pair", "skip_transcoder_vs_plain_pair", "jsae_pair_vs_plain_pair", "jsae_pair_vs_transcoder"):
+        assert f"| {steps['ratios'][key]:.2f} |" in doc, key
