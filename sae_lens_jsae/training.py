@@ -413,7 +413,8 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
         """SAELens' final save (SAE weights only, cfg with `mlp_sha256`), plus a local
         `mlp.safetensors` so the output loads without the model (`jsae push` leaves it out)."""
         super().save_final_sae(sae=sae, output_path=output_path, log_feature_sparsity=log_feature_sparsity)
-        sae.save_mlp(output_path)
+        if is_pair(sae):  # a transcoder does not need its MLP to run
+            sae.save_mlp(output_path)
 
     def save_checkpoint(self, checkpoint_path: Path | None) -> None:
         super().save_checkpoint(checkpoint_path)

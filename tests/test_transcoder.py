@@ -272,3 +272,59 @@ def test_the_aux_loss_targets_the_mlp_output_residual():
     assert not torch.allclose(expected, wrong)
     torch.testing.assert_close(out.losses["mse_loss"], (out.sae_out - y).pow(2).sum(-1).mean())
     assert torch.equal(out.sae_in, y)
+
+
+# ---- evaluation: beside the pairs, on the same tokens -------------------------------------------
+
+
+def _save_transcoder(model, path, arch, seed):
+    from sae_lens_jsae.training import variant_sae_config
+
+    torch.manual_seed(seed)
+    cfg = TRANSCODER_CLASSES[arch][3](d_in=16, d_sae=32, k=4, dtype="float64",
+                                      metadata=SAEMetadata(hook_name="blocks.1.ln2.hook_normalized", model_name=model.cfg.model_name))
+    cfg = variant_sae_config(cfg, {})  # sets metadata.hook_name_out as the runner does
+    tc = TRANSCODER_CLASSES[arch][2](cfg)
+    with torch.no_grad():
+        tc.W_dec.copy_(0.3 * torch.randn_like(tc.W_dec))
+        if hasattr(tc, "W_skip"):
+            tc.W_skip.copy_(0.1 * torch.randn_like(tc.W_skip))
+    tc.save_inference_model(path)
+    return tc
+
+
+def test_jsae_eval_scores_transcoders_beside_the_pairs_on_the_same_tokens(tmp_path):
+    from sae_lens_jsae import build_jacobian_sae
+    from sae_lens_jsae.evals.sweep import evaluate_sweeps_and_compare
+
+    model = make_tiny_model("gated_silu")
+    torch.manual_seed(1)
+    build_jacobian_sae(model, 1, d_sae=32, k=4, jacobian_coefficient=0.0).save_model(tmp_path / "sweep" / "jacobian_coefficient=0")
+    tcs = {name: _save_transcoder(model, tmp_path / "sweep" / name, arch, seed)
+           for name, arch, seed in (("architecture=topk_transcoder", TOPK_TRANSCODER, 2), ("architecture=topk_skip_transcoder", TOPK_SKIP_TRANSCODER, 3))}
+    tokens = torch.randint(1, model.cfg.d_vocab, (8, 16), generator=torch.Generator().manual_seed(0))
+    report = evaluate_sweeps_and_compare([tmp_path / "sweep"], model, tokens, tmp_path / "out", n_tokens=64, n_splice_tokens=128,
+                                         n_linearity_tokens=4, batch_size=4, core=False, progress=False)
+    text = report.read_text()
+    assert "The MLP replaced: JSAE pairs beside transcoders (same tokens)" in text
+    pair = json.loads(next((tmp_path / "out").glob("*jacobian_coefficient_0_summary.json")).read_text())
+    _, cache = model.run_with_cache(tokens, names_filter=["blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"])
+    x, y = cache["blocks.1.ln2.hook_normalized"], cache["blocks.1.hook_mlp_out"]
+    for name, tc in tcs.items():
+        d = json.loads((tmp_path / "out" / "transcoders" / f"{name.replace('=', '_')}_summary.json").read_text())
+        assert d["kind"] == "transcoder" and d["architecture"] == tc.cfg.architecture() and f"{d['label']} ({d['architecture']})" in text
+        assert d["splice"]["per_sequence"]["tokens_digest"] == pair["splice"]["per_sequence"]["tokens_digest"]
+        with torch.no_grad():
+            y_hat = tc(x)
+            acts = tc.encode(x)
+            spliced = model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[("blocks.1.hook_mlp_out", lambda act, hook: y_hat)])
+        assert d["splice"]["replacement"]["ce_spliced"] == pytest.approx(float(spliced), rel=1e-6)
+        y2, yh2 = y.reshape(-1, 16), y_hat.reshape(-1, 16)
+        ev = 1 - (y2 - yh2).pow(2).sum() / (y2 - y2.mean(0)).pow(2).sum()
+        assert d["explained_variance"]["replacement"] == pytest.approx(float(ev), rel=1e-6)
+        assert d["intervals"]["l0"]["value"] == pytest.approx(float((acts > 0).sum(-1).double().mean()), rel=1e-9)
+        assert d["dead_latents"] == int(((acts > 0).reshape(-1, 32).sum(0) == 0).sum())
+        assert d["n_parameters"] == sum(p.numel() for p in tc.parameters())
+        ev_iv = d["intervals"]["explained_variance.replacement"]
+        assert ev_iv["lo"] < ev_iv["value"] < ev_iv["hi"] and "splice.replacement.ce_loss_score" in d["intervals"]
+    assert "explained_variance.replacement" in pair["intervals"]  # the pair's replacement scored the same way

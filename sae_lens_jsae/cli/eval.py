@@ -57,12 +57,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--processes is for sweeps (several pairs); a single checkpoint is evaluated in one process.")
     if sweep_mode and args.baseline:
         raise ValueError("--baseline is for one checkpoint; a sweep directory brings its own λ=0 pair (jacobian_coefficient=0).")
+    from sae_lens_jsae.evals.sweep import is_transcoder_dir
     from sae_lens_jsae.hub import check_pair_files
 
     for source in [*args.checkpoint, *args.randomized_sweep, *([args.baseline] if args.baseline else [])]:
         for pair in find_pairs(source):
             check_pair_files(pair)  # a bad cfg.json or a truncated safetensors file: one line, before the model loads
     first = find_pairs(args.checkpoint[0])[0]
+    if not sweep_mode and is_transcoder_dir(first):
+        raise ValueError(f"{first} is a transcoder: evaluate it beside a JSAE pair, e.g. the sweep folder holding both (jsae eval SWEEP_DIR).")
     layer, saved_name = pair_layer_and_model(first)
     model_name = args.model_name or saved_name
     check_layer(args.model_source, model_name, layer)  # before the weights load
@@ -100,7 +103,9 @@ def graph_pairs(paths: list[Any]) -> dict[str, Any]:
     loss; else the smallest λ > 0) as "jsae", and the λ=0 pair as "lambda0"."""
     from sae_lens_jsae.evals.sweep import label_pairs, load_pair
 
-    pairs = label_pairs([load_pair(p) for p in paths])
+    from sae_lens_jsae.evals.sweep import is_transcoder_dir
+
+    pairs = label_pairs([load_pair(p) for p in paths if not is_transcoder_dir(p)])
     plain = [p for p in pairs if p.series_label == "paper loss"] or pairs
     zero = next((p for p in plain if p.jacobian_coefficient == 0), None)
     rule = next((p for p in plain if p.path.name.endswith("=auto")), None)

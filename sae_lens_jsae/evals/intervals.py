@@ -220,9 +220,12 @@ def splice_estimates(ps: Mapping[str, Any]) -> dict[str, Estimate]:
     if "splice.input.ce_loss_score" in out and "splice.output.ce_loss_score" in out:
         out["splice.average_ce_loss_score"] = (out["splice.input.ce_loss_score"] + out["splice.output.ce_loss_score"]).scale(0.5)
     for name, err, var in (("input", "sqerr_input", "var_input"), ("output", "sqerr_output", "var_output"),
-                           ("mlp_of_input_reconstruction", "sqerr_mlp_of_recon", "var_output")):
+                           ("mlp_of_input_reconstruction", "sqerr_mlp_of_recon", "var_output"),
+                           ("replacement", "sqerr_replacement", "var_output")):
         if err in col and var in col:
             out[f"explained_variance.{name}"] = ratio(col[err], col[var]).scale(-1.0, 1.0)
+    if "l0_sum" in col:  # a transcoder's active latents per (non-special) token
+        out["l0"] = ratio(col["l0_sum"], col["n_ev"])
     return out
 
 

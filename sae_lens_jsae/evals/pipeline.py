@@ -192,6 +192,44 @@ def evaluate_checkpoint(
     return path
 
 
+def write_transcoder_summary(
+    sae,
+    splice: SpliceResult,
+    output_dir: str | os.PathLike[str],
+    *,
+    label: str,
+    checkpoint: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write `{label}_summary.json` of a transcoder scored by `splice_scores_multi` (its replacement
+    splice, explained variance, L0 and dead latents, with 95% intervals) in `output_dir`."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "format": SUMMARY_FORMAT,
+        "kind": "transcoder",
+        "label": label,
+        "architecture": sae.cfg.architecture(),
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "model_name": sae.cfg.metadata.model_name,
+        "hook_name": sae.cfg.metadata.hook_name,
+        "randomized": False,
+        "d_sae": sae.cfg.d_sae,
+        "k": sae.cfg.k,
+        "active_latents_per_token": sae.cfg.k,
+        "n_parameters": sum(p.numel() for p in sae.parameters()),
+        "splice": splice.to_dict(),
+        "explained_variance": splice.explained_variance,
+        "dead_latents": splice.dead_latents,
+        **(extra or {}),
+    }
+    summary["interval_method"] = METHOD
+    summary["intervals"] = summary_intervals(summary)
+    path = out / f"{label}_summary.json"
+    path.write_text(json.dumps(summary, indent=2))
+    return path
+
+
 def score_saes(
     model, saes: Sequence[Any], tokens: TokenSource, output_dir: str | os.PathLike[str], *, device: str = "cpu", **core_kwargs: Any
 ) -> list[Path]:
@@ -204,13 +242,20 @@ def score_saes(
 
 
 def find_summaries(folder: str | os.PathLike[str]) -> list[Path]:
-    """The summary JSONs an evaluated run left in `folder`: `*_summary.json`, then the randomized
-    control's under `randomized/` (as `jsae eval` over sweeps and `publish_frontier` write them)."""
+    """The pairs' summary JSONs an evaluated run left in `folder`: `*_summary.json`, then the
+    randomized control's under `randomized/` (as `jsae eval` over sweeps and `publish_frontier`
+    write them). Transcoders' summaries (under `transcoders/`): `find_transcoder_summaries`."""
     root = Path(folder)
     return sorted(root.glob("*_summary.json")) + sorted(root.glob("randomized/*_summary.json"))
 
 
-def compare(summaries: Sequence[str | os.PathLike[str]], output_dir: str | os.PathLike[str], *, extra_core: Sequence[str | os.PathLike[str]] = (), title: str = "Jacobian SAE evaluation") -> Path:
+def find_transcoder_summaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """The transcoders' summary JSONs of an evaluated run (`transcoders/*_summary.json`)."""
+    return sorted(Path(folder).glob("transcoders/*_summary.json"))
+
+
+def compare(summaries: Sequence[str | os.PathLike[str]], output_dir: str | os.PathLike[str], *, extra_core: Sequence[str | os.PathLike[str]] = (),
+            title: str = "Jacobian SAE evaluation", transcoders: Sequence[str | os.PathLike[str]] = ()) -> Path:
     """Write `report.md` and `report.html` (with PNG plots) in `output_dir` from summary JSONs.
 
     The first summary is the main JSAE; summaries with jacobian_coefficient 0 are λ=0 baselines;
@@ -219,7 +264,7 @@ def compare(summaries: Sequence[str | os.PathLike[str]], output_dir: str | os.Pa
     """
     from sae_lens_jsae.report import write_report
 
-    return write_report(summaries, output_dir, extra_core=extra_core, title=title)
+    return write_report(summaries, output_dir, extra_core=extra_core, title=title, transcoders=transcoders)
 
 
 def evaluate_and_compare(

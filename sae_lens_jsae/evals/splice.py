@@ -18,8 +18,14 @@ passes instead of 7n full ones. Log-softmax and KL run in float32 (float64 for a
 on SmolLM2 the float32 KL differs from float64 by ≪ its sampling error (docs/metrics.md).
 
 Explained variances (1 − Σ‖x − x̂‖² / Σ‖x − μ‖², μ the eval-set mean, special tokens excluded as in
-SAEBench's core eval) of the input SAE, the output SAE and of the MLP through the input SAE's
-reconstruction (f(x̂) against y = f(x)) come from the same pass. Everything is also kept as
+SAEBench's core eval) of the input SAE, the output SAE, of the MLP through the input SAE's
+reconstruction (f(x̂) against y = f(x)) and of the replacement (output SAE(f(x̂)) against y) come
+from the same pass.
+
+Transcoders (`sae_lens_jsae.transcoder`) score in the same pass on the same tokens: their one
+splice is `replacement` (`hook_mlp_out` set to the transcoder's ŷ(x), against the same
+zero-ablation), with the replacement's explained variance, L0 per token and the latents that never
+fired on the eval tokens. Everything is also kept as
 per-sequence sums (`SpliceResult.per_sequence`) for intervals and paired differences
 (`sae_lens_jsae.evals.intervals`).
 """
@@ -73,10 +79,13 @@ class SpliceResult:
     output: SpliceScore | None
     """Output SAE at hook_mlp_out."""
     replacement: SpliceScore | None
-    """Input SAE → MLP → output SAE in place of the MLP (at hook_mlp_out)."""
+    """Input SAE → MLP → output SAE in place of the MLP (at hook_mlp_out); a transcoder's ŷ(x)."""
     explained_variance: dict[str, float] = field(default_factory=dict)
-    """1 − Σ‖x − x̂‖²/Σ‖x − μ‖² of `input` (x̂ = input SAE(x)), `output` (ŷ = output SAE(y)) and
-    `mlp_of_input_reconstruction` (f(x̂) against y); see the module docstring."""
+    """1 − Σ‖x − x̂‖²/Σ‖x − μ‖² of `input` (x̂ = input SAE(x)), `output` (ŷ = output SAE(y)),
+    `mlp_of_input_reconstruction` (f(x̂) against y) and `replacement` (what the replacement splice
+    writes, against y); a transcoder has `replacement` only. See the module docstring."""
+    dead_latents: int | None = None
+    """A transcoder's latents that never fired on the eval tokens (None for pairs)."""
     per_sequence: dict[str, Any] | None = None
     """Per-sequence sums (lists, one entry per sequence) for intervals: n_pred, n_pos, n_ev, ce_clean,
     ce_/kl_ of zero_input, zero_mlp_out and each splice, sqerr_/var_ input and output,
@@ -96,7 +105,7 @@ class SpliceResult:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SpliceResult:
         return cls(n_tokens=d["n_tokens"], **{s: SpliceScore(**d[s]) if d.get(s) else None for s in SPLICES},
-                   explained_variance=d.get("explained_variance") or {}, per_sequence=d.get("per_sequence"))
+                   explained_variance=d.get("explained_variance") or {}, dead_latents=d.get("dead_latents"), per_sequence=d.get("per_sequence"))
 
 
 def _check_splices(splices: Sequence[str]) -> None:
@@ -183,8 +192,10 @@ def splice_scores_multi(
     max_tokens: int | None = None,
     progress: bool = True,
 ) -> dict[str, SpliceResult]:
-    """`splice_scores` of several JSAEs ({name: JSAE}) in one pass over `tokens`, sharing the clean
-    and zero-ablated runs (see the module docstring). Returns {name: SpliceResult}."""
+    """`splice_scores` of several JSAEs and transcoders ({name: model}) in one pass over `tokens`,
+    sharing the clean and zero-ablated runs (see the module docstring). Returns {name: SpliceResult}."""
+    from sae_lens_jsae.transcoder import is_transcoder
+
     _check_splices(splices)
     if not saes:
         raise ValueError("splice_scores_multi needs at least one JSAE.")
@@ -198,6 +209,7 @@ def splice_scores_multi(
         names |= {f"blocks.{L}.hook_resid_pre", f"blocks.{L}.hook_attn_out"} if parallel else {f"blocks.{L}.hook_resid_mid"}
     special = _special_token_ids(model)
     cols: dict[str, dict[str, list[torch.Tensor]]] = {name: {} for name in saes}
+    fired = {name: torch.zeros(sae.cfg.d_sae, dtype=torch.bool) for name, sae in saes.items() if is_transcoder(sae)}
     moments: dict[int, dict[str, list[torch.Tensor]]] = {L: {} for L in set(layers.values())}  # per-seq Σx, Σ‖x‖², Σy, Σ‖y‖²
     digest = hashlib.sha256()
     n_tok = 0
@@ -233,19 +245,31 @@ def splice_scores_multi(
             c = cols[name]
             for key, v in {**common, **shared[layers[name]]}.items():
                 add(c, key, v)
-            x_hat = sae.decode(sae.encode(x.to(sae.dtype)))
-            y_hat = sae.decode_output(sae.encode_output(y.to(sae.dtype)))
-            f_x_hat = sae.require_mlp()(x_hat)
-            add(c, "sqerr_input", ((x.to(torch.float64) - x_hat.to(torch.float64)).pow(2).sum(-1) * keep_f).sum(1))
-            add(c, "sqerr_output", ((y.to(torch.float64) - y_hat.to(torch.float64)).pow(2).sum(-1) * keep_f).sum(1))
-            add(c, "sqerr_mlp_of_recon", ((y.to(torch.float64) - f_x_hat.to(torch.float64)).pow(2).sum(-1) * keep_f).sum(1))
-            for s in splices:
-                if s == "input":
-                    mlp_out = run.mlp_of(x_hat)
-                elif s == "output":
-                    mlp_out = y_hat.to(y.dtype)
-                else:
-                    mlp_out = sae.decode_output(sae.encode_output(f_x_hat)).to(y.dtype)
+
+
+            def sqerr(target: torch.Tensor, approx: torch.Tensor) -> torch.Tensor:
+                return ((target.to(torch.float64) - approx.to(torch.float64)).pow(2).sum(-1) * keep_f).sum(1)
+
+            if name in fired:  # a transcoder: ŷ(x) replaces the MLP
+                acts = sae.encode(x.to(sae.dtype))
+                active = acts > 0
+                fired[name] |= active[keep].any(0).cpu()
+                add(c, "l0_sum", (active.sum(-1).to(torch.float64) * keep_f).sum(1))
+                replacement = sae.decode(acts) + (x.to(sae.dtype) @ sae.W_skip.T if hasattr(sae, "W_skip") else 0)
+                add(c, "sqerr_replacement", sqerr(y, replacement))
+                outputs = {"replacement": replacement.to(y.dtype)} if "replacement" in splices else {}
+            else:
+                x_hat = sae.decode(sae.encode(x.to(sae.dtype)))
+                y_hat = sae.decode_output(sae.encode_output(y.to(sae.dtype)))
+                f_x_hat = sae.require_mlp()(x_hat)
+                replacement = sae.decode_output(sae.encode_output(f_x_hat))
+                add(c, "sqerr_input", sqerr(x, x_hat))
+                add(c, "sqerr_output", sqerr(y, y_hat))
+                add(c, "sqerr_mlp_of_recon", sqerr(y, f_x_hat))
+                add(c, "sqerr_replacement", sqerr(y, replacement))
+                outputs = {"input": lambda: run.mlp_of(x_hat), "output": lambda: y_hat.to(y.dtype), "replacement": lambda: replacement.to(y.dtype)}
+                outputs = {s: outputs[s]() for s in splices}
+            for s, mlp_out in outputs.items():
                 ce, kl = run.rest(mlp_out)
                 add(c, f"ce_{s}", ce)
                 add(c, f"kl_{s}", kl)
@@ -260,9 +284,15 @@ def splice_scores_multi(
             n_ev = torch.cat(cols[next(n for n in saes if layers[n] == L)]["n_ev"])
             mu = S.sum(0) / n_ev.sum().clamp_min(1)
             var[L]["var_input" if v == "x" else "var_output"] = Q - 2 * S @ mu + n_ev * mu.dot(mu)
-    return {name: _result(n_tok, splices, {k: torch.cat(v) for k, v in cols[name].items()} | var[layers[name]], digest.hexdigest(),
-                          saes[name].cfg.metadata.hook_name, saes[name].output_hook)
-            for name in saes}
+    results = {}
+    for name, sae in saes.items():
+        own = [s for s in splices if s == "replacement"] if name in fired else splices
+        out_hook = sae.cfg.metadata.hook_name_out if name in fired else sae.output_hook
+        results[name] = _result(n_tok, own, {k: torch.cat(v) for k, v in cols[name].items()} | var[layers[name]], digest.hexdigest(),
+                                sae.cfg.metadata.hook_name, out_hook)
+        if name in fired:
+            results[name].dead_latents = int((~fired[name]).sum())
+    return results
 
 
 def _result(n_tok: int, splices: Sequence[str], col: dict[str, torch.Tensor], digest: str, in_hook: str, out_hook: str) -> SpliceResult:
@@ -288,7 +318,8 @@ def _result(n_tok: int, splices: Sequence[str], col: dict[str, torch.Tensor], di
         )
     ev = {name: 1 - t[err] / t[v] if t[v] > 0 else float("nan") for name, err, v in (
         ("input", "sqerr_input", "var_input"), ("output", "sqerr_output", "var_output"),
-        ("mlp_of_input_reconstruction", "sqerr_mlp_of_recon", "var_output"))}
+        ("mlp_of_input_reconstruction", "sqerr_mlp_of_recon", "var_output"), ("replacement", "sqerr_replacement", "var_output"))
+        if err in t}
     per_seq: dict[str, Any] = {k: rounded(v.numpy()) for k, v in col.items()}
     per_seq["tokens_digest"] = digest
     return SpliceResult(n_tokens=n_tok, **scores, explained_variance=ev, per_sequence=per_seq)  # type: ignore[arg-type]

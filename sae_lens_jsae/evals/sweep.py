@@ -189,7 +189,9 @@ def evaluate_sweeps_and_compare(
     building its model with `model_factory` (the randomized pairs stay in this process)."""
     from sae_lens_jsae.evals.pipeline import compare
 
-    main = [load_pair(p, randomized) for d in sweep_dirs for p in find_pairs(d)]
+    found = [p for d in sweep_dirs for p in find_pairs(d)]
+    transcoder_dirs = [p for p in found if is_transcoder_dir(p)]
+    main = [load_pair(p, randomized) for p in found if not is_transcoder_dir(p)]
     rand = [load_pair(p, True) for d in randomized_dirs for p in find_pairs(d)]
     if rand and randomized_model is None:
         raise ValueError("randomized sweep pairs need the randomized model (randomized_model=…).")
@@ -202,7 +204,45 @@ def evaluate_sweeps_and_compare(
         summaries = evaluate_sweep(main, model, tokens, output_dir, **kwargs) if main else []
     if rand:
         summaries += evaluate_sweep(rand, randomized_model, tokens, Path(output_dir) / "randomized", **kwargs)
-    return compare([*summaries, *also], output_dir, title="Jacobian SAE evaluation: λ frontier")
+    transcoders = evaluate_transcoders(transcoder_dirs, model, tokens, Path(output_dir) / "transcoders", **kwargs) if transcoder_dirs else []
+    if not summaries:
+        raise ValueError("jsae eval: the report needs at least one JSAE pair (e.g. the λ = 0 pair) beside transcoders.")
+    return compare([*summaries, *also], output_dir, title="Jacobian SAE evaluation: λ frontier", transcoders=transcoders)
+
+
+def is_transcoder_dir(path: Path) -> bool:
+    """Whether a checkpoint directory holds a transcoder (its cfg.json's architecture)."""
+    from sae_lens_jsae.transcoder import TRANSCODER_ARCHITECTURES
+
+    return json.loads((Path(path) / "cfg.json").read_text()).get("architecture") in TRANSCODER_ARCHITECTURES
+
+
+def evaluate_transcoders(
+    dirs: Sequence[Path],
+    model,
+    tokens: torch.Tensor,
+    output_dir: str | os.PathLike[str],
+    *,
+    n_splice_tokens: int = 32_768,
+    batch_size: int = 16,
+    progress: bool = True,
+    **_: Any,
+) -> list[Path]:
+    """Score transcoders on the same tokens as the pairs (one splice pass for all of them): the
+    replacement CE-loss / KL scores, MLP-output explained variance, L0 and dead latents, with
+    intervals; one summary each in `output_dir`. Returns the summary paths."""
+    from sae_lens import SAE
+
+    from sae_lens_jsae.evals.pipeline import write_transcoder_summary
+    from sae_lens_jsae.evals.splice import splice_scores_multi
+
+    saes = {re.sub(r"[^A-Za-z0-9._-]+", "_", p.name): SAE.load_from_disk(str(p), device=str(model.cfg.device)) for p in dirs}
+    if len(saes) != len(dirs):
+        raise ValueError(f"two transcoders share a folder name: {[str(p) for p in dirs]}")
+    splices = splice_scores_multi(model, saes, tokens, splices=("replacement",), batch_size=max(1, batch_size // 2),
+                                  max_tokens=n_splice_tokens, progress=progress)
+    return [write_transcoder_summary(sae, splices[label], output_dir, label=label, checkpoint=path, extra={"pair_name": path.name})
+            for (label, sae), path in zip(saes.items(), dirs)]
 
 
 def _evaluate_sweep_worker(pairs: list[SweepPair], model_factory: ModelFactory, tokens: torch.Tensor, output_dir: str, kwargs: dict[str, Any]) -> list[Path]:
