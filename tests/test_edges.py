@@ -3,10 +3,12 @@ the count on hand-built rows, sparse below dense, and no dependence on the scale
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from helpers import make_tiny_model, mlp_inputs
 from sae_lens.saes.sae import SAEMetadata
+from scipy.stats import t as student_t
 
 from sae_lens_jsae import build_jacobian_sae
 from sae_lens_jsae.evals.edges import (
@@ -254,8 +256,18 @@ def test_edge_measure_on_tokens_means_per_token_with_intervals_by_sequence():
     # (per-sequence sums are stored to 9 significant digits)
     assert result.edges_for_coverage[0] == pytest.approx(float(counts.edges[has, 0].mean()), rel=1e-7)
     assert result.error_share == pytest.approx(float(counts.error_share[has].mean()), rel=1e-7)
+    # the interval against a direct computation: per-sequence sums (6 sequences of 8 tokens, row-major),
+    # delta-method SE of Σa/Σb over sequences, times Student's t at 5 dof (a per-token SE, 1.96 or
+    # another clustering would not match)
+    a = counts.edges[:, 0].where(has, torch.zeros(())).double().reshape(6, 8).sum(1).numpy()
+    b = has.double().reshape(6, 8).sum(1).numpy()
+    r = a.sum() / b.sum()
+    half = student_t.ppf(0.975, 5) * np.sqrt(6 / 5 * np.sum(((a - r * b) / b.sum()) ** 2))
     interval = result.intervals["edges.edges_for_80"]
-    assert interval["n_sequences"] == 6 and interval["lo"] < interval["value"] < interval["hi"]
+    assert interval["n_sequences"] == 6 and interval["value"] == pytest.approx(r, rel=1e-7)
+    assert half > 0
+    assert interval["hi"] - interval["value"] == pytest.approx(half, rel=1e-6)
+    assert interval["value"] - interval["lo"] == pytest.approx(half, rel=1e-6)
     assert result.n_tokens == 48 and sum(result.per_sequence["n_tokens"]) == int(has.sum())
     assert result.intervals["edges.completeness"]["value"] == pytest.approx(1 - result.error_share)
     assert result.per_sequence["tokens_digest"] is not None

