@@ -119,7 +119,7 @@ class RunOptions:
     dist_shard_weight_products: bool = False
     """Under torchrun, data parallel: split the penalty's weight products over ranks
     (`distributed.shard_weight_products`). Off by default: with gloo on CPU the exchange cost
-    more than it saved (scripts/bench.py section 7, docs/performance.md); with NCCL not measured."""
+    more than it saved (benchmarks/bench.py section 7, docs/performance.md); with NCCL not measured."""
 
 
 def _tune_process(cfg: LanguageModelSAERunnerConfig[Any], options: RunOptions) -> None:
