@@ -7,7 +7,11 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-PY="${PYTHON:-$ROOT/.venv/bin/python}"
+# builds with the checkout's ./.venv (what scripts/test.sh installs) or, in a bare clone, python3;
+# without isolation where that Python can build wheels (setuptools + bdist_wheel), else isolated
+if [[ -n "${PYTHON:-}" ]]; then PY="$PYTHON"
+elif [[ -x "$ROOT/.venv/bin/python" ]]; then PY="$ROOT/.venv/bin/python"
+else PY="$(command -v python3)"; fi
 WHEELHOUSE="${JSAE_WHEELHOUSE:-$HOME/.cache/sae_lens_jsae/wheelhouse}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -22,7 +26,11 @@ if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
 else
   tar --exclude=./.venv --exclude=./outputs --exclude=./build -cf - . | tar -xf - -C "$work/src"
 fi
-"$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$work/dist" "$work/src"
+build_opts=(--no-build-isolation)
+"$PY" -c "import importlib.util as u, setuptools; assert u.find_spec('setuptools.command.bdist_wheel') or u.find_spec('wheel')" 2>/dev/null \
+  || build_opts=(--find-links "$WHEELHOUSE")   # an isolated build env (setuptools from the wheelhouse or the index)
+mkdir -p "$WHEELHOUSE"
+"$PY" -m pip wheel -q --no-deps "${build_opts[@]}" -w "$work/dist" "$work/src"
 wheel="$(ls "$work"/dist/sae_lens_jsae-*.whl)"
 "$PY" - "$wheel" <<'PY'
 import sys, zipfile
