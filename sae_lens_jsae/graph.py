@@ -20,9 +20,20 @@ Completeness (how well the edges into an output latent account for it), per outp
 - the circuit-tracer style "completeness": the latent edges' share of all |incoming
   attribution| (latents + the input-error node).
 
-Pruning follows circuit-tracer's two thresholds: keep the fewest nodes of each layer that carry
-`node_threshold` of that layer's total |attribution|, then the fewest edges among them that
-carry `edge_threshold` of theirs.
+Pruning, by default, is per downstream node (`node_coverage`, 0.8): every active output latent
+keeps the fewest incoming entries — input latents, the input-error node and a bias node (the
+pre-activation at x = b_dec, `evals.edges`) — that reach 80% of its |attribution|, the rule the
+method-neutral edge measure counts (`evals.edges.row_cover`), so a graph's edges per output
+latent are that measure on this prompt. Why: circuit-tracer's global thresholds (the fewest
+nodes of each layer carrying `node_threshold` of that layer's |attribution|, then the fewest
+edges among them carrying `edge_threshold` of theirs; still `node_threshold=`/`edge_threshold=`)
+keep whatever the strongest tokens need, and left a 32-token sentence of the demo with 1 535
+nodes and 13 088 edges — no picture of how sparse each latent's computation is.
+
+Transcoders (`transcoder_prompt_attribution`): the same bipartite graph with an upstream SAE's
+input latents (e.g. the λ = 0 pair's input SAE) as layer 0 and the transcoder's latents as
+layer 1; the edges are exact (`evals.edges.transcoder_attributions`), so several models can be
+drawn side by side on one prompt (`write_graphs`, the viewer's side-by-side view).
 
 Cost: one forward of the model up to the JSAE's block, one `active_jacobian` (k²·d_mlp per
 token), two MLP evaluations and one JVP: well under a second for 64 tokens of SmolLM2 on CPU.
@@ -38,10 +49,15 @@ from typing import Any, NamedTuple
 
 import torch
 
+from sae_lens_jsae.evals.edges import pair_attributions, row_cover, transcoder_attributions
+
 SCHEMA_VERSION = 1
 FEATURE_TYPE = "cross layer transcoder"  # what circuit-tracer / Neuronpedia call a feature node
 ERROR_TYPE = "mlp reconstruction error"
+BIAS_TYPE = "bias"  # a node of ours (circuit-tracer draws no bias): what the output latent gets at x = b_dec
 LAYERS = {"input": 0, "output": 1}
+DEFAULT_NODE_COVERAGE = 0.8
+"""`jsae graph`'s default: each output latent keeps the edges reaching 80% of its |attribution|."""
 
 
 def cantor(layer: int, index: int) -> int:
@@ -91,6 +107,10 @@ class PromptAttribution(NamedTuple):
     """(T,) ‖y‖ (to read the output error relative to it)."""
     ablation_change: torch.Tensor
     """(T, k_out) pre-activation of each output latent at x minus at x − Σ_j s_x[j] d_j."""
+    bias: torch.Tensor
+    """(T, k_out) the bias node's attribution (`evals.edges.EdgeAttributions.bias`; 0 where inactive)."""
+    method: str = "pair"
+    """"pair" (layer 1: the pair's output SAE) or "transcoder" (layer 1: the transcoder's latents)."""
 
 
 @torch.no_grad()
@@ -105,6 +125,7 @@ def prompt_attribution(sae: Any, x: torch.Tensor, tokens: list[str]) -> PromptAt
     in_vals = s_x.gather(1, aj.input_indices)
     out_vals = s_y.gather(1, aj.output_indices)
     active_out = (out_vals > 0).to(x.dtype)
+    bias = pair_attributions(sae, x).bias * active_out  # same TopK picks as `active_jacobian`
 
     enc_out = sae.W_enc_out.T[aj.output_indices]  # (T, k, d): the active output encoder rows
     def out_pre(v: torch.Tensor) -> torch.Tensor:  # output latents' pre-activations of MLP outputs v
@@ -124,7 +145,38 @@ def prompt_attribution(sae: Any, x: torch.Tensor, tokens: list[str]) -> PromptAt
         jacobian=aj.values, attribution=aj.values * in_vals[:, None, :],
         input_error=input_error, input_error_norm=(x - x_hat).norm(dim=-1),
         output_error_norm=(y - y_hat).norm(dim=-1), output_norm=y.norm(dim=-1),
-        ablation_change=ablation,
+        ablation_change=ablation, bias=bias,
+    )
+
+
+@torch.no_grad()
+def transcoder_prompt_attribution(upstream: Any, transcoder: Any, x: torch.Tensor, tokens: list[str]) -> PromptAttribution:
+    """`PromptAttribution` of a transcoder's active latents (layer 1) to `upstream`'s active input
+    latents (layer 0; a JSAE pair's input SAE or a SAELens SAE on the MLP input), exact
+    (`evals.edges.transcoder_attributions`): `jacobian` holds ∂h_j/∂s_i = d_i·W_enc[:, j],
+    `ablation_change` the (linear) change of h_j when the upstream latents are switched off, and
+    the output error ‖y − ŷ‖ is NaN unless `upstream` carries the frozen MLP (a pair does)."""
+    ea = transcoder_attributions(upstream, transcoder, x)
+    W = transcoder.W_enc
+    x = x.to(W.dtype)
+    s_up = upstream.encode(x)
+    in_vals = s_up.gather(1, ea.upstream_indices).clamp_min(0).to(W.dtype)
+    out_vals = transcoder.encode(x).gather(1, ea.downstream_indices)
+    active_out = (out_vals > 0).to(W.dtype)
+    latents = ea.latents * active_out[:, :, None]
+    latent_part = (s_up @ upstream.W_dec).to(W.dtype)
+    x_hat = latent_part + upstream.b_dec.to(W.dtype)
+    ablation = (latent_part @ W).gather(1, ea.downstream_indices) * active_out
+    mlp = getattr(upstream, "mlp", None)
+    y = mlp(x.to(upstream.dtype)).to(W.dtype) if mlp is not None else torch.full_like(x, float("nan"))
+    return PromptAttribution(
+        tokens=list(tokens),
+        input_indices=ea.upstream_indices, input_values=in_vals,
+        output_indices=ea.downstream_indices, output_values=out_vals,
+        jacobian=torch.where(in_vals[:, None, :] > 0, latents / in_vals.clamp_min(1e-30)[:, None, :], 0.0),
+        attribution=latents, input_error=ea.error * active_out, input_error_norm=(x - x_hat).norm(dim=-1),
+        output_error_norm=(y - transcoder(x)).norm(dim=-1), output_norm=y.norm(dim=-1),
+        ablation_change=ablation, bias=ea.bias * active_out, method="transcoder",
     )
 
 
@@ -140,7 +192,8 @@ class Completeness(NamedTuple):
     feature_share: float
     """Σ|latent edges| / (Σ|latent edges| + Σ|input-error edges|) (circuit-tracer's completeness score)."""
     kept_fraction: float
-    """Σ|attribution| of the pruned graph's edges / Σ|attribution| of all edges (error edges included)."""
+    """Σ|attribution| of the pruned graph's edges / Σ|attribution| of all edges the rule ranks (latent and
+    error edges; bias edges too under per-node coverage)."""
     n_output_latents: int
     """Active output latents over all tokens."""
 
@@ -158,6 +211,114 @@ def _smallest_cover(scores: torch.Tensor, fraction: float) -> torch.Tensor:
     return keep
 
 
+class Pruning(NamedTuple):
+    """Which nodes and edges a graph keeps: one of two rules (`pruning` builds and checks one)."""
+
+    node_coverage: float | None
+    """Per active output latent, the fewest incoming entries (latents, input error, bias), largest
+    first, reaching this share of its |attribution| (`evals.edges.row_cover`); every active output
+    latent stays. None: circuit-tracer's rule below."""
+    node_threshold: float | None
+    """circuit-tracer: the fewest nodes of each layer carrying this share of its |attribution| ..."""
+    edge_threshold: float | None
+    """... then the fewest edges among them carrying this share of theirs (no bias node)."""
+
+    def describe(self) -> str:
+        if self.node_coverage is not None:
+            return f"each output latent's edges to {self.node_coverage:g} of its |attribution|"
+        return f"circuit-tracer thresholds: nodes {self.node_threshold:g}, edges {self.edge_threshold:g}"
+
+
+def pruning(node_coverage: float | None = None, node_threshold: float | None = None, edge_threshold: float | None = None) -> Pruning:
+    """The rule for these settings: circuit-tracer's when a threshold is given (the other one at
+    its circuit-tracer default, 0.8 nodes / 0.98 edges), else per-node coverage (default 0.8)."""
+    for name, v in (("node_coverage", node_coverage), ("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
+        if v is not None and not 0 < v <= 1:
+            raise ValueError(f"{name}={v} must lie in (0, 1]: the fraction of |attribution| to keep (circuit-tracer uses 0.8 and 0.98).")
+    if node_threshold is None and edge_threshold is None:
+        return Pruning(DEFAULT_NODE_COVERAGE if node_coverage is None else node_coverage, None, None)
+    if node_coverage is not None:
+        raise ValueError("node_coverage (per output latent) and node/edge thresholds (circuit-tracer) are two pruning rules: pass one.")
+    return Pruning(None, 0.8 if node_threshold is None else node_threshold, 0.98 if edge_threshold is None else edge_threshold)
+
+
+class Kept(NamedTuple):
+    """What a pruning rule keeps of a `PromptAttribution` (boolean masks)."""
+
+    inputs: torch.Tensor
+    """(T, k_in) input latents drawn."""
+    outputs: torch.Tensor
+    """(T, k_out) output latents drawn."""
+    edges: torch.Tensor
+    """(T, k_out, k_in) latent → latent edges."""
+    error: torch.Tensor
+    """(T, k_out) edges from the input-error node."""
+    bias: torch.Tensor
+    """(T, k_out) edges from the bias node."""
+    ranked: float
+    """Σ |attribution| the rule ranks (latents + error, and bias under per-node coverage)."""
+    kept: float
+    """Σ |attribution| of the kept edges."""
+
+
+def _keep_by_coverage(att: PromptAttribution, coverage: float) -> Kept:
+    """Per active output latent, `row_cover` of its row [|a_j1| … |a_jk|, |error_j|, |bias_j|]."""
+    k_in = att.attribution.shape[2]
+    out_active = att.output_values > 0
+    rows = torch.cat([att.attribution, att.input_error[..., None], att.bias[..., None]], -1).abs().double() * out_active[..., None]
+    keep = row_cover(rows, coverage)
+    edges = keep[..., :k_in]
+    return Kept(edges.any(1), out_active, edges, keep[..., k_in], keep[..., k_in + 1], float(rows.sum()), float((rows * keep).sum()))
+
+
+def _keep_by_thresholds(att: PromptAttribution, node_threshold: float, edge_threshold: float) -> Kept:
+    """circuit-tracer's rule: nodes per layer to `node_threshold`, then edges to `edge_threshold`."""
+    T, k_out, k_in = att.attribution.shape
+    A = att.attribution.abs().double()
+    E = att.input_error.abs().double()
+    in_score = A.sum(1).masked_fill(~(att.input_values > 0), 0)
+    out_score = (A.sum(2) + E).masked_fill(~(att.output_values > 0), 0)
+    keep_in = _smallest_cover(in_score.flatten(), node_threshold).view(T, k_in)
+    keep_out = _smallest_cover(out_score.flatten(), node_threshold).view(T, k_out)
+    # edges among kept nodes (error edges compete with latent edges)
+    cand = keep_out[:, :, None] & keep_in[:, None, :]
+    scores = torch.cat([(A * cand).flatten(), (E * keep_out).flatten()])
+    kept = _smallest_cover(scores, edge_threshold)
+    keep_edge = kept[: A.numel()].view(T, k_out, k_in)
+    keep_err = kept[A.numel():].view(T, k_out)
+    return Kept(keep_in & keep_edge.any(1), keep_out, keep_edge, keep_err, torch.zeros_like(keep_err),
+                float(A.sum() + E.sum()), float((A * keep_edge).sum() + (E * keep_err).sum()))
+
+
+class GraphCounts(NamedTuple):
+    """The size of a pruned graph (what a reader has to look at)."""
+
+    nodes: int
+    """All nodes: latents of both layers, error and bias nodes."""
+    edges: int
+    """All links."""
+    output_latents: int
+    """Layer-1 latents drawn."""
+    input_latents: int
+    """Layer-0 latents drawn."""
+    edges_per_output_latent: float
+    """Links into layer-1 latents per layer-1 latent (under per-node coverage: the edge measure's
+    edges-for-coverage on this prompt, averaged over nodes rather than tokens)."""
+
+
+class LatentPages(NamedTuple):
+    """Where each layer's latent pages live (`feature_file`; `jsae latents` writes them)."""
+
+    input_scan: str
+    """The scan (folder under features/) of the layer-0 latents."""
+    input_layer: int
+    """Their layer in that scan's page numbering."""
+    output_scan: str
+    """The scan of the layer-1 latents."""
+    output_layer: int
+    """Their layer there (1 for a pair's output SAE, 0 for a transcoder's latents)."""
+
+
 @dataclass
 class Graph:
     """A pruned graph as lists of node and link dicts (the file format), plus its completeness."""
@@ -165,94 +326,104 @@ class Graph:
     nodes: list[dict[str, Any]]
     links: list[dict[str, Any]]
     completeness: Completeness
+    rule: Pruning | None = None
+
+    @property
+    def counts(self) -> GraphCounts:
+        latents = [n for n in self.nodes if n["feature"] >= 0]
+        outputs = {n["node_id"] for n in latents if n["layer"] == "1"}
+        into = sum(link["target"] in outputs for link in self.links)
+        return GraphCounts(len(self.nodes), len(self.links), len(outputs), len(latents) - len(outputs), into / max(len(outputs), 1))
 
 
-def build_graph(att: PromptAttribution, scan: str, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Graph:
-    """Prune a `PromptAttribution` to the nodes and edges carrying most of the attribution."""
-    for name, v in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
-        if not 0 < v <= 1:
-            raise ValueError(f"{name}={v} must lie in (0, 1]: the fraction of |attribution| to keep (circuit-tracer uses 0.8 and 0.98).")
-    T, k_out, k_in = att.attribution.shape
+def build_graph(att: PromptAttribution, scan: str, node_threshold: float | None = None, edge_threshold: float | None = None, *,
+                node_coverage: float | None = None, pages: LatentPages | None = None) -> Graph:
+    """Prune a `PromptAttribution` (rule: `pruning(node_coverage, node_threshold, edge_threshold)`,
+    per-node coverage 0.8 by default) to nodes and links; `pages`: where latent pages live
+    (default: both layers in `scan`, as a pair's)."""
+    rule = pruning(node_coverage, node_threshold, edge_threshold)
+    kept = (_keep_by_coverage(att, rule.node_coverage) if rule.node_coverage is not None
+            else _keep_by_thresholds(att, rule.node_threshold, rule.edge_threshold))
+    pages = pages or LatentPages(scan, 0, scan, 1)
     A = att.attribution.abs().double()
     E = att.input_error.abs().double()
-    in_active = att.input_values > 0
     out_active = att.output_values > 0
-
-    # node scores: |attribution| carried, per (token, latent slot)
-    in_score = A.sum(1).masked_fill(~in_active, 0)
+    in_score = A.sum(1).masked_fill(~(att.input_values > 0), 0)
     out_score = (A.sum(2) + E).masked_fill(~out_active, 0)
-    keep_in = _smallest_cover(in_score.flatten(), node_threshold).view(T, k_in)
-    keep_out = _smallest_cover(out_score.flatten(), node_threshold).view(T, k_out)
-    # edges among kept nodes (error edges compete with latent edges)
-    cand = keep_out[:, :, None] & keep_in[:, None, :]
-    cand_err = keep_out
-    scores = torch.cat([(A * cand).flatten(), (E * cand_err).flatten()])
-    kept = _smallest_cover(scores, edge_threshold)
-    keep_edge = kept[: A.numel()].view(T, k_out, k_in)
-    keep_err = kept[A.numel():].view(T, k_out)
-    keep_in &= keep_edge.any(1)
     total = float(A.sum() + E.sum())
-
-    edge_sum = att.attribution.sum(2)
-    act = att.output_values
-    dev = (edge_sum - att.ablation_change).abs()
-    rel = (dev / att.ablation_change.abs().clamp_min(1e-12))[out_active]
-    completeness = Completeness(
-        edge_share_of_activation=float(edge_sum[out_active].sum() / act[out_active].sum().clamp_min(1e-12)),
-        linearisation_error=float(dev[out_active].sum() / att.ablation_change[out_active].abs().sum().clamp_min(1e-12)),
-        median_relative_error=float(rel.median()) if rel.numel() else float("nan"),
-        feature_share=float(A.sum() / max(total, 1e-12)),
-        kept_fraction=float(((A * keep_edge).sum() + (E * keep_err).sum()) / max(total, 1e-12)),
-        n_output_latents=int(out_active.sum()),
-    )
-
+    completeness = _completeness(att, kept, total)
     nodes: list[dict[str, Any]] = []
     links: list[dict[str, Any]] = []
+    down = "transcoder" if att.method == "transcoder" else "output"
 
     def latent_node(layer: int, t: int, idx: int, activation: float, influence: float, **extra: Any) -> str:
         node_id = f"{layer}_{idx}_{t}"
+        page = feature_file(pages.input_scan, pages.input_layer, idx) if layer == 0 else feature_file(pages.output_scan, pages.output_layer, idx)
         nodes.append({
             "node_id": node_id, "feature": cantor(layer, idx), "layer": str(layer), "ctx_idx": t,
             "feature_type": FEATURE_TYPE, "jsNodeId": f"{layer}_{idx}-0", "clerp": "",
             "token_prob": 0.0, "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0,
             "influence": influence, "activation": activation,
-            "sae": "input" if layer == 0 else "output", "latent": idx, "feature_file": feature_file(scan, layer, idx), **extra,
+            "sae": "input" if layer == 0 else down, "latent": idx, "feature_file": page, **extra,
         })
         return node_id
 
-    def error_node(layer: int, t: int, norm: float, clerp: str) -> str:
-        node_id = f"{layer}_-1_{t}"
+    def special_node(layer: int, t: int, feature: int, kind: str, value: float, clerp: str) -> str:
+        node_id = f"{layer}_{feature}_{t}"
         nodes.append({
-            "node_id": node_id, "feature": -1, "layer": str(layer), "ctx_idx": t, "feature_type": ERROR_TYPE,
-            "jsNodeId": f"{layer}_-1-{t}", "clerp": clerp, "token_prob": 0.0, "is_target_logit": False,
-            "run_idx": 0, "reverse_ctx_idx": 0, "influence": None, "activation": norm,
-            "sae": "input" if layer == 0 else "output", "latent": -1,
+            "node_id": node_id, "feature": feature, "layer": str(layer), "ctx_idx": t, "feature_type": kind,
+            "jsNodeId": f"{layer}_{feature}-{t}", "clerp": clerp, "token_prob": 0.0, "is_target_logit": False,
+            "run_idx": 0, "reverse_ctx_idx": 0, "influence": None, "activation": value,
+            "sae": "input" if layer == 0 else down, "latent": feature,
         })
         return node_id
 
     def to(v: torch.Tensor) -> Any:
         return _round4(v.double().tolist())
 
+    T, k_out, k_in = att.attribution.shape
     ii, oi = att.input_indices.tolist(), att.output_indices.tolist()
     iv, ov = to(att.input_values), to(att.output_values)
     ins, outs, J, W = to(in_score / max(total, 1e-12)), to(out_score / max(total, 1e-12)), to(att.jacobian), to(att.attribution)
-    es, ab, ie = to(edge_sum), to(att.ablation_change), to(att.input_error)
+    es, ab, ie, bi = to(att.attribution.sum(2)), to(att.ablation_change), to(att.input_error), to(att.bias)
     for t in range(T):
-        in_ids = {j: latent_node(0, t, ii[t][j], iv[t][j], ins[t][j]) for j in range(k_in) if keep_in[t, j]}
+        in_ids = {j: latent_node(0, t, ii[t][j], iv[t][j], ins[t][j]) for j in range(k_in) if kept.inputs[t, j]}
         out_ids = {
-            i: latent_node(1, t, oi[t][i], ov[t][i], outs[t][i], edge_sum=es[t][i], ablation_change=ab[t][i], error_attribution=ie[t][i])
-            for i in range(k_out) if keep_out[t, i]
+            i: latent_node(1, t, oi[t][i], ov[t][i], outs[t][i], edge_sum=es[t][i], ablation_change=ab[t][i],
+                           error_attribution=ie[t][i], bias_attribution=bi[t][i])
+            for i in range(k_out) if kept.outputs[t, i]
         }
-        if keep_err[t].any():
-            err_in = error_node(0, t, float(f"{float(att.input_error_norm[t]):.4g}"), f"input SAE error ‖x−x̂‖={float(att.input_error_norm[t]):.3g}")
-            for i in keep_err[t].nonzero().flatten().tolist():
-                links.append({"source": err_in, "target": out_ids[i], "weight": ie[t][i]})
-        if out_ids:
-            ratio = float(att.output_error_norm[t] / att.output_norm[t].clamp_min(1e-12))
-            error_node(1, t, float(f"{float(att.output_error_norm[t]):.4g}"), f"output SAE error ‖y−ŷ‖={float(att.output_error_norm[t]):.3g} ({ratio:.0%} of ‖y‖)")
-        for i, j in keep_edge[t].nonzero().tolist():
+        if kept.error[t].any():
+            norm = float(att.input_error_norm[t])
+            err_in = special_node(0, t, -1, ERROR_TYPE, float(f"{norm:.4g}"), f"input SAE error ‖x−x̂‖={norm:.3g}")
+            links.extend({"source": err_in, "target": out_ids[i], "weight": ie[t][i]} for i in kept.error[t].nonzero().flatten().tolist())
+        if kept.bias[t].any():
+            bias_in = special_node(0, t, -2, BIAS_TYPE, 1.0, "bias: the pre-activation at x = b_dec (no latent, no error)")
+            links.extend({"source": bias_in, "target": out_ids[i], "weight": bi[t][i]} for i in kept.bias[t].nonzero().flatten().tolist())
+        norm, ratio = float(att.output_error_norm[t]), float(att.output_error_norm[t] / att.output_norm[t].clamp_min(1e-12))
+        if out_ids and norm == norm:  # not NaN (a transcoder without the MLP has no y)
+            name = "transcoder" if att.method == "transcoder" else "output SAE"
+            special_node(1, t, -1, ERROR_TYPE, float(f"{norm:.4g}"), f"{name} error ‖y−ŷ‖={norm:.3g} ({ratio:.0%} of ‖y‖)")
+        for i, j in kept.edges[t].nonzero().tolist():
             links.append({"source": in_ids[j], "target": out_ids[i], "weight": W[t][i][j], "jacobian": J[t][i][j]})
-    return Graph(nodes, links, completeness)
+    return Graph(nodes, links, completeness, rule)
+
+
+def _completeness(att: PromptAttribution, kept: Kept, total: float) -> Completeness:
+    """`Completeness` of all active output latents (`kept` gives the kept fraction)."""
+    out_active = att.output_values > 0
+    edge_sum = att.attribution.sum(2)
+    act = att.output_values
+    dev = (edge_sum - att.ablation_change).abs()
+    rel = (dev / att.ablation_change.abs().clamp_min(1e-12))[out_active]
+    return Completeness(
+        edge_share_of_activation=float(edge_sum[out_active].sum() / act[out_active].sum().clamp_min(1e-12)),
+        linearisation_error=float(dev[out_active].sum() / att.ablation_change[out_active].abs().sum().clamp_min(1e-12)),
+        median_relative_error=float(rel.median()) if rel.numel() else float("nan"),
+        feature_share=float(att.attribution.abs().double().sum() / max(total, 1e-12)),
+        kept_fraction=kept.kept / max(kept.ranked, 1e-12),
+        n_output_latents=int(out_active.sum()),
+    )
 
 
 def _round4(x: Any) -> Any:
@@ -260,15 +431,23 @@ def _round4(x: Any) -> Any:
     return [_round4(y) for y in x] if isinstance(x, list) else float(f"{x:.4g}")
 
 
-def graph_json(graph: Graph, att: PromptAttribution, *, slug: str, scan: str, prompt: str,
-               node_threshold: float, edge_threshold: float, info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The graph file: top-level `metadata`, `qParams`, `nodes`, `links` (circuit-tracer / Neuronpedia)."""
+LAYER_NAMES = {
+    "pair": {"0": "input SAE latents (MLP input)", "1": "output SAE latents (MLP output)"},
+    "transcoder": {"0": "upstream SAE latents (MLP input)", "1": "transcoder latents (MLP input → output)"},
+}
+
+
+def graph_json(graph: Graph, att: PromptAttribution, *, slug: str, scan: str, prompt: str, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The graph file: top-level `metadata`, `qParams`, `nodes`, `links` (circuit-tracer / Neuronpedia).
+    `info` gains the pruning rule (`pruning`) and the graph's size (`counts`)."""
+    rule = graph.rule or pruning()
     return {
         "metadata": {
             "slug": slug, "scan": scan, "prompt_tokens": att.tokens, "prompt": prompt,
-            "transcoder_list": [], "node_threshold": node_threshold, "schema_version": SCHEMA_VERSION,
-            "info": {"edge_threshold": edge_threshold, "completeness": graph.completeness._asdict(),
-                     "layers": {"0": "input SAE latents (MLP input)", "1": "output SAE latents (MLP output)"}, **(info or {})},
+            "transcoder_list": [], "node_threshold": rule.node_threshold, "schema_version": SCHEMA_VERSION,
+            "info": {"edge_threshold": rule.edge_threshold, "node_coverage": rule.node_coverage, "pruning": rule.describe(),
+                     "method": att.method, "counts": graph.counts._asdict(), "completeness": graph.completeness._asdict(),
+                     "layers": LAYER_NAMES[att.method], **(info or {})},
         },
         "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
         "nodes": graph.nodes,
@@ -312,19 +491,48 @@ def slugify(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-") or "prompt"
 
 
-def write_prompt_graph(
-    sae: Any, model: Any, prompt: str | torch.Tensor, out_dir: str | Path, *, slug: str | None = None, scan: str | None = None,
-    node_threshold: float = 0.8, edge_threshold: float = 0.98, info: dict[str, Any] | None = None,
-) -> tuple[Path, Completeness]:
-    """`jsae graph`: compute, prune and write one prompt's graph (and update graph-metadata.json)."""
-    scan = scan or scan_name(sae)
-    x, tokens = mlp_inputs(model, sae, prompt)
-    text = prompt if isinstance(prompt, str) else "".join(tokens)
-    att = prompt_attribution(sae, x, tokens)
-    graph = build_graph(att, scan, node_threshold, edge_threshold)
+def is_pair(sae: Any) -> bool:
+    """Whether `sae` is a JSAE pair (else a transcoder, drawn against an upstream SAE)."""
+    return hasattr(sae, "active_jacobian") and hasattr(sae, "W_enc_out")
+
+
+def model_attribution(sae: Any, model: Any, prompt: str | torch.Tensor, upstream: Any = None) -> tuple[PromptAttribution, LatentPages]:
+    """A pair's `prompt_attribution`, or a transcoder's against `upstream` (required then), and
+    where the two layers' latent pages live."""
+    if is_pair(sae):
+        scan = scan_name(sae)
+        x, tokens = mlp_inputs(model, sae, prompt)
+        return prompt_attribution(sae, x, tokens), LatentPages(scan, 0, scan, 1)
+    from sae_lens_jsae.latents import TRANSCODER_LAYERS, transcoder_scan_name
+
+    if upstream is None:
+        raise ValueError("a transcoder's graph needs an upstream SAE on the MLP input (e.g. the λ = 0 pair): pass upstream=.")
+    x, tokens = mlp_inputs(model, upstream, prompt)
+    pages = LatentPages(scan_name(upstream) if is_pair(upstream) else "upstream", 0, transcoder_scan_name(sae), TRANSCODER_LAYERS["transcoder"])
+    return transcoder_prompt_attribution(upstream, sae, x, tokens), pages
+
+
+def prompt_graph(
+    sae: Any, model: Any, prompt: str | torch.Tensor, out_dir: str | Path, *, upstream: Any = None, slug: str | None = None,
+    scan: str | None = None, node_coverage: float | None = None, node_threshold: float | None = None,
+    edge_threshold: float | None = None, info: dict[str, Any] | None = None,
+) -> tuple[Path, Graph]:
+    """Compute, prune (`pruning`) and write one prompt's graph of a pair, or of a transcoder
+    against `upstream`; returns the file and the `Graph`."""
+    rule = pruning(node_coverage, node_threshold, edge_threshold)  # checked before any work
+    att, pages = model_attribution(sae, model, prompt, upstream)
+    scan = scan or pages.output_scan
+    text = prompt if isinstance(prompt, str) else "".join(att.tokens)
+    graph = build_graph(att, scan, rule.node_threshold, rule.edge_threshold, node_coverage=rule.node_coverage, pages=pages)
     slug = slug or f"{scan}-{slugify(text)}"
-    data = graph_json(graph, att, slug=slug, scan=scan, prompt=text, node_threshold=node_threshold, edge_threshold=edge_threshold, info=info)
-    return write_graph_file(data, out_dir), graph.completeness
+    data = graph_json(graph, att, slug=slug, scan=scan, prompt=text, info=info)
+    return write_graph_file(data, out_dir), graph
+
+
+def write_prompt_graph(sae: Any, model: Any, prompt: str | torch.Tensor, out_dir: str | Path, **kwargs: Any) -> tuple[Path, Completeness]:
+    """`prompt_graph`, returning the file and the graph's completeness."""
+    path, graph = prompt_graph(sae, model, prompt, out_dir, **kwargs)
+    return path, graph.completeness
 
 
 REQUIRED_NODE_FIELDS = ("node_id", "feature", "layer", "ctx_idx", "feature_type", "jsNodeId", "clerp")
@@ -390,6 +598,55 @@ def load_pair_and_model(sources: list[str], model_source: str, model_name: str |
     return [load_jsae(s, device=device, model=model) for s in sources], model
 
 
+def _folder_layer_and_model(source: str | Path) -> tuple[int, str | None]:
+    """`pair_layer_and_model` for a pair or one of our transcoders (checked: files, then cfg)."""
+    from sae_lens_jsae.latents import is_transcoder_folder
+    from sae_lens_jsae.sae import layer_of_input_hook
+
+    if not is_transcoder_folder(source):
+        from sae_lens_jsae.hub import check_pair_files
+
+        check_pair_files(source)
+        return pair_layer_and_model(source)
+    metadata = json.loads((Path(source) / "cfg.json").read_text()).get("metadata") or {}
+    return layer_of_input_hook(metadata.get("hook_name")), metadata.get("model_name")
+
+
+def load_models(sources: dict[str, str], upstream: str | None, model_source: str, model_name: str | None,
+                device: str = "cpu") -> tuple[dict[str, Any], Any, Any]:
+    """Load several saved models of one MLP — JSAE pairs and transcoders, by name — plus the
+    upstream pair that transcoders are drawn against, and the language model: ({name: model},
+    upstream or None, model). Every folder's files and layer are checked before any weights load;
+    `upstream` may be one of `sources`' paths (then it is loaded once)."""
+    from sae_lens import SAE
+
+    from sae_lens_jsae.hub import load_jsae
+    from sae_lens_jsae.latents import is_transcoder_folder
+    from sae_lens_jsae.sources import check_layer, load_hooked_model
+
+    folders = list(sources.values()) + ([upstream] if upstream else [])
+    found = {str(f): _folder_layer_and_model(f) for f in folders}
+    layers = {layer for layer, _ in found.values()}
+    if len(layers) != 1:
+        raise ValueError(f"the models read different layers ({', '.join(f'{f}: {v[0]}' for f, v in found.items())}): graphs side by side need one MLP.")
+    if upstream and is_transcoder_folder(upstream):
+        raise ValueError(f"--upstream {upstream} is a transcoder: pass a JSAE pair (its input SAE gives the upstream latents).")
+    name = model_name or next((m for _, m in found.values() if m), None)
+    if name is None:
+        raise ValueError(f"{folders[0]}/cfg.json names no model (metadata.model_name): pass --model-name.")
+    check_layer(model_source, name, layers.pop())
+    model = load_hooked_model(model_source, name, device=device)
+    loaded: dict[str, Any] = {}
+
+    def load(folder: str) -> Any:
+        if folder not in loaded:
+            loaded[folder] = SAE.load_from_disk(folder, device=device) if is_transcoder_folder(folder) else load_jsae(folder, device=device, model=model)
+        return loaded[folder]
+
+    models = {label: load(str(folder)) for label, folder in sources.items()}
+    return models, (load(str(upstream)) if upstream else None), model
+
+
 def sotu_prompts(n: int = 3, min_words: int = 12, max_words: int = 35) -> list[str]:
     """`n` sentences of the sotu eval split (the first ones of 12–35 words, in file order)."""
     from sae_lens_jsae.sources import sotu_split_files
@@ -408,29 +665,41 @@ class GraphResult(NamedTuple):
     """One written graph."""
 
     name: str
-    """Which pair ("jsae", "lambda0", ...)."""
+    """Which model ("jsae", "lambda0", a transcoder's name, ...)."""
     prompt: str
+    """The prompt's text (or its token ids)."""
     path: Path
+    """The graph file."""
     completeness: Completeness
+    """How well its edges account for its layer-1 latents."""
+    counts: GraphCounts | None = None
+    """Its size after pruning."""
 
 
-def write_graphs(saes: dict[str, Any], model: Any, prompts: list[Any], out_dir: str | Path, **kwargs: Any) -> list[GraphResult]:
-    """A graph per (pair, prompt) into `out_dir` (slugs `{name}-{i}-{prompt}`)."""
+def write_graphs(saes: dict[str, Any], model: Any, prompts: list[Any], out_dir: str | Path, *, upstream: Any = None, **kwargs: Any) -> list[GraphResult]:
+    """A graph per (model, prompt) into `out_dir` (slugs `{name}-{i}-{prompt}`): pairs, and
+    transcoders against `upstream`. The graphs of one prompt share its text (`metadata.prompt`),
+    which is how the viewer puts them side by side; `metadata.info.model` holds the name."""
     results = []
     for i, prompt in enumerate(prompts):
         text = prompt if isinstance(prompt, str) else f"tokens {torch.as_tensor(prompt).flatten().tolist()}"
         for name, sae in saes.items():
-            path, comp = write_prompt_graph(sae, model, prompt, out_dir, slug=f"{name}-{i}-{slugify(text, 30)}", **kwargs)
-            results.append(GraphResult(name, text, path, comp))
+            path, graph = prompt_graph(sae, model, prompt, out_dir, upstream=upstream, slug=f"{name}-{i}-{slugify(text, 30)}",
+                                       info={"model": name}, **kwargs)
+            results.append(GraphResult(name, text, path, graph.completeness, graph.counts))
     return results
 
 
 def completeness_table(results: list[GraphResult]) -> tuple[list[str], list[list[Any]]]:
-    """(header, rows) comparing the pairs' completeness on the same prompts."""
-    header = ["pair", "prompt", "edges/activation", "linearisation error", "median rel. error", "latent share", "kept", "graph"]
-    rows = [[r.name, r.prompt[:50], round(r.completeness.edge_share_of_activation, 3), round(r.completeness.linearisation_error, 3),
-             round(r.completeness.median_relative_error, 3), round(r.completeness.feature_share, 3), round(r.completeness.kept_fraction, 3), r.path.name]
-            for r in results]
+    """(header, rows) comparing the models' graphs (size and completeness) on the same prompts."""
+    header = ["model", "prompt", "nodes", "edges", "edges/layer-1 latent", "edges/activation", "linearisation error",
+              "median rel. error", "latent share", "kept", "graph"]
+    rows = []
+    for r in results:
+        c, n = r.completeness, r.counts
+        size = [n.nodes, n.edges, round(n.edges_per_output_latent, 2)] if n is not None else ["", "", ""]
+        rows.append([r.name, r.prompt[:50], *size, round(c.edge_share_of_activation, 3), round(c.linearisation_error, 3),
+                     round(c.median_relative_error, 3), round(c.feature_share, 3), round(c.kept_fraction, 3), r.path.name])
     return header, rows
 
 

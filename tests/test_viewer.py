@@ -1,6 +1,8 @@
 """The viewer as a person uses it: headless Chromium (Playwright, pytest-playwright's `page`) opens
 `jsae serve`'s page for a pair trained here, hovers an edge, clicks a latent, and must show that
-latent's contexts without console errors.
+latent's contexts without console errors; then the side-by-side view of three models (the pair, a
+λ = 0 pair, a transcoder against it) on one prompt, where a token click redraws every panel as that
+token's bipartite graph alone.
 
 The browser test needs the `browser` extra (playwright, pytest-playwright) and a system Chromium
 (`scripts/install.sh` installs one with apt-get when run as root; or set $CHROMIUM); without them
@@ -20,7 +22,7 @@ from helpers import make_tiny_model
 from sae_lens.saes.sae import TrainStepInput
 
 from sae_lens_jsae import build_jacobian_sae
-from sae_lens_jsae.graph import mlp_inputs, write_prompt_graph
+from sae_lens_jsae.graph import mlp_inputs, write_graphs, write_prompt_graph
 from sae_lens_jsae.latents import LatentPageConfig, write_latent_pages
 from sae_lens_jsae.serve import find_chromium, serve_in_thread
 
@@ -119,4 +121,86 @@ def test_click_latent_shows_its_contexts(served, page, tmp_path):
     page.screenshot(path=str(shot), full_page=True)
     print(f"screenshot: {shot}")
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert errors == []
+
+
+@pytest.fixture(scope="module")
+def side_by_side(served):
+    """Three models' graphs of one prompt (per-node coverage pruning, the default) in the served folder."""
+    from sae_lens.saes.sae import SAEMetadata
+
+    from sae_lens_jsae.transcoder import TOPK_TRANSCODER, TRANSCODER_CLASSES
+
+    data, _, url = served
+    torch.manual_seed(2)
+    model = make_tiny_model("gated_silu", dtype=torch.float32)
+    sae = build_jacobian_sae(model, 1, d_sae=32, k=4, jacobian_coefficient=0.5)
+    sae0 = build_jacobian_sae(model, 1, d_sae=32, k=4, jacobian_coefficient=0.0)
+    inference_cls, cfg_cls = TRANSCODER_CLASSES[TOPK_TRANSCODER][:2]
+    tc = inference_cls(cfg_cls(d_in=16, d_sae=24, d_out=16, k=4, dtype="float32", device="cpu",
+                               metadata=SAEMetadata(hook_name=sae.cfg.metadata.hook_name, hook_name_out="blocks.1.hook_mlp_out")))
+    with torch.no_grad():
+        for p in (sae.b_enc_out, sae0.b_enc_out, tc.b_enc):
+            p.add_(0.5)  # most picks active
+    prompt = torch.arange(5, 15)
+    results = write_graphs({"jsae": sae, "lambda0": sae0, "transcoder": tc}, model, [prompt], data, upstream=sae0)
+    graphs = [json.loads(r.path.read_text()) for r in results]
+    return url, graphs
+
+
+@pytest.mark.skipif(not HAVE_PYTEST_PLAYWRIGHT, reason=NO_PLAYWRIGHT)
+def test_side_by_side_token_clicks_update_every_panel(side_by_side, page, tmp_path):
+    from playwright.sync_api import expect
+
+    url, graphs = side_by_side
+    slugs = [g["metadata"]["slug"] for g in graphs]
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type in ("error", "assert") else None)
+    page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+    page.on("response", lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+
+    page.goto(url)
+    page.wait_for_function("document.body.dataset.graph !== undefined")
+    page.select_option("#graph-select", ",".join(slugs))  # the side-by-side entry the viewer offers for a shared prompt
+    page.wait_for_function(f"document.body.dataset.graph === {json.dumps(','.join(slugs))}")
+    panels = page.locator(".panel")
+    expect(panels).to_have_count(3)
+    for g in graphs:  # all tokens: each panel draws its whole graph
+        panel = page.locator(f'.panel[data-slug="{g["metadata"]["slug"]}"]')
+        expect(panel.locator(".panel-title")).to_have_text(g["metadata"]["info"]["model"])
+        expect(panel.locator(".node")).to_have_count(len(g["nodes"]))
+        expect(panel.locator(".edge")).to_have_count(len(g["links"]))
+
+    def expect_token(t):
+        page.wait_for_function(f"document.body.dataset.token === {json.dumps(t)}")
+        for g in graphs:
+            panel = page.locator(f'.panel[data-slug="{g["metadata"]["slug"]}"]')
+            nodes = [n for n in g["nodes"] if n["ctx_idx"] == int(t)] if t != "all" else g["nodes"]
+            ids = {n["node_id"] for n in nodes}
+            links = [link for link in g["links"] if link["source"] in ids and link["target"] in ids]
+            expect(panel.locator("svg.graph")).to_have_attribute("data-token", t)
+            expect(panel.locator(".node")).to_have_count(len(nodes))
+            expect(panel.locator(".edge")).to_have_count(len(links))
+            if t != "all":
+                outputs = [n for n in nodes if n["layer"] == "1" and n["feature"] >= 0]
+                expect(panel.locator(".panel-summary")).to_contain_text(f"token {t} ")
+                expect(panel.locator(".panel-summary")).to_contain_text(f"{len(outputs)} layer-1 latents")
+                for n in outputs:
+                    expect(panel.locator(f'[data-node="{n["node_id"]}"]')).to_have_count(1)
+
+    page.locator("#tok-3").click()
+    expect_token("3")
+    expect(page.locator("#tok-3")).to_have_class(re.compile(r"\bsel\b"))
+    assert all(len([n for n in g["nodes"] if n["ctx_idx"] == 3]) < len(g["nodes"]) for g in graphs)
+    page.locator("#tok-7").click()
+    expect_token("7")
+    shot = tmp_path / "side_by_side.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"screenshot: {shot}")
+    page.locator("#tok-7").click()  # the selected token again: back to all tokens
+    expect_token("all")
+    page.locator("#tok-0").click()
+    expect_token("0")
+    page.locator("#all-tokens").click()
+    expect_token("all")
     assert errors == []

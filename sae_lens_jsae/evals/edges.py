@@ -211,6 +211,18 @@ class EdgeCounts(NamedTuple):
     """(tokens,): Σ over those nodes of |h_j|."""
 
 
+def row_cover(rows: torch.Tensor, coverage: float) -> torch.Tensor:
+    """(..., n) bool: per row of `rows` (≥ 0), the fewest entries, largest first, whose sum reaches
+    `coverage` of the row's total (the entries before the one that reaches it, plus that one; never
+    a zero entry). The one per-node rule: `edge_counts` counts these entries and `jsae graph`
+    (graph.py) draws them as a node's incoming edges."""
+    total = rows.sum(-1, keepdim=True)
+    ordered, order = rows.sort(-1, descending=True)
+    rank = order.argsort(-1)  # position of each entry in the sorted row
+    count = torch.minimum((ordered.cumsum(-1) < coverage * total).sum(-1, keepdim=True) + 1, (rows > 0).sum(-1, keepdim=True))
+    return rank < count
+
+
 @torch.no_grad()
 def edge_counts(att: EdgeAttributions, coverages: Sequence[float] = COVERAGES) -> EdgeCounts:
     """Edges per active downstream node to reach each coverage, for one batch (module docstring).
@@ -225,15 +237,11 @@ def edge_counts(att: EdgeAttributions, coverages: Sequence[float] = COVERAGES) -
     weight = used.to(torch.float64)
     n_nodes = weight.sum(-1)
     per_node = lambda v: (v * weight).sum(-1) / n_nodes.clamp_min(1)  # noqa: E731
-    ordered, order = rows.sort(-1, descending=True)
-    rank = order.argsort(-1)  # position of each entry in the sorted row
-    cum = ordered.cumsum(-1)
-    nonzero = (rows > 0).sum(-1)
     edges, latent_edges = [], []
     for c in coverages:
-        # entries before the one whose cumulative sum reaches c·total, plus that one
-        count = torch.minimum((cum < c * total[..., None]).sum(-1) + 1, nonzero).to(torch.float64)
-        special = (rank[..., k:] < count[..., None]).sum(-1)  # error / bias among the kept entries
+        keep = row_cover(rows, c)
+        count = keep.sum(-1).to(torch.float64)
+        special = keep[..., k:].sum(-1)  # error / bias among the kept entries
         edges.append(per_node(count))
         latent_edges.append(per_node(count - special))
     safe_total = total.clamp_min(1e-300)

@@ -4,7 +4,7 @@
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
-const state = { graph: null, nodes: new Map(), clicked: null };
+const state = { graph: null, panels: [], token: null };  // graph: the first panel's (scripts read it)
 
 function el(tag, attrs = {}, text = null, ns = null) {
   const e = ns ? document.createElementNS(ns, tag) : document.createElement(tag);
@@ -31,8 +31,8 @@ function showTip(evt, text) {
 function hideTip() { document.getElementById("tooltip").hidden = true; }
 
 function nodeLabel(n) {
-  if (n.feature_type.includes("error")) return n.clerp;
-  const side = n.layer === "0" ? "input" : "output";
+  if (n.feature < 0) return n.clerp;
+  const side = n.sae || (n.layer === "0" ? "input" : "output");
   return `${side} latent ${n.latent ?? n.feature} @ token ${n.ctx_idx}`;
 }
 
@@ -41,33 +41,89 @@ function nodeTip(n) {
   if (n.influence !== null && n.influence !== undefined) lines.push(`share of graph |attribution| ${fmt(n.influence)}`);
   if (n.edge_sum !== undefined) {
     lines.push(`Σ incoming J·s_x ${fmt(n.edge_sum)}`, `actual change (latents off) ${fmt(n.ablation_change)}`, `input-error edge ${fmt(n.error_attribution)}`);
+    if (n.bias_attribution !== undefined) lines.push(`bias edge ${fmt(n.bias_attribution)}`);
   }
   return lines.join("\n");
 }
 
-function renderTokens(g) {
+// ---- panels: one graph each; several graphs of one prompt side by side, sharing the token selection ----
+
+function modelName(g) { return (g.metadata.info || {}).model || g.metadata.slug; }
+const isSpecial = (n) => n.feature < 0;  // error and bias nodes
+
+function renderTokens(tokens) {
   const box = document.getElementById("tokens");
   box.replaceChildren();
-  g.metadata.prompt_tokens.forEach((t, i) => box.appendChild(el("span", { class: "tok", id: `tok-${i}`, title: `position ${i}` }, t)));
+  tokens.forEach((t, i) => {
+    const span = el("span", { class: "tok", id: `tok-${i}`, "data-token": i, title: `position ${i}: click for this token's graph alone` }, t);
+    span.addEventListener("click", () => selectToken(state.token === i ? null : i));
+    box.appendChild(span);
+  });
 }
 
-function renderSummary(g) {
+function selectToken(t) {
+  state.token = t;
+  document.querySelectorAll(".tok.sel").forEach((e) => e.classList.remove("sel"));
+  if (t !== null) document.getElementById(`tok-${t}`).classList.add("sel");
+  document.getElementById("all-tokens").hidden = t === null;
+  document.getElementById("panels").classList.toggle("by-token", t !== null);
+  state.panels.forEach(renderPanel);
+  document.body.dataset.token = t === null ? "all" : String(t);  // tells a test every panel is redrawn
+}
+
+function fullSummary(g, shown) {
   const c = (g.metadata.info || {}).completeness;
-  const s = document.getElementById("summary");
-  s.textContent = c ? `edges explain ${fmt(c.edge_share_of_activation)} of output activation · linearisation error ${fmt(c.linearisation_error)} · ` +
-    `latent share of attribution ${fmt(c.feature_share)} · kept ${fmt(c.kept_fraction)} of |attribution| · ${g.nodes.length} nodes, ${g.links.length} edges` : "";
+  const rule = (g.metadata.info || {}).pruning;
+  return (rule ? `pruning: ${rule} · ` : "") + (c ? `edges explain ${fmt(c.edge_share_of_activation)} of layer-1 activation · linearisation error ` +
+    `${fmt(c.linearisation_error)} · latent share of attribution ${fmt(c.feature_share)} · kept ${fmt(c.kept_fraction)} of |attribution| · ` : "") +
+    `${shown.nodes.length} nodes, ${shown.links.length} edges`;
 }
 
-function renderGraph(g) {
-  const svg = document.getElementById("graph");
-  svg.replaceChildren();
-  state.nodes.clear();
+function tokenSummary(g, t, shown) {
+  const outs = shown.nodes.filter((n) => n.layer === "1" && !isSpecial(n));
+  const ins = shown.nodes.filter((n) => n.layer === "0" && !isSpecial(n));
+  const into = shown.links.filter((l) => outs.some((n) => n.node_id === l.target)).length;
+  return `token ${t} ${JSON.stringify(g.metadata.prompt_tokens[t])}: ${outs.length} layer-1 latents, ${ins.length} layer-0 latents, ` +
+    `${shown.links.length} edges (${outs.length ? (into / outs.length).toFixed(2) : "–"} per layer-1 latent)`;
+}
+
+function shownPart(g, t) {
+  if (t === null) return { nodes: g.nodes, links: g.links };
+  const nodes = g.nodes.filter((n) => n.ctx_idx === t);
+  const ids = new Set(nodes.map((n) => n.node_id));
+  return { nodes, links: g.links.filter((l) => ids.has(l.source) && ids.has(l.target)) };
+}
+
+function makePanel(g, k) {
+  const box = el("div", { class: "panel", "data-panel": k, "data-slug": g.metadata.slug });
+  const head = el("h2", { class: "panel-title" }, modelName(g));
+  const layers = (g.metadata.info || {}).layers || {};
+  const sub = el("p", { class: "panel-layers" }, `top: ${layers["1"] || "layer 1"} · bottom: ${layers["0"] || "layer 0"}`);
+  const summary = el("p", { class: "panel-summary" });
+  const wrap = el("div", { class: "graph-wrap" });
+  wrap.appendChild(svgEl("svg", { class: "graph" }));
+  box.append(head, sub, summary, wrap);
+  return { graph: g, k, box, svg: wrap.firstChild, summary, nodes: new Map(g.nodes.map((n) => [n.node_id, n])) };
+}
+
+function renderPanel(p) {
+  const shown = shownPart(p.graph, state.token);
+  p.summary.textContent = state.token === null ? fullSummary(p.graph, shown) : tokenSummary(p.graph, state.token, shown);
+  p.svg.replaceChildren();
+  p.svg.setAttribute("data-token", state.token === null ? "all" : String(state.token));
+  const pos = state.token === null ? layoutAll(p, shown) : layoutToken(p, shown);
+  drawEdgesAndNodes(p, shown, pos);
+}
+
+function sortColumn(ns) {
+  return ns.sort((a, b) => (isSpecial(b) ? 1 : 0) - (isSpecial(a) ? 1 : 0) || (b.activation || 0) - (a.activation || 0));
+}
+
+function layoutAll(p, shown) {
+  const g = p.graph, svg = p.svg;
   const T = g.metadata.prompt_tokens.length;
   const cols = Array.from({ length: T }, () => ({ "0": [], "1": [] }));
-  for (const n of g.nodes) {
-    state.nodes.set(n.node_id, n);
-    cols[n.ctx_idx][n.layer === "0" ? "0" : "1"].push(n);
-  }
+  for (const n of shown.nodes) cols[n.ctx_idx][n.layer === "0" ? "0" : "1"].push(n);
   const step = 14, pad = 16;
   const widths = cols.map((c) => Math.max(46, pad + step * Math.max(c["0"].length, c["1"].length)));
   const xs = [];
@@ -77,58 +133,77 @@ function renderGraph(g) {
   svg.setAttribute("height", height);
   const pos = new Map();
   cols.forEach((c, t) => {
-    for (const [layer, y] of [["1", yOut], ["0", yIn]]) {
-      c[layer].sort((a, b) => (b.feature_type.includes("error") ? -1 : 0) - (a.feature_type.includes("error") ? -1 : 0) || (b.activation || 0) - (a.activation || 0));
-      c[layer].forEach((n, i) => pos.set(n.node_id, [xs[t] + pad / 2 + step * i + 5, y]));
-    }
+    for (const [layer, y] of [["1", yOut], ["0", yIn]]) sortColumn(c[layer]).forEach((n, i) => pos.set(n.node_id, [xs[t] + pad / 2 + step * i + 5, y]));
     svg.appendChild(svgEl("text", { x: xs[t] + 4, y: height - 12 }, g.metadata.prompt_tokens[t].slice(0, 8)));
     svg.appendChild(svgEl("line", { x1: xs[t], y1: 20, x2: xs[t], y2: height - 25, stroke: "#eee" }));
   });
-  svg.appendChild(svgEl("text", { x: 2, y: 14 }, "output latents (layer 1)"));
-  svg.appendChild(svgEl("text", { x: 2, y: yIn + 24 }, "input latents (layer 0)"));
-  const maxW = Math.max(1e-12, ...g.links.map((l) => Math.abs(l.weight)));
-  const edges = svgEl("g");
-  const nodesG = svgEl("g");
-  svg.append(edges, nodesG);
-  for (const l of g.links) {
+  svg.appendChild(svgEl("text", { x: 2, y: 14 }, "layer 1"));
+  svg.appendChild(svgEl("text", { x: 2, y: yIn + 24 }, "layer 0"));
+  return pos;
+}
+
+function layoutToken(p, shown) {
+  // one token's bipartite graph: layer-1 latents on top, layer-0 latents below, each labelled with its index
+  const svg = p.svg;
+  const rows = { "1": sortColumn(shown.nodes.filter((n) => n.layer === "1")), "0": sortColumn(shown.nodes.filter((n) => n.layer === "0")) };
+  const step = 22, yOut = 50, yIn = 250, height = 300;
+  const width = Math.max(260, 40 + step * Math.max(rows["0"].length, rows["1"].length));
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", height);
+  const pos = new Map();
+  for (const [layer, y] of [["1", yOut], ["0", yIn]]) {
+    rows[layer].forEach((n, i) => {
+      const x = 25 + step * i;
+      pos.set(n.node_id, [x, y]);
+      const label = isSpecial(n) ? (n.feature_type.includes("error") ? "err" : "bias") : String(n.latent ?? n.feature);
+      const ly = layer === "1" ? y - 10 : y + 16;
+      svg.appendChild(svgEl("text", { x, y: ly, transform: `rotate(-60 ${x} ${ly})`, class: "label" }, label));
+    });
+  }
+  const latents = (layer) => rows[layer].filter((n) => !isSpecial(n)).length;
+  svg.appendChild(svgEl("text", { x: 2, y: 12 }, `layer 1 (${latents("1")} latents)`));
+  svg.appendChild(svgEl("text", { x: 2, y: height - 4 }, `layer 0 (${latents("0")} latents)`));
+  return pos;
+}
+
+function drawEdgesAndNodes(p, shown, pos) {
+  const maxW = Math.max(1e-12, ...shown.links.map((l) => Math.abs(l.weight)));
+  const edges = svgEl("g"), nodesG = svgEl("g");
+  p.svg.append(edges, nodesG);
+  for (const l of shown.links) {
     const [x1, y1] = pos.get(l.source), [x2, y2] = pos.get(l.target);
-    const w = 0.4 + 6 * Math.abs(l.weight) / maxW;
     const path = svgEl("path", {
       class: "edge", d: `M${x1},${y1} C${x1},${(y1 + y2) / 2} ${x2},${(y1 + y2) / 2} ${x2},${y2}`,
-      stroke: l.weight >= 0 ? "#1f77b4" : "#d62728", "stroke-width": w.toFixed(2), "stroke-opacity": 0.6,
+      stroke: l.weight >= 0 ? "#1f77b4" : "#d62728", "stroke-width": (0.4 + 6 * Math.abs(l.weight) / maxW).toFixed(2), "stroke-opacity": 0.6,
       "data-source": l.source, "data-target": l.target,
     });
-    const src = state.nodes.get(l.source);
+    const src = p.nodes.get(l.source);
     path.addEventListener("mousemove", (e) => showTip(e,
-      `${nodeLabel(src)} → ${nodeLabel(state.nodes.get(l.target))}\n` +
+      `${nodeLabel(src)} → ${nodeLabel(p.nodes.get(l.target))}\n` +
       (l.jacobian !== undefined ? `J = ${fmt(l.jacobian)}\ns_x = ${fmt(src.activation)}\n` : "") + `attribution = ${fmt(l.weight)}`));
     path.addEventListener("mouseleave", hideTip);
     edges.appendChild(path);
   }
-  for (const n of g.nodes) {
+  for (const n of shown.nodes) {
     const [x, y] = pos.get(n.node_id);
-    const err = n.feature_type.includes("error");
-    const cls = `node ${err ? "err" : n.layer === "0" ? "in" : "out"}`;
-    const shape = err ? svgEl("rect", { x: x - 5, y: y - 5, width: 10, height: 10, class: cls })
+    const cls = `node ${isSpecial(n) ? "err" : n.layer === "0" ? "in" : "out"}`;
+    const shape = isSpecial(n) ? svgEl("rect", { x: x - 5, y: y - 5, width: 10, height: 10, class: cls })
       : svgEl("circle", { cx: x, cy: y, r: 5.5, class: cls });
-    shape.setAttribute("id", `node-${n.node_id}`);
     shape.setAttribute("data-node", n.node_id);
     shape.addEventListener("mousemove", (e) => showTip(e, nodeTip(n)));
     shape.addEventListener("mouseleave", hideTip);
-    shape.addEventListener("click", () => clickNode(n.node_id));
+    shape.addEventListener("click", () => clickNode(p, n.node_id));
     nodesG.appendChild(shape);
   }
 }
 
-function clickNode(id) {
-  const n = state.nodes.get(id);
-  state.clicked = id;
+function clickNode(p, id) {
+  const n = p.nodes.get(id);
   document.querySelectorAll(".node.clicked").forEach((e) => e.classList.remove("clicked"));
-  document.getElementById(`node-${id}`).classList.add("clicked");
-  document.querySelectorAll(".edge").forEach((e) =>
-    e.classList.toggle("faded", e.dataset.source !== id && e.dataset.target !== id));
-  document.querySelectorAll(".tok.sel").forEach((e) => e.classList.remove("sel"));
-  document.getElementById(`tok-${n.ctx_idx}`).classList.add("sel");
+  p.svg.querySelector(`[data-node="${CSS.escape(id)}"]`).classList.add("clicked");
+  p.svg.querySelectorAll(".edge").forEach((e) => e.classList.toggle("faded", e.dataset.source !== id && e.dataset.target !== id));
+  document.querySelectorAll(".tok.hl").forEach((e) => e.classList.remove("hl"));
+  document.getElementById(`tok-${n.ctx_idx}`).classList.add("hl");
   if (n.feature_file) openLatent(n.feature_file);
 }
 
@@ -204,18 +279,34 @@ async function openLatent(file) {
   box.replaceChildren(title, stats, cols, ctx);
 }
 
-async function loadGraph(slug) {
-  const g = await getJSON(`data/${encodeURIComponent(slug)}.json`);
-  state.graph = g;
-  renderTokens(g);
-  renderSummary(g);
-  renderGraph(g);
+async function loadGraphs(value) {
+  // value: one slug, or several joined by "," (one prompt's graphs side by side)
+  const slugs = value.split(",");
+  const graphs = await Promise.all(slugs.map((s) => getJSON(`data/${encodeURIComponent(s)}.json`)));
+  state.graph = graphs[0];
+  state.panels = graphs.map(makePanel);
+  document.getElementById("panels").replaceChildren(...state.panels.map((p) => p.box));
+  renderTokens(graphs[0].metadata.prompt_tokens);
+  const same = graphs.every((g) => JSON.stringify(g.metadata.prompt_tokens) === JSON.stringify(graphs[0].metadata.prompt_tokens));
+  document.getElementById("summary").textContent = graphs.length > 1
+    ? `${graphs.length} models side by side${same ? "" : " — their tokens differ: the token strip is the first graph's"}` : "";
+  selectToken(null);
   document.getElementById("latent").hidden = true;
-  document.body.dataset.graph = slug;  // tells a test the graph is drawn
+  document.body.dataset.graph = value;  // tells a test the graphs are drawn
+}
+
+function graphChoices(graphs) {
+  // every prompt drawn by several models, side by side, then each graph alone
+  const byPrompt = new Map();
+  for (const m of graphs) byPrompt.set(m.prompt, [...(byPrompt.get(m.prompt) || []), m]);
+  const groups = [...byPrompt.values()].filter((ms) => ms.length > 1)
+    .map((ms) => [ms.map((m) => m.slug).join(","), `side by side: ${ms.map((m) => (m.info || {}).model || m.slug).join(" | ")} — ${ms[0].prompt.slice(0, 50)}`]);
+  return groups.concat(graphs.map((m) => [m.slug, `${m.slug} — ${m.prompt.slice(0, 60)}`]));
 }
 
 async function main() {
   const select = document.getElementById("graph-select");
+  document.getElementById("all-tokens").addEventListener("click", () => selectToken(null));
   let index;
   try {
     index = await getJSON("data/graph-metadata.json");
@@ -223,11 +314,16 @@ async function main() {
     document.getElementById("summary").textContent = "no graph-metadata.json in the served folder (write graphs with `jsae graph`).";
     return;
   }
-  for (const m of index.graphs) select.appendChild(el("option", { value: m.slug }, `${m.slug} — ${m.prompt.slice(0, 60)}`));
-  const wanted = new URLSearchParams(location.search).get("slug");
-  if (wanted && index.graphs.some((m) => m.slug === wanted)) select.value = wanted;
-  select.addEventListener("change", () => loadGraph(select.value));
-  if (index.graphs.length) await loadGraph(select.value);
+  const choices = graphChoices(index.graphs);
+  for (const [value, label] of choices) select.appendChild(el("option", { value }, label));
+  const q = new URLSearchParams(location.search);
+  const wanted = q.get("slugs") || q.get("slug");
+  if (wanted && wanted.split(",").every((s) => index.graphs.some((m) => m.slug === s))) {
+    if (!choices.some(([v]) => v === wanted)) select.appendChild(el("option", { value: wanted }, `side by side: ${wanted}`));
+    select.value = wanted;
+  }
+  select.addEventListener("change", () => loadGraphs(select.value));
+  if (choices.length) await loadGraphs(select.value);
 }
 
 main();
