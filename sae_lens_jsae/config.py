@@ -6,7 +6,7 @@ dataclasses; a YAML file and `--set` only override."""
 from __future__ import annotations
 
 import re
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,23 @@ def _check_tree(tree: dict[str, Any]) -> None:
             check_key([key])
 
 
+def _drop_unset_pair_keys(sae_tree: dict[str, Any], cls: type) -> dict[str, Any]:
+    """A pair config's `sae:` section with `architecture` switched to a transcoder (e.g.
+    `--set sae.architecture=topk_transcoder` on configs/*.yaml): drop the pair-only keys left at
+    null or at their `JacobianTrainingSAEConfig` default (`jacobian_coefficient: null`), which say
+    nothing to a transcoder; a pair-only key set to anything else stays, and is refused by name."""
+    pair_only = {f.name: f for f in fields(JacobianTrainingSAEConfig) if f.name not in _field_names(cls)}
+
+    def unset(name: str, value: Any) -> bool:
+        if name not in pair_only:
+            return False
+        f = pair_only[name]
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        return value is None or (default is not MISSING and value == default)
+
+    return {name: value for name, value in sae_tree.items() if not unset(name, value)}
+
+
 def build_run_config(tree: dict[str, Any]) -> tuple[LanguageModelSAERunnerConfig[JacobianTrainingSAEConfig], RunOptions]:
     """Turn a config tree into SAELens' runner config (with a Jacobian SAE) and our options."""
     _check_tree(tree)
@@ -95,6 +112,8 @@ def build_run_config(tree: dict[str, Any]) -> tuple[LanguageModelSAERunnerConfig
     sae_tree = dict(tree.get("sae", {}))
     architecture = sae_tree.pop("architecture", "jacobian")
     cls = training_config_class(architecture)
+    if cls is not JacobianTrainingSAEConfig:
+        sae_tree = _drop_unset_pair_keys(sae_tree, cls)
     unknown = sorted(set(sae_tree) - _field_names(cls))
     if unknown:
         raise ValueError(f"sae.{unknown[0]} is not a field of {cls.__name__} (sae.architecture={architecture!r}); its fields are {sorted(_field_names(cls))}.")

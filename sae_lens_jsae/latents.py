@@ -19,6 +19,11 @@ After the pass everything is sorted once and read off vectorised:
   not change the ranking) and the later blocks are skipped (the direct-path logit effect, as
   SAE dashboards show). Input latents live at ln2's output, not on the residual stream: no logits.
 
+A transcoder (`sae_lens_jsae.transcoder`: one SAE reading the MLP's input and writing its output)
+gets the same pages for its one set of latents (`sae: "transcoder"`, layer 0 of the Cantor
+numbering): contexts, histogram, frequency, and direct-path logits of its decoder directions
+(which the MLP's replacement writes to the residual stream); no Jacobian partners.
+
 Written as one JSON per latent in the attribution-graph family's feature format
 (`index, examples_quantiles, top_logits, bottom_logits, act_min, act_max, histogram,
 activation_frequency`) under `features/{scan}/{feature}.json`, `feature` being the graph nodes'
@@ -98,6 +103,68 @@ def _mlp_inputs(model: Any, batch: torch.Tensor, hook: str, stop: int) -> torch.
     return captured[0]
 
 
+TRANSCODER_LAYERS = {"transcoder": 0}
+"""A transcoder's one set of latents, numbered as a pair's input latents."""
+
+
+def is_transcoder_folder(source: str | Path) -> bool:
+    """Whether a saved SAE folder (its cfg.json) holds one of our TopK (skip) transcoders."""
+    from sae_lens_jsae.transcoder import TRANSCODER_ARCHITECTURES
+
+    cfg_path = Path(source) / "cfg.json"
+    if not cfg_path.is_file():
+        return False
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(cfg, dict) and cfg.get("architecture") in TRANSCODER_ARCHITECTURES
+
+
+def load_transcoder_and_model(source: str | Path, model_source: str, model_name: str | None, device: str = "cpu") -> tuple[Any, Any]:
+    """A saved transcoder (SAELens' `SAE.load_from_disk`) and its model; the layer is checked first."""
+    from sae_lens import SAE
+
+    from sae_lens_jsae.sae import layer_of_input_hook
+    from sae_lens_jsae.sources import check_layer, load_hooked_model
+
+    metadata = json.loads((Path(source) / "cfg.json").read_text()).get("metadata") or {}
+    name = model_name or metadata.get("model_name")
+    if name is None:
+        raise ValueError(f"{source}/cfg.json names no model (metadata.model_name): pass --model-name.")
+    check_layer(model_source, name, layer_of_input_hook(metadata.get("hook_name")))
+    model = load_hooked_model(model_source, name, device=device)
+    return SAE.load_from_disk(str(source), device=device), model
+
+
+def transcoder_scan_name(sae: Any) -> str:
+    """A name for a transcoder's pages: model, layer, architecture, width and k."""
+    import re
+
+    from sae_lens_jsae.sae import layer_of_input_hook
+
+    model = (sae.cfg.metadata.model_name or "model").split("/")[-1]
+    name = f"{model}-l{layer_of_input_hook(sae.cfg.metadata.hook_name)}-{sae.cfg.architecture()}{sae.cfg.d_sae}-k{sae.cfg.k}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).lower()
+
+
+@torch.no_grad()
+def collect_transcoder(sae: Any, model: Any, tokens: torch.Tensor, batch_size: int = 16) -> dict[str, Any]:
+    """`collect` for a transcoder: the sparse activations of its latents over `tokens` (n_seq, ctx)."""
+    from sae_lens_jsae.sae import layer_of_input_hook
+
+    hook = sae.cfg.metadata.hook_name
+    stop = layer_of_input_hook(hook) + 1
+    sparse = _Sparse()
+    n_seq, ctx = tokens.shape
+    for s in tqdm(range(0, n_seq, batch_size), desc="latent pages", unit="batch"):
+        x = _mlp_inputs(model, tokens[s: s + batch_size].to(model.cfg.device), hook, stop).reshape(-1, sae.cfg.d_in).to(sae.device, sae.dtype)
+        top = sae.encode(x).topk(sae.cfg.k, dim=-1)  # TopK: at most k latents are active
+        tok = torch.arange(s * ctx, s * ctx + x.shape[0], device=x.device)[:, None]
+        sparse.add(tok.expand_as(top.indices), top.indices, top.values)
+    return {"sparse": {"transcoder": sparse.cat()}, "n_tokens": n_seq * ctx, "ctx": ctx}
+
+
 @torch.no_grad()
 def collect(sae: Any, model: Any, tokens: torch.Tensor, batch_size: int = 16) -> dict[str, Any]:
     """The streaming pass: sparse activations of both SAEs and the Jacobian tables, over `tokens` (n_seq, ctx)."""
@@ -172,14 +239,18 @@ def _example(lists: dict[str, Any], i: int, e: int, strings: dict[int, str], lef
 
 
 def output_logits(sae: Any, model: Any, n: int, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top / bottom direct-path logits of each output latent: (values, ids) for top and bottom, (d_sae, n) each."""
+    """Top / bottom direct-path logits of each output latent (a transcoder's latents: its
+    decoder rows): (values, ids) for top and bottom, (d_sae, n) each."""
+    from sae_lens_jsae.transcoder import is_transcoder
+
+    W_dec = sae.W_dec if is_transcoder(sae) else sae.W_dec_out
     W_U = model.W_U.to(sae.device, torch.float32)
     ln = model.ln_final
     w = getattr(ln, "w", None)
     centre = type(ln).__name__.startswith("LayerNorm")
     tops, top_ids, bots, bot_ids = [], [], [], []
     for s in range(0, sae.cfg.d_sae, chunk):
-        dirs = sae.W_dec_out[s: s + chunk].float()
+        dirs = W_dec[s: s + chunk].float()
         if centre:
             dirs = dirs - dirs.mean(-1, keepdim=True)
         if w is not None:
@@ -196,9 +267,14 @@ def write_latent_pages(
     batch_size: int = 16, cfg: LatentPageConfig | None = None,
 ) -> Path:
     """`jsae latents`: collect over `tokens` (n_seq, ctx) and write every latent's page; returns the scan folder."""
+    from sae_lens_jsae.transcoder import is_transcoder
+
     cfg = cfg or LatentPageConfig()
-    scan = scan or scan_name(sae)
-    data = collect(sae, model, tokens, batch_size)
+    transcoder = is_transcoder(sae)
+    scan = scan or (transcoder_scan_name(sae) if transcoder else scan_name(sae))
+    data = (collect_transcoder if transcoder else collect)(sae, model, tokens, batch_size)
+    written = TRANSCODER_LAYERS if transcoder else LAYERS
+    has_logits = ("transcoder", "output")
     d, n_tokens, ctx = sae.cfg.d_sae, data["n_tokens"], data["ctx"]
     flat_tokens = tokens.reshape(-1)
     logits = output_logits(sae, model, cfg.n_logits) if cfg.n_logits else None
@@ -207,10 +283,11 @@ def write_latent_pages(
 
     folder = Path(out_dir) / "features" / scan
     folder.mkdir(parents=True, exist_ok=True)
-    S_abs, S_J, C = data["S_abs"], data["S_J"], data["C"]
     summary: dict[str, Any] = {"scan": scan, "d_sae": d, "k": sae.cfg.k, "n_tokens": n_tokens, "context_size": ctx, "layers": {}}
+    if transcoder:
+        summary["architecture"] = sae.cfg.architecture()
     offsets = torch.arange(-cfg.left, cfg.right + 1)
-    for which, layer in LAYERS.items():
+    for which, layer in written.items():
         tok, lat, val = data["sparse"][which]
         order, start, count = _group(lat, val, d)
         sorted_tok, sorted_val = tok[order], val[order]
@@ -238,19 +315,22 @@ def write_latent_pages(
         hist = torch.bincount(lat * cfg.n_bins + bins, minlength=d * cfg.n_bins).view(d, cfg.n_bins)
 
         # computational neighbours: the other SAE's latents with the largest mean |attribution| per activation of this one
-        S = S_abs if which == "output" else S_abs.T
-        SJ, SC = (S_J, C) if which == "output" else (S_J.T, C.T)
-        score = S / count.clamp_min(1)[:, None].to(S)
-        p_score, p_idx = score.topk(min(cfg.n_partners, d), dim=1)
-        p_J = (SJ.gather(1, p_idx) / SC.gather(1, p_idx).clamp_min(1))
-        p_C = SC.gather(1, p_idx)
         other = "input" if which == "output" else "output"
+        if transcoder:  # one SAE: no Jacobian between two sets of latents
+            p_score = p_idx = p_J = p_C = torch.zeros(d, 0)
+        else:
+            S = data["S_abs"] if which == "output" else data["S_abs"].T
+            SJ, SC = (data["S_J"], data["C"]) if which == "output" else (data["S_J"].T, data["C"].T)
+            score = S / count.clamp_min(1)[:, None].to(S)
+            p_score, p_idx = score.topk(min(cfg.n_partners, d), dim=1)
+            p_J = (SJ.gather(1, p_idx) / SC.gather(1, p_idx).clamp_min(1))
+            p_C = SC.gather(1, p_idx)
 
         lists = {name: t.tolist() for name, t in {
             "ranks": ranks, "ex_tok": ex_tok, "ex_val": ex_val, "acts": acts, "in_seq": in_seq, "win_tokens": win_tokens,
             "hist": hist, "count": count, "act_max": act_max, "act_min": act_min, "p_score": p_score, "p_idx": p_idx,
             "p_J": p_J, "p_C": p_C}.items()}
-        if which == "output" and logits is not None:
+        if which in has_logits and logits is not None:
             lists.update({n: t.tolist() for n, t in zip(("tv", "ti", "bv", "bi"), logits)})
         names = ["Top activations"] + [f"Quantile {q + 1}/{cfg.n_quantiles} (ranks {q * 100 // cfg.n_quantiles}–{(q + 1) * 100 // cfg.n_quantiles}%)"
                                        for q in range(cfg.n_quantiles)]
@@ -273,7 +353,7 @@ def write_latent_pages(
                     for j, sc, pj, pc in zip(lists["p_idx"][i], lists["p_score"][i], lists["p_J"][i], lists["p_C"][i]) if pc > 0
                 ],
             }
-            if which == "output" and logits is not None:
+            if which in has_logits and logits is not None:
                 page["top_logits"] = [strings[t] for t in lists["ti"][i]]
                 page["bottom_logits"] = [strings[t] for t in lists["bi"][i]]
                 page["top_logit_values"] = _rounded(lists["tv"][i])

@@ -36,15 +36,15 @@ from sae_lens.training.sae_trainer import SAETrainer
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from sae_lens_jsae import saelens_private
 from sae_lens_jsae.mlp import FrozenMLP
-from sae_lens_jsae.transcoder import TRANSCODER_CLASSES, TopKTrainingTranscoder, TopKTranscoderTrainingConfig
 from sae_lens_jsae.sae import (
     JacobianTrainingSAE,
     JacobianTrainingSAEConfig,
     NonFiniteLossError,
     layer_of_input_hook,
 )
-from sae_lens_jsae import saelens_private
+from sae_lens_jsae.transcoder import TRANSCODER_CLASSES, TopKTrainingTranscoder, TopKTranscoderTrainingConfig
 from sae_lens_jsae.util import keep_freed_memory
 
 STREAM_STATE_FILENAME = "jsae_stream_state.safetensors"
@@ -235,6 +235,10 @@ class JacobianSAETrainer(SAETrainer[JacobianTrainingSAE, JacobianTrainingSAEConf
             saelens_private.log_train_step(self, step_output)
 
     def step(self, batch: torch.Tensor) -> TrainStepOutput:
+        # a run's first batch (n_training_samples, not n_training_steps: SAELens checkpoints the
+        # step count before advancing it); the global batch, so every torchrun rank sets the same
+        if self.n_training_samples == 0 and hasattr(self.sae, "initialize_from_first_batch"):
+            self.sae.initialize_from_first_batch(self.activation_scaler(batch.to(self.sae.device)))
         try:
             output = super().step(batch)
         except NonFiniteLossError:

@@ -14,7 +14,8 @@ block 3, x = `blocks.3.ln2.hook_normalized`, y = the frozen MLP's output, State 
 ONE activation stream — the training runner's own (`JacobianSAETrainingRunner.make_stream`) —
 feeds, batch by batch,
   - `ours`: `TopKTrainingTranscoder` stepped by the runner's trainer (`JacobianSAETrainer`: SAELens'
-    Adam, constant lr, grad-norm clip 1), exactly as `jsae train` trains it;
+    Adam, constant lr, grad-norm clip 1), exactly as `jsae train` trains it (its first batch sets
+    b_dec = mean(y), b_enc = −mean(x)·W_enc: `init_biases_from_first_batch`, on by default);
   - sparsify's `SparseCoder(d_in, SparseCoderConfig(k, num_latents=d_sae, transcode=True))`, stepped
     as sparsify's `Trainer.fit` steps it (first batch: b_enc = −mean(x)·W_encᵀ, b_dec = mean(y);
     loss = its `fvu`; no decoder normalisation for a transcoder; `auxk_alpha` 0, its default), with
@@ -22,7 +23,8 @@ feeds, batch by batch,
                            at OUR learning rate,
       `sparsify_adam`      `torch.optim.Adam` at our learning rate (isolates the optimizer),
       `sparsify_default_lr` signum at sparsify's own default lr for this width (5e-3/√(d_sae/2¹⁴)).
-and, as a diagnostic, `ours_sparsify_bias_init`: ours with sparsify's first-batch bias initialisation.
+and, as a diagnostic, `ours_zero_bias_init`: ours with `init_biases_from_first_batch=False` (both
+biases start at zero, as SAELens' TopK SAE: the runner's default before this cross-check).
 All start from the same encoder weights (ours, which both draw as `nn.Linear`'s default), the same
 k, d_sae, tokens and batches. Held-out FVU = Σ‖y − ŷ‖² / Σ‖y − μ‖² on sequences of the sotu EVAL
 split (speeches never trained on), special tokens excluded and μ the eval-set mean as in `jsae eval`,
@@ -72,16 +74,13 @@ def _batch_digest(digest: Any, *tensors: torch.Tensor) -> None:
 
 # ---- contenders ---------------------------------------------------------------------------------
 class Ours:
-    """Our transcoder, stepped by the runner's own trainer (as `jsae train` does).
+    """Our transcoder, stepped by the runner's own trainer (as `jsae train` does, first-batch
+    bias initialisation included when its config asks for it)."""
 
-    `centre_first_batch`: a diagnostic, not what the runner does: on the first batch set the
-    biases as sparsify's trainer does (b_enc = −mean(x)·W_enc, b_dec = mean(y))."""
-
-    def __init__(self, runner: Any, sae: Any, log_dir: Path, log_every_n_steps: int, centre_first_batch: bool = False):
+    def __init__(self, runner: Any, sae: Any, log_dir: Path, log_every_n_steps: int):
         from sae_lens_jsae.training import LOG_FILENAME, JacobianSAETrainer
 
         self.sae = sae
-        self.centre_first_batch = centre_first_batch
         trainer_cfg = replace(runner.cfg.to_sae_trainer_config(), n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False)
         self.trainer = JacobianSAETrainer(cfg=trainer_cfg, sae=self.sae, data_provider=iter(()), log_path=log_dir / LOG_FILENAME,
                                           log_every_n_steps=log_every_n_steps)
@@ -90,11 +89,6 @@ class Ours:
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         _batch_digest(self.seen, x, self.sae.require_mlp().pre_activations_and_output(x)[1])
-        if self.centre_first_batch:
-            with torch.no_grad():
-                self.sae.b_enc.copy_(-x.mean(0) @ self.sae.W_enc)
-                self.sae.b_dec.copy_(y.mean(0))
-            self.centre_first_batch = False
         self.trainer.step(x)  # its MLP pass hits FrozenMLP's cache of this batch's y
         self.trainer.n_training_steps += 1  # as SAETrainer.fit does after each step
 
@@ -228,7 +222,7 @@ def _interval(est: Any) -> dict[str, Any]:
 
 # ---- the two sections ------------------------------------------------------------------------------
 def crosscheck(runner: Any, heldout_tokens: torch.Tensor, steps: int, work: Path, variants: tuple[str, ...] = SPARSIFY_VARIANTS,
-               centred_twin: bool = True) -> dict[str, Any]:
+               zero_bias_twin: bool = True) -> dict[str, Any]:
     """Section 1: train ours and sparsify's transcoders on the runner's stream for `steps` batches;
     held-out FVU with intervals, and each one's median step time on the same batches."""
     from sae_lens_jsae.sae import layer_of_input_hook
@@ -239,14 +233,14 @@ def crosscheck(runner: Any, heldout_tokens: torch.Tensor, steps: int, work: Path
     from sae_lens_jsae.training import build_variant_sae, variant_sae_config
 
     init_W_enc = runner.sae.W_enc.detach().clone()
-    twin = build_variant_sae(variant_sae_config(runner.sae.cfg, {}), mlp, cfg.device)
+    twin = build_variant_sae(variant_sae_config(runner.sae.cfg, {"init_biases_from_first_batch": False}), mlp, cfg.device)
     twin.load_state_dict(runner.sae.state_dict())  # the same start as ours
     ours = Ours(runner, runner.sae, work / "ours", log_every_n_steps=max(1, steps))
     lrs = {"sparsify": ours.lr, "sparsify_adam": ours.lr, "sparsify_default_lr": sparsify_default_lr(d_sae)}
     optimizers = {"sparsify": "signum", "sparsify_adam": "adam", "sparsify_default_lr": "signum"}
     contenders: dict[str, Any] = {"ours": ours}
-    if centred_twin:
-        contenders["ours_sparsify_bias_init"] = Ours(runner, twin, work / "twin", log_every_n_steps=max(1, steps), centre_first_batch=True)
+    if zero_bias_twin:
+        contenders["ours_zero_bias_init"] = Ours(runner, twin, work / "twin", log_every_n_steps=max(1, steps))
     for name in variants:
         contenders[name] = Sparsify(d_in, d_sae, k, lrs[name], optimizers[name], init_W_enc, str(runner.sae.device), runner.sae.dtype)
     stream = runner.make_stream()

@@ -80,7 +80,7 @@ def test_crosscheck_trains_ours_exactly_as_the_runner_and_all_on_the_same_batche
     runner, heldout = script.quick_runner(tmp_path / "cc", tokens)
     result = script.crosscheck(runner, heldout, steps=12, work=tmp_path / "cc")
     contenders = result["contenders"]
-    assert set(contenders) == {"ours", "ours_sparsify_bias_init", *script.SPARSIFY_VARIANTS}
+    assert set(contenders) == {"ours", "ours_zero_bias_init", *script.SPARSIFY_VARIANTS}
     assert len({c["batches_sha256"] for c in contenders.values()}) == 1
     for c in contenders.values():
         assert 0 < c["heldout_fvu"]["value"] < 1

@@ -274,6 +274,225 @@ def test_the_aux_loss_targets_the_mlp_output_residual():
     assert torch.equal(out.sae_in, y)
 
 
+# ---- first-batch bias initialisation (sparsify's), config from a pair's YAML, latent pages --------
+
+
+def _spy_first_forward(monkeypatch):
+    """Record, at each transcoder's training forward, its input and biases (before the step's update)."""
+    seen: list[dict] = []
+    original = TopKTrainingTranscoder.training_forward_pass
+
+    def spy(self, step_input):
+        seen.append({"x": step_input.sae_in.detach().clone(), "b_enc": self.b_enc.detach().clone(),
+                     "b_dec": self.b_dec.detach().clone(), "W_enc": self.W_enc.detach().clone(), "mlp": self.require_mlp()})
+        return original(self, step_input)
+
+    monkeypatch.setattr(TopKTrainingTranscoder, "training_forward_pass", spy)
+    return seen
+
+
+@pytest.mark.parametrize("variant", [TRANSCODER, SKIP])
+def test_the_first_batch_sets_the_biases_as_sparsify_does(tmp_path, monkeypatch, variant):
+    """Before the first step: b_dec = mean(y), b_enc = −mean(x)·W_enc over that batch (sparsify's
+    `Trainer.fit`); so the first step's ŷ is the batch's mean output (FVU 1 on it)."""
+    calls = []
+    original = TopKTrainingTranscoder.initialize_biases_from_batch
+    monkeypatch.setattr(TopKTrainingTranscoder, "initialize_biases_from_batch", lambda self, x: calls.append(1) or original(self, x))
+    seen = _spy_first_forward(monkeypatch)
+    _train(tmp_path, [variant], training_tokens=64 * 3)
+    assert len(calls) == 1 and len(seen) == 3
+    first = seen[0]
+    x = first["x"]
+    y = first["mlp"](x)
+    torch.testing.assert_close(first["b_dec"], y.mean(0), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(first["b_enc"], -(x.mean(0) @ first["W_enc"]), rtol=1e-6, atol=1e-7)
+    assert torch.count_nonzero(first["b_dec"]) > 0 and not torch.equal(seen[1]["b_dec"], first["b_dec"])  # then trained
+    log = [json.loads(line) for line in (tmp_path / "out" / variant_name_of(variant) / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["details/n_training_steps"] == 3  # logged every 3rd step: nothing to read of step 1 here
+
+
+def variant_name_of(variant):
+    from sae_lens_jsae.training import variant_name
+
+    return variant_name(variant)
+
+
+def test_init_biases_from_first_batch_false_keeps_zero_biases(tmp_path, monkeypatch):
+    seen = _spy_first_forward(monkeypatch)
+    _train(tmp_path, [{**TRANSCODER, "init_biases_from_first_batch": False}], training_tokens=64 * 2)
+    assert torch.count_nonzero(seen[0]["b_dec"]) == 0 and torch.count_nonzero(seen[0]["b_enc"]) == 0
+
+
+def test_the_first_step_fvu_is_one_with_the_mean_output_as_prediction():
+    model = make_tiny_model("gated_silu", dtype=torch.float32)
+    mlp = FrozenMLP.from_hooked_transformer(model, 1)
+    t = TopKTrainingTranscoder(TopKTranscoderTrainingConfig(d_in=16, d_sae=64, k=4))
+    t.attach_mlp(mlp)
+    x = mlp_inputs(model, 1).float()
+    t.initialize_from_first_batch(x)
+    y = mlp(x)
+    torch.testing.assert_close(t(x), y.mean(0).expand_as(y))  # W_dec = 0: ŷ = b_dec = mean(y)
+    pre = x @ t.W_enc + t.b_enc
+    torch.testing.assert_close(pre.mean(0), torch.zeros(64), atol=1e-5, rtol=0)  # pre-activations centred
+
+
+def test_resuming_after_the_first_step_does_not_set_the_biases_again(tmp_path, monkeypatch):
+    """SAELens checkpoints a step before counting it (a checkpoint after step 1 holds
+    n_training_steps 0), so the trainer keys the initialisation on n_training_samples == 0."""
+    from sae_lens_jsae.training import COMPLETE_MARKER
+
+    calls = []
+    original = TopKTrainingTranscoder.initialize_biases_from_batch
+    monkeypatch.setattr(TopKTrainingTranscoder, "initialize_biases_from_batch", lambda self, x: calls.append(1) or original(self, x))
+    variants = [{"jacobian_coefficient": 1.0}, TRANSCODER]
+    options = RunOptions(log_every_n_steps=3, checkpoint_every_tokens=32)  # one after each step of 64 tokens
+    model = lambda: make_tiny_model("gated_silu", dtype=torch.float32)  # noqa: E731
+    train_variants(tiny_runner_cfg(tmp_path / "full", training_tokens=64 * 4), variants, options,
+                   override_dataset=tiny_token_dataset(), override_model=model())
+    assert len(calls) == 1
+    (checkpoint,) = (tmp_path / "full" / "checkpoints").glob("*/64")  # after the first step
+    assert (checkpoint / COMPLETE_MARKER).exists()
+    assert torch.load(checkpoint / "architecture=topk_transcoder" / "trainer_state.pt", weights_only=False)["n_training_steps"] == 0
+    train_variants(tiny_runner_cfg(tmp_path / "resumed", training_tokens=64 * 4, resume_from_checkpoint=str(checkpoint)), variants, options,
+                   override_dataset=tiny_token_dataset(), override_model=model())
+    assert len(calls) == 1  # not again on resume
+    for name in ("jacobian_coefficient=1.0", "architecture=topk_transcoder"):
+        a = load_file(tmp_path / "full" / "out" / name / "sae_weights.safetensors")
+        b = load_file(tmp_path / "resumed" / "out" / name / "sae_weights.safetensors")
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
+
+
+def test_a_pair_yaml_trains_a_transcoder_with_set_architecture():
+    """`jsae train configs/…demo.yaml --set sae.architecture=topk_transcoder`: the pair-only keys
+    left at null / their default (`jacobian_coefficient: null`) are dropped; one set to a value
+    is still a one-line error naming it."""
+    from pathlib import Path
+
+    from sae_lens_jsae.config import load_run_config
+
+    demo = Path(__file__).resolve().parents[1] / "configs" / "smollm2-135m-l3-demo.yaml"
+    for arch, cls in ((TOPK_TRANSCODER, TopKTranscoderTrainingConfig), (TOPK_SKIP_TRANSCODER, TopKSkipTranscoderTrainingConfig)):
+        cfg, _ = load_run_config(demo, [f"sae.architecture={arch}", "sae.jacobian_warm_up_steps=null", "sae.edge_sparsity_coefficient=0"])
+        assert type(cfg.sae) is cls and (cfg.sae.d_in, cfg.sae.d_sae, cfg.sae.k, cfg.sae.d_out) == (576, 2304, 32, 576)
+        assert cfg.sae.init_biases_from_first_batch and cfg.sae.aux_loss_coefficient == 1.0
+    with pytest.raises(ValueError, match=r"^sae.jacobian_coefficient is not a field of TopKTranscoderTrainingConfig"):
+        load_run_config(demo, ["sae.architecture=topk_transcoder", "sae.jacobian_coefficient=0.5"])
+    with pytest.raises(ValueError, match=r"^sae.edge_sparsity_coefficient is not a field"):
+        load_run_config(demo, ["sae.architecture=topk_transcoder", "sae.edge_sparsity_coefficient=0.1"])
+
+
+def test_latent_pages_for_a_transcoder(tmp_path):
+    """`jsae latents` on a transcoder: one page per latent (contexts, histogram, frequency,
+    direct-path logits of its decoder rows), checked against a dense encode; no partners."""
+    from sae_lens import SAE
+
+    from sae_lens_jsae.graph import cantor
+    from sae_lens_jsae.latents import LatentPageConfig, is_transcoder_folder, write_latent_pages
+
+    _train(tmp_path, [SKIP], training_tokens=64 * 6)
+    folder = tmp_path / "out" / "architecture=topk_skip_transcoder"
+    assert is_transcoder_folder(folder)
+    tc = SAE.load_from_disk(str(folder))
+    model = make_tiny_model("gated_silu", dtype=torch.float32)
+    tokens = torch.randint(1, model.cfg.d_vocab, (6, 10), generator=torch.Generator().manual_seed(3))
+    scan = write_latent_pages(tc, model, tokens, tmp_path / "pages", batch_size=4,
+                              cfg=LatentPageConfig(n_top=3, n_quantiles=2, n_per_quantile=2, left=3, right=2, n_logits=3))
+    assert scan.name == "tiny-l1-topk_skip_transcoder64-k4"
+    _, cache = model.run_with_cache(tokens, names_filter="blocks.1.ln2.hook_normalized")
+    with torch.no_grad():
+        acts = tc.encode(cache["blocks.1.ln2.hook_normalized"].reshape(-1, 16))
+    index = json.loads((scan / "index.json").read_text())
+    assert index["architecture"] == TOPK_SKIP_TRANSCODER and index["n_tokens"] == 60
+    assert index["layers"]["0"]["dead"] == int(((acts > 0).sum(0) == 0).sum())
+    assert len(list(scan.glob("*.json"))) == 64 + 1
+    W_U = model.W_U
+    for i in range(64):
+        page = json.loads((scan / f"{cantor(0, i)}.json").read_text())
+        col = acts[:, i]
+        n = int((col > 0).sum())
+        assert page["sae"] == "transcoder" and page["latent"] == i and page["partners"] == []
+        assert page["activation_frequency"] == pytest.approx(n / 60) and sum(page["histogram"]["counts"]) == n
+        if n:
+            assert page["act_max"] == pytest.approx(float(col.max()), rel=1e-5)
+            assert page["examples_quantiles"][0]["examples"][0]["activation"] == pytest.approx(float(col.max()), rel=1e-3)
+        d = tc.W_dec[i].detach()
+        if type(model.ln_final).__name__.startswith("LayerNorm"):
+            d = d - d.mean()
+        d = d * model.ln_final.w if hasattr(model.ln_final, "w") else d
+        want = (d @ W_U).topk(3).indices
+        assert page["top_logits"] == [f"⟨{int(t)}⟩" for t in want]
+
+
+_DDP_WORKER = """
+import os, sys
+from dataclasses import replace
+from pathlib import Path
+import torch
+from safetensors.torch import save_file
+sys.path.insert(0, {tests!r})
+from helpers import make_tiny_model, tiny_runner_cfg, tiny_token_dataset
+from sae_lens_jsae.training import JacobianSAETrainingRunner, RunOptions
+from sae_lens_jsae.transcoder import TopKTrainingTranscoder, TopKTranscoderTrainingConfig
+
+tmp, rank = Path(sys.argv[1]), os.environ.get("RANK", "single")
+init = TopKTrainingTranscoder.initialize_biases_from_batch
+
+def record(self, x):  # the biases each process starts from
+    init(self, x)
+    save_file({{"b_enc": self.b_enc.detach().clone(), "b_dec": self.b_dec.detach().clone()}}, str(tmp / f"init_{{rank}}.safetensors"))
+
+TopKTrainingTranscoder.initialize_biases_from_batch = record
+cfg = tiny_runner_cfg(tmp, training_tokens=64 * 4, checkpoint_path=None)
+cfg = replace(cfg, sae=TopKTranscoderTrainingConfig(d_in=16, d_sae=64, k=4, metadata=cfg.sae.metadata))
+data = {{"override_dataset": tiny_token_dataset(), "override_model": make_tiny_model("gated_silu", dtype=torch.float32)}}
+if os.environ.get("WORLD_SIZE", "1") == "1":
+    sae = JacobianSAETrainingRunner(cfg, RunOptions(log_every_n_steps=4), **data).run()
+else:
+    from sae_lens_jsae.distributed import barrier_and_close, init_from_env, train_distributed
+    context = init_from_env(cfg.device, "gloo", 60)
+    sae = train_distributed(cfg, RunOptions(log_every_n_steps=4), context, **data)
+    barrier_and_close(context)
+save_file({{k: v.detach().clone() for k, v in sae.state_dict().items()}}, str(tmp / f"final_{{rank}}.safetensors"))
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_start_from_the_same_first_batch_biases(tmp_path):
+    """Under torchrun data parallel (gloo, 2 ranks on half batches) the first-batch biases come
+    from the global batch every rank holds: both ranks set exactly one process's biases, without
+    a collective, and stay identical. (Not compared: the later weights to one process's. At the
+    first step ŷ = mean(y), so b_dec's gradient is 0 up to rounding and Adam's first step on it is
+    lr·sign(rounding noise), which differs between a full batch and two averaged halves.)"""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    worker = tmp_path / "worker.py"
+    worker.write_text(_DDP_WORKER.format(tests=str(tests)))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tests.parent)}
+    runs = {"one": [sys.executable, str(worker)],
+            "two": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker)]}
+    procs = {}
+    for name, cmd in runs.items():
+        (tmp_path / name).mkdir()
+        procs[name] = subprocess.Popen([*cmd, str(tmp_path / name)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, (name, out[-3000:])
+    single = load_file(tmp_path / "one" / "init_single.safetensors")
+    assert torch.count_nonzero(single["b_dec"]) > 0
+    for rank in ("0", "1"):
+        start = load_file(tmp_path / "two" / f"init_{rank}.safetensors")
+        for key in single:
+            assert torch.equal(start[key], single[key]), (rank, key)
+    final0, final1 = (load_file(tmp_path / "two" / f"final_{rank}.safetensors") for rank in ("0", "1"))
+    for key in final0:
+        assert torch.equal(final0[key], final1[key]), key
+
+
 # ---- evaluation: beside the pairs, on the same tokens -------------------------------------------
 
 
