@@ -158,9 +158,10 @@ class TopKTranscoderTrainingConfig(TopKTrainingSAEConfig):
     b_enc = −mean(x)·W_enc, so ŷ starts at the MLP's mean output and every latent's pre-activation
     starts centred on the data: sparsify's trainer does this for its transcoders (`Trainer.fit`,
     global step 0). Why it is on: `scripts/sparsify_crosscheck.py` measured, on the offline
-    default (100 steps), held-out FVU 0.914× that of zero-initialised biases, and latents never
-    active on the held-out tokens 735 → 11 of 2304
-    (benchmarks/results/sparsify-crosscheck-cpu-20261202-213006.json). The means are over the
+    default (100 steps), held-out FVU 0.914× that of zero-initialised biases (0.453 vs 0.496), and
+    latents never active on the held-out tokens 735 → 11 of 2304; with it, sparsify trained with
+    Adam on the same batches is at 1.009× ours
+    (benchmarks/results/sparsify-crosscheck-cpu-20261203-042608.json). The means are over the
     global batch, which every torchrun rank holds, so all ranks set identical biases; a resumed
     run does not set them again. False: both biases start at zero (SAELens' TopK SAE)."""
 
