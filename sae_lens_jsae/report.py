@@ -106,25 +106,6 @@ def _name(d: dict[str, Any]) -> str:
     return f"{d['label']} (λ={lam:g})" if lam is not None else d["label"]
 
 
-def _add_replacement_table(doc: _Doc, pairs: list[tuple[Path, dict[str, Any]]], transcoders: list[tuple[Path, dict[str, Any]]], rel: Any) -> None:
-    """Pairs and transcoders side by side on what both do: replace the MLP (same tokens)."""
-    from sae_lens_jsae.report_frontier import metric
-
-    doc.h(2, "The MLP replaced: JSAE pairs beside transcoders (same tokens)")
-    doc.p("Replacement = what writes `hook_mlp_out` instead of the MLP: a pair's output SAE(f(input SAE(x))), a transcoder's ŷ(x). "
-          "Active latents per token: k_in + k_out for a pair, k for a transcoder. Explained variance is of the MLP output y.")
-    rows = []
-    for p, d in [*[(p, d) for p, d in pairs if not d.get("randomized")], *transcoders]:
-        is_tc = d.get("kind") == "transcoder"
-        name = f"{d['label']} ({d['architecture']})" if is_tc else _name(d)
-        active = d["k"] if is_tc else 2 * d["k"]
-        dead = d.get("dead_latents") if is_tc else ""
-        params = d.get("n_parameters", "")
-        cells = [metric(d, key) for key in ("splice.replacement.ce_loss_score", "splice.replacement.kl_score", "explained_variance.replacement")]
-        rows.append([name, active, params, *(iv.fmt(3) for iv in cells), dead, rel(p)])
-    doc.table(["model", "active latents / token", "parameters", "replacement CE-loss score", "replacement KL score", "MLP-output EV", "dead latents", "summary JSON"], rows)
-
-
 def _legend(d: dict[str, Any]) -> str:
     return _name(d) + (" [randomized]" if d.get("randomized") else "")
 
@@ -252,11 +233,15 @@ def write_report(
         except ValueError:
             return str(p)
 
+    from sae_lens_jsae.report_comparison import add_comparison
     from sae_lens_jsae.report_frontier import add_frontier, metric, resolve_key
 
+    tc_items = _load(transcoders)
+    if tc_items:  # the question a reader brings transcoders for leads the report
+        add_comparison(doc, items, tc_items, out, rel)
     add_frontier(doc, items, out)
-    if transcoders:
-        _add_replacement_table(doc, items, _load(transcoders), rel)
+    if not tc_items and any(d.get("edges") for _, d in items):
+        add_comparison(doc, items, [], out, rel)
 
     doc.h(2, "Evaluated SAEs")
     doc.table(["name", "model", "hook", "d_sae", "k", "randomized", "checkpoint", "summary JSON"],

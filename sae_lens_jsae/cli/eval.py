@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-core-reconstruction-tokens", type=int, default=4096, help="tokens for SAEBench core CE/KL")
     p.add_argument("--n-core-sparsity-tokens", type=int, default=32_768, help="tokens for SAEBench core variance/L0/dead latents")
     p.add_argument("--n-linearity-tokens", type=int, default=512)
+    p.add_argument("--n-edge-tokens", type=int, default=8192,
+                   help="tokens for the edge measure (edges per downstream node for 80%%/90%% of its attribution; 0: off)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
     p.add_argument("--no-core", action="store_true", help="skip SAEBench's core eval of the two SAEs (single-checkpoint mode)")
     p.add_argument("--core", action="store_true", help="sweep mode: also run SAEBench's core eval of every SAE (off by default there)")
@@ -76,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if tokens.numel() < max(args.n_tokens, args.n_splice_tokens):
         print(f"note: the eval split has {tokens.numel()} tokens (< the requested {max(args.n_tokens, args.n_splice_tokens)}); using all of them")
     kw = dict(n_tokens=args.n_tokens, n_splice_tokens=args.n_splice_tokens, n_core_reconstruction_tokens=args.n_core_reconstruction_tokens,
-              n_core_sparsity_tokens=args.n_core_sparsity_tokens, n_linearity_tokens=args.n_linearity_tokens, batch_size=args.batch_size)
+              n_core_sparsity_tokens=args.n_core_sparsity_tokens, n_linearity_tokens=args.n_linearity_tokens,
+              n_edge_tokens=args.n_edge_tokens, batch_size=args.batch_size)
     if sweep_mode:
         rmodel = load_hooked_model(args.model_source, model_name, device=args.device, randomize=True, seed=args.seed) if args.randomized_sweep else None
         report = evaluate_sweeps_and_compare(args.checkpoint, model, tokens, args.output_dir, randomized_dirs=args.randomized_sweep,

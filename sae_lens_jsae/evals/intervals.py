@@ -291,6 +291,11 @@ def summary_estimates(summary: Mapping[str, Any]) -> dict[str, Estimate]:
         from sae_lens_jsae.evals.error_analysis import error_estimates
 
         out.update(error_estimates(err))
+    edges = summary.get("edges") or {}
+    if edges.get("per_sequence"):
+        from sae_lens_jsae.evals.edges import edge_estimates
+
+        out.update(edge_estimates(edges["per_sequence"]))
     return out
 
 
@@ -300,7 +305,8 @@ def summary_intervals(summary: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _digests(summary: Mapping[str, Any]) -> dict[str, str | None]:
-    out = {block: ((summary.get(block) or {}).get("per_sequence") or {}).get("tokens_digest") for block in ("jacobian_sparsity", "splice", "mlp_error")}
+    out = {block: ((summary.get(block) or {}).get("per_sequence") or {}).get("tokens_digest")
+           for block in ("jacobian_sparsity", "splice", "mlp_error", "edges")}
     out["linearity"] = ((summary.get("linearity") or {}).get("per_token") or {}).get("sample_digest")
     return out
 
@@ -308,7 +314,7 @@ def _digests(summary: Mapping[str, Any]) -> dict[str, str | None]:
 def _block(key: str) -> str:
     """Which per-sequence block (and tokens digest) a metric key comes from."""
     head = key.split(".")[0]
-    return head if head in ("jacobian_sparsity", "linearity", "mlp_error") else "splice"
+    return head if head in ("jacobian_sparsity", "linearity", "mlp_error", "edges") else "splice"
 
 
 def paired_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -92,6 +92,7 @@ def evaluate_checkpoint(
     n_core_reconstruction_tokens: int = 4096,
     n_core_sparsity_tokens: int = 32_768,
     n_linearity_tokens: int = 512,
+    n_edge_tokens: int = 8192,
     batch_size: int = 16,
     core: bool = True,
     linearity_kwargs: dict[str, Any] | None = None,
@@ -122,7 +123,7 @@ def evaluate_checkpoint(
         sae.attach_mlp_from_model(model)
     sae = sae.to(model.cfg.device)
     # materialise once: every metric sees the same tokens in the same order
-    toks = collect_tokens(tokens, max(n_tokens, n_splice_tokens, n_core_reconstruction_tokens, n_core_sparsity_tokens))
+    toks = collect_tokens(tokens, max(n_tokens, n_splice_tokens, n_core_reconstruction_tokens, n_core_sparsity_tokens, n_edge_tokens))
     mlp_error = check_mlp_matches(model, sae, toks) if check_mlp else None
     timings: dict[str, float] = {}
     t0 = time.time()
@@ -143,6 +144,13 @@ def evaluate_checkpoint(
     if splice is None:
         splice = splice_scores(model, sae, toks, batch_size=max(1, batch_size // 2), max_tokens=n_splice_tokens, progress=progress)
         timings["splice_s"] = time.time() - t0
+    edges = None
+    if n_edge_tokens > 0:  # edges per downstream node (evals/edges.py): the measure shared with transcoders
+        from sae_lens_jsae.evals.edges import edge_measure
+
+        t0 = time.time()
+        edges = edge_measure(model, sae, toks, batch_size=batch_size, max_tokens=n_edge_tokens, progress=progress).to_dict()
+        timings["edges_s"] = time.time() - t0
     t0 = time.time()
     error_analysis = mlp_error_analysis(model, sae, toks, batch_size=batch_size, max_tokens=n_splice_tokens, progress=progress)
     timings["mlp_error_s"] = time.time() - t0
@@ -173,12 +181,15 @@ def evaluate_checkpoint(
         "jacobian_coefficient": jacobian_coefficient if jacobian_coefficient is not None else _jacobian_coefficient(sae, checkpoint),
         "d_sae": sae.cfg.d_sae,
         "k": sae.cfg.k,
+        "n_parameters": sum(p.numel() for p in sae.parameters() if p.requires_grad),  # the two SAEs (the MLP is frozen)
+        "dead_latents": splice.dead_latents,
         "mlp_relative_error": mlp_error,
         "jacobian_sparsity": sp_json["eval_result_unstructured"]["result"],
         "linearity": lin_json["eval_result_unstructured"]["result"],
         "splice": splice.to_dict(),
         "explained_variance": splice.explained_variance,
         "mlp_error": error_analysis.to_dict(),
+        **({"edges": edges} if edges is not None else {}),
         "core": core_files,
         **({"core_skipped": core_skipped} if core_skipped else {}),
         "files": {"jacobian_sparsity": str(sp_file.relative_to(out)), "jacobian_linearity": str(lin_file.relative_to(out))},
@@ -199,10 +210,14 @@ def write_transcoder_summary(
     *,
     label: str,
     checkpoint: Any = None,
+    edges: dict[str, Any] | None = None,
+    edges_by_upstream: dict[str, dict[str, Any]] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write `{label}_summary.json` of a transcoder scored by `splice_scores_multi` (its replacement
-    splice, explained variance, L0 and dead latents, with 95% intervals) in `output_dir`."""
+    splice, explained variance, L0 and dead latents, with 95% intervals) in `output_dir`.
+    `edges`: its edge measure (`EdgeMeasureResult.to_dict()`) with the λ = 0 pair's input SAE as
+    upstream; `edges_by_upstream`: the same with other upstream SAEs, by the pair's label."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {
@@ -221,6 +236,8 @@ def write_transcoder_summary(
         "splice": splice.to_dict(),
         "explained_variance": splice.explained_variance,
         "dead_latents": splice.dead_latents,
+        **({"edges": edges} if edges is not None else {}),
+        **({"edges_by_upstream": edges_by_upstream} if edges_by_upstream else {}),
         **(extra or {}),
     }
     summary["interval_method"] = METHOD

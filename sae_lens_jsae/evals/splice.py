@@ -32,6 +32,7 @@ per-sequence sums (`SpliceResult.per_sequence`) for intervals and paired differe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -85,7 +86,10 @@ class SpliceResult:
     `mlp_of_input_reconstruction` (f(x̂) against y) and `replacement` (what the replacement splice
     writes, against y); a transcoder has `replacement` only. See the module docstring."""
     dead_latents: int | None = None
-    """A transcoder's latents that never fired on the eval tokens (None for pairs)."""
+    """Latents that never fired on the eval tokens: a transcoder's; a pair's input SAE's (on x) plus
+    its output SAE's on the replacement path (on f(x̂)), split in `dead_latents_by_sae`."""
+    dead_latents_by_sae: dict[str, int] | None = None
+    """A pair's dead latents per SAE: {"input": …, "output": …} (None for a transcoder)."""
     per_sequence: dict[str, Any] | None = None
     """Per-sequence sums (lists, one entry per sequence) for intervals: n_pred, n_pos, n_ev, ce_clean,
     ce_/kl_ of zero_input, zero_mlp_out and each splice, sqerr_/var_ input and output,
@@ -105,7 +109,8 @@ class SpliceResult:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SpliceResult:
         return cls(n_tokens=d["n_tokens"], **{s: SpliceScore(**d[s]) if d.get(s) else None for s in SPLICES},
-                   explained_variance=d.get("explained_variance") or {}, dead_latents=d.get("dead_latents"), per_sequence=d.get("per_sequence"))
+                   explained_variance=d.get("explained_variance") or {}, dead_latents=d.get("dead_latents"),
+                   dead_latents_by_sae=d.get("dead_latents_by_sae"), per_sequence=d.get("per_sequence"))
 
 
 def _check_splices(splices: Sequence[str]) -> None:
@@ -210,6 +215,7 @@ def splice_scores_multi(
     special = _special_token_ids(model)
     cols: dict[str, dict[str, list[torch.Tensor]]] = {name: {} for name in saes}
     fired = {name: torch.zeros(sae.cfg.d_sae, dtype=torch.bool) for name, sae in saes.items() if is_transcoder(sae)}
+    fired_pair = {name: torch.zeros(2, sae.cfg.d_sae, dtype=torch.bool) for name, sae in saes.items() if name not in fired}
     moments: dict[int, dict[str, list[torch.Tensor]]] = {L: {} for L in set(layers.values())}  # per-seq Σx, Σ‖x‖², Σy, Σ‖y‖²
     digest = hashlib.sha256()
     n_tok = 0
@@ -245,11 +251,7 @@ def splice_scores_multi(
             c = cols[name]
             for key, v in {**common, **shared[layers[name]]}.items():
                 add(c, key, v)
-
-
-            def sqerr(target: torch.Tensor, approx: torch.Tensor) -> torch.Tensor:
-                return ((target.to(torch.float64) - approx.to(torch.float64)).pow(2).sum(-1) * keep_f).sum(1)
-
+            sqerr = functools.partial(_sum_sq_error, weights=keep_f)
             if name in fired:  # a transcoder: ŷ(x) replaces the MLP
                 acts = sae.encode(x.to(sae.dtype))
                 active = acts > 0
@@ -259,16 +261,19 @@ def splice_scores_multi(
                 add(c, "sqerr_replacement", sqerr(y, replacement))
                 outputs = {"replacement": replacement.to(y.dtype)} if "replacement" in splices else {}
             else:
-                x_hat = sae.decode(sae.encode(x.to(sae.dtype)))
+                acts_in = sae.encode(x.to(sae.dtype))
+                x_hat = sae.decode(acts_in)
                 y_hat = sae.decode_output(sae.encode_output(y.to(sae.dtype)))
                 f_x_hat = sae.require_mlp()(x_hat)
-                replacement = sae.decode_output(sae.encode_output(f_x_hat))
+                acts_out = sae.encode_output(f_x_hat)
+                replacement = sae.decode_output(acts_out)
+                fired_pair[name][0] |= (acts_in > 0)[keep].any(0).cpu()
+                fired_pair[name][1] |= (acts_out > 0)[keep].any(0).cpu()
                 add(c, "sqerr_input", sqerr(x, x_hat))
                 add(c, "sqerr_output", sqerr(y, y_hat))
                 add(c, "sqerr_mlp_of_recon", sqerr(y, f_x_hat))
                 add(c, "sqerr_replacement", sqerr(y, replacement))
-                outputs = {"input": lambda: run.mlp_of(x_hat), "output": lambda: y_hat.to(y.dtype), "replacement": lambda: replacement.to(y.dtype)}
-                outputs = {s: outputs[s]() for s in splices}
+                outputs = {s: run.mlp_of(x_hat) if s == "input" else (y_hat if s == "output" else replacement).to(y.dtype) for s in splices}
             for s, mlp_out in outputs.items():
                 ce, kl = run.rest(mlp_out)
                 add(c, f"ce_{s}", ce)
@@ -292,7 +297,15 @@ def splice_scores_multi(
                                 sae.cfg.metadata.hook_name, out_hook)
         if name in fired:
             results[name].dead_latents = int((~fired[name]).sum())
+        else:
+            dead_in, dead_out = (int(n) for n in (~fired_pair[name]).sum(1))
+            results[name].dead_latents, results[name].dead_latents_by_sae = dead_in + dead_out, {"input": dead_in, "output": dead_out}
     return results
+
+
+def _sum_sq_error(target: torch.Tensor, approx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per sequence: Σ over kept positions of ‖target − approx‖² (float64)."""
+    return ((target.to(torch.float64) - approx.to(torch.float64)).pow(2).sum(-1) * weights).sum(1)
 
 
 def _result(n_tok: int, splices: Sequence[str], col: dict[str, torch.Tensor], digest: str, in_hook: str, out_hook: str) -> SpliceResult:

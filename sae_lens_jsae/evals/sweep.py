@@ -204,10 +204,14 @@ def evaluate_sweeps_and_compare(
         summaries = evaluate_sweep(main, model, tokens, output_dir, **kwargs) if main else []
     if rand:
         summaries += evaluate_sweep(rand, randomized_model, tokens, Path(output_dir) / "randomized", **kwargs)
-    transcoders = evaluate_transcoders(transcoder_dirs, model, tokens, Path(output_dir) / "transcoders", **kwargs) if transcoder_dirs else []
-    if not summaries:
+    if transcoder_dirs and not summaries:
         raise ValueError("jsae eval: the report needs at least one JSAE pair (e.g. the λ = 0 pair) beside transcoders.")
-    return compare([*summaries, *also], output_dir, title="Jacobian SAE evaluation: λ frontier", transcoders=transcoders)
+    transcoders = []
+    if transcoder_dirs:
+        transcoders = evaluate_transcoders(transcoder_dirs, model, tokens, Path(output_dir) / "transcoders",
+                                           upstreams=edge_upstreams(main, model), **kwargs)
+    title = "Jacobian SAE evaluation: JSAEs beside transcoders" if transcoders else "Jacobian SAE evaluation: λ frontier"
+    return compare([*summaries, *also], output_dir, title=title, transcoders=transcoders)
 
 
 def is_transcoder_dir(path: Path) -> bool:
@@ -224,15 +228,22 @@ def evaluate_transcoders(
     output_dir: str | os.PathLike[str],
     *,
     n_splice_tokens: int = 32_768,
+    n_edge_tokens: int = 8192,
     batch_size: int = 16,
     progress: bool = True,
+    upstreams: dict[str, Any] | None = None,
     **_: Any,
 ) -> list[Path]:
     """Score transcoders on the same tokens as the pairs (one splice pass for all of them): the
     replacement CE-loss / KL scores, MLP-output explained variance, L0 and dead latents, with
-    intervals; one summary each in `output_dir`. Returns the summary paths."""
+    intervals; one summary each in `output_dir`. Returns the summary paths.
+
+    `upstreams` ({label: pair}, from `edge_upstreams`): the input SAEs the edge measure reads the
+    transcoder's input with; the first (the λ = 0 pair's) gives the headline `edges`, every one
+    an entry of `edges_by_upstream`, so the basis is not what decides."""
     from sae_lens import SAE
 
+    from sae_lens_jsae.evals.edges import edge_measure
     from sae_lens_jsae.evals.pipeline import write_transcoder_summary
     from sae_lens_jsae.evals.splice import splice_scores_multi
 
@@ -241,8 +252,38 @@ def evaluate_transcoders(
         raise ValueError(f"two transcoders share a folder name: {[str(p) for p in dirs]}")
     splices = splice_scores_multi(model, saes, tokens, splices=("replacement",), batch_size=max(1, batch_size // 2),
                                   max_tokens=n_splice_tokens, progress=progress)
-    return [write_transcoder_summary(sae, splices[label], output_dir, label=label, checkpoint=path, extra={"pair_name": path.name})
-            for (label, sae), path in zip(saes.items(), dirs)]
+    paths = []
+    for (label, sae), path in zip(saes.items(), dirs):
+        by_upstream = {}
+        if n_edge_tokens > 0:
+            for up_label, pair in (upstreams or {}).items():
+                by_upstream[up_label] = edge_measure(model, sae, tokens, upstream=pair, batch_size=batch_size,
+                                                     max_tokens=n_edge_tokens, progress=progress).to_dict()
+        headline = next(iter(by_upstream.values()), None)
+        paths.append(write_transcoder_summary(sae, splices[label], output_dir, label=label, checkpoint=path, edges=headline,
+                                              edges_by_upstream=by_upstream, extra={"pair_name": path.name}))
+    return paths
+
+
+def edge_upstreams(pairs: Sequence[SweepPair], model) -> dict[str, Any]:
+    """The input SAEs a transcoder's edges are measured against: the λ = 0 pair's (circuit-tracer's
+    role for upstream features; the headline), then the JSAE's (the paper loss at the rule's λ,
+    else its smallest λ > 0), each loaded with its MLP. Keyed by the pair's file label."""
+    from sae_lens_jsae.evals.pipeline import load_checkpoint
+
+    trained = [p for p in pairs if not p.randomized]
+    plain = [p for p in trained if p.series_label == "paper loss"] or trained
+    zero = next((p for p in plain if p.jacobian_coefficient == 0), None)
+    jsae = next((p for p in plain if p.path.name.endswith("=auto")), None) or min(
+        (p for p in plain if (p.jacobian_coefficient or 0) > 0), key=lambda p: p.jacobian_coefficient, default=None)
+    out = {}
+    for p in (zero, jsae):
+        if p is not None:
+            pair = load_checkpoint(p.path, model)
+            if pair.mlp is None:
+                pair.attach_mlp_from_model(model)
+            out[p.file_label] = pair.to(model.cfg.device)
+    return out
 
 
 def _evaluate_sweep_worker(pairs: list[SweepPair], model_factory: ModelFactory, tokens: torch.Tensor, output_dir: str, kwargs: dict[str, Any]) -> list[Path]:

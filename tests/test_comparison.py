@@ -1,0 +1,126 @@
+"""JSAE pairs beside transcoders in `jsae eval`: same tokens, the edge measure, the comparison report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import make_tiny_model
+from sae_lens.saes.sae import SAEMetadata
+
+from sae_lens_jsae import load_jsae
+from sae_lens_jsae.evals.edges import edge_measure
+from sae_lens_jsae.transcoder import TOPK_SKIP_TRANSCODER, TOPK_TRANSCODER, TRANSCODER_CLASSES
+
+
+def _save_transcoder(model, path, arch, seed):
+    from sae_lens_jsae.training import variant_sae_config
+
+    torch.manual_seed(seed)
+    cfg = TRANSCODER_CLASSES[arch][3](d_in=16, d_sae=32, k=4, dtype="float64",
+                                      metadata=SAEMetadata(hook_name="blocks.1.ln2.hook_normalized", model_name=model.cfg.model_name))
+    cfg = variant_sae_config(cfg, {})  # sets metadata.hook_name_out as the runner does
+    tc = TRANSCODER_CLASSES[arch][2](cfg)
+    with torch.no_grad():
+        tc.W_dec.copy_(0.3 * torch.randn_like(tc.W_dec))
+        if hasattr(tc, "W_skip"):
+            tc.W_skip.copy_(0.1 * torch.randn_like(tc.W_skip))
+    tc.save_inference_model(path)
+    return tc
+
+
+def test_jsae_eval_scores_transcoders_beside_the_pairs_on_the_same_tokens(tmp_path):
+    from sae_lens_jsae import build_jacobian_sae
+    from sae_lens_jsae.evals.sweep import evaluate_sweeps_and_compare
+
+    model = make_tiny_model("gated_silu")
+    torch.manual_seed(1)
+    build_jacobian_sae(model, 1, d_sae=32, k=4, jacobian_coefficient=0.0).save_model(tmp_path / "sweep" / "jacobian_coefficient=0")
+    tcs = {name: _save_transcoder(model, tmp_path / "sweep" / name, arch, seed)
+           for name, arch, seed in (("architecture=topk_transcoder", TOPK_TRANSCODER, 2), ("architecture=topk_skip_transcoder", TOPK_SKIP_TRANSCODER, 3))}
+    tokens = torch.randint(1, model.cfg.d_vocab, (8, 16), generator=torch.Generator().manual_seed(0))
+    report = evaluate_sweeps_and_compare([tmp_path / "sweep"], model, tokens, tmp_path / "out", n_tokens=64, n_splice_tokens=128,
+                                         n_linearity_tokens=4, batch_size=4, core=False, progress=False)
+    text = report.read_text()
+    assert text.index("Which method makes the MLP's computation sparsest") < text.index("## Frontier:")  # the comparison leads
+    assert (tmp_path / "out" / "comparison.png").stat().st_size > 0
+    pair = json.loads(next((tmp_path / "out").glob("*jacobian_coefficient_0_summary.json")).read_text())
+    loaded_pair = load_jsae(tmp_path / "sweep" / "jacobian_coefficient=0", model=model)
+    direct = edge_measure(model, loaded_pair, tokens, batch_size=4, max_tokens=8192, progress=False)
+    assert pair["edges"]["edges_for_coverage"] == pytest.approx(direct.edges_for_coverage, rel=1e-9)
+    with torch.no_grad():
+        x0 = model.run_with_cache(tokens, names_filter="blocks.1.ln2.hook_normalized")[1]["blocks.1.ln2.hook_normalized"]
+        acts_in = loaded_pair.encode(x0)
+        acts_out = loaded_pair.encode_output(loaded_pair.mlp(loaded_pair.decode(acts_in)))
+    dead = [int(((a > 0).reshape(-1, 32).sum(0) == 0).sum()) for a in (acts_in, acts_out)]
+    assert pair["splice"]["dead_latents_by_sae"] == {"input": dead[0], "output": dead[1]} and pair["dead_latents"] == sum(dead)
+    _, cache = model.run_with_cache(tokens, names_filter=["blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"])
+    x, y = cache["blocks.1.ln2.hook_normalized"], cache["blocks.1.hook_mlp_out"]
+    for name, tc in tcs.items():
+        d = json.loads((tmp_path / "out" / "transcoders" / f"{name.replace('=', '_')}_summary.json").read_text())
+        assert d["kind"] == "transcoder" and d["architecture"] == tc.cfg.architecture() and f"transcoders/{d['label']}_summary.json" in text
+        # edges measured against the λ = 0 pair's input SAE (the only pair here), on the same tokens
+        tc_edges = edge_measure(model, tc, tokens, upstream=loaded_pair, batch_size=4, max_tokens=8192, progress=False)
+        assert d["edges"]["edges_for_coverage"] == pytest.approx(tc_edges.edges_for_coverage, rel=1e-9)
+        assert list(d["edges_by_upstream"]) == ["jacobian_coefficient_0"]
+        assert d["splice"]["per_sequence"]["tokens_digest"] == pair["splice"]["per_sequence"]["tokens_digest"]
+        with torch.no_grad():
+            y_hat = tc(x)
+            acts = tc.encode(x)
+            spliced = model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[("blocks.1.hook_mlp_out", lambda act, hook, y_hat=y_hat: y_hat)])
+        assert d["splice"]["replacement"]["ce_spliced"] == pytest.approx(float(spliced), rel=1e-6)
+        y2, yh2 = y.reshape(-1, 16), y_hat.reshape(-1, 16)
+        ev = 1 - (y2 - yh2).pow(2).sum() / (y2 - y2.mean(0)).pow(2).sum()
+        assert d["explained_variance"]["replacement"] == pytest.approx(float(ev), rel=1e-6)
+        assert d["intervals"]["l0"]["value"] == pytest.approx(float((acts > 0).sum(-1).double().mean()), rel=1e-9)
+        assert d["dead_latents"] == int(((acts > 0).reshape(-1, 32).sum(0) == 0).sum())
+        assert d["n_parameters"] == sum(p.numel() for p in tc.parameters())
+        assert {"explained_variance.replacement", "splice.replacement.ce_loss_score", "edges.edges_for_80"} <= set(d["intervals"])
+    assert "explained_variance.replacement" in pair["intervals"]  # the pair's replacement scored the same way
+
+
+def _synthetic(edges_per_node: float, ce_score: float, *, kind: str = "pair", lam: float = 1.0, n: int = 40, seed: int = 0) -> dict:
+    """A summary with per-sequence sums only (what `goal` reads): edges ≈ `edges_per_node` per
+    token, replacement CE-loss score ≈ `ce_score`, noise shared across models (same tokens)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    noise = np.random.default_rng(123).normal(0, 0.02, n)  # the tokens' own noise, common to every model
+    tokens = np.full(n, 100.0)
+    edges = {"n_tokens": tokens.tolist(), "n_nodes": (32 * tokens).tolist(), "n_upstream": (32 * tokens).tolist(),
+             "error_share_sum": (0.1 * tokens).tolist(), "bias_share_sum": (0.05 * tokens).tolist(),
+             "abs_linearisation_error": [0.0] * n, "abs_pre": tokens.tolist(), "coverages": [0.8, 0.9],
+             "edges_sum": [(tokens * edges_per_node * (1 + noise + rng.normal(0, 0.002, n))).tolist(), (tokens * 2 * edges_per_node).tolist()],
+             "latent_edges_sum": [(tokens * edges_per_node).tolist()] * 2, "tokens_digest": "same"}
+    n_pred = np.full(n, 127.0)
+    ce_clean, ce_zero = 3.0 * n_pred, 5.0 * n_pred
+    ce_rep = ce_zero - (ce_score + noise + rng.normal(0, 0.002, n)) * (ce_zero - ce_clean)
+    splice = {"n_pred": n_pred.tolist(), "n_pos": (n_pred + 1).tolist(), "n_ev": (n_pred + 1).tolist(), "ce_clean": ce_clean.tolist(),
+              "ce_zero_mlp_out": ce_zero.tolist(), "kl_zero_mlp_out": (2 * n_pred).tolist(), "ce_replacement": ce_rep.tolist(),
+              "kl_replacement": n_pred.tolist(), "tokens_digest": "same"}
+    d = {"format": "sae_lens_jsae.eval/1", "label": f"m{seed}", "k": 32, "d_sae": 2304, "edges": {"per_sequence": edges},
+         "splice": {"per_sequence": splice}}
+    if kind == "transcoder":
+        d.update(kind="transcoder", architecture="topk_transcoder")
+    else:
+        d["jacobian_coefficient"] = lam
+    return d
+
+
+@pytest.mark.parametrize(("jsae_edges", "jsae_ce", "expected"), [
+    (5.0, 0.60, "PASS"),          # 0.42× the transcoder's edges, CE 0.02 above it
+    (5.0, 0.50, "FAIL"),          # edges fine, CE 0.08 below: more than 0.05 lost
+    (9.0, 0.60, "FAIL"),          # 0.75× the edges
+    (6.0, 0.58, "INCONCLUSIVE"),  # exactly 0.5× the edges: the interval straddles the bound
+])
+def test_goal_verdict_by_interval(jsae_edges, jsae_ce, expected):
+    from pathlib import Path
+
+    from sae_lens_jsae.report_comparison import goal, models
+
+    pairs = [(Path("zero.json"), _synthetic(13.0, 0.45, lam=0.0, seed=1)), (Path("jsae.json"), _synthetic(jsae_edges, jsae_ce, seed=2))]
+    tcs = [(Path("tc.json"), _synthetic(12.0, 0.58, kind="transcoder", seed=3)), (Path("tc2.json"), _synthetic(4.0, 0.30, kind="transcoder", seed=4))]
+    g = goal(models(pairs, tcs))
+    assert g.transcoder == "TopK transcoder k=32" and len(g.rows) == 1  # the most faithful transcoder, the λ = 0 pair left out
+    assert g.verdict == expected, g.rows
