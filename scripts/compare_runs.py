@@ -60,7 +60,7 @@ def compare(a: dict, b: dict, labels: tuple[str, str]) -> str:
             rel = f"{diff.value / va.value:+.1%}" if diff is not None and diff.ok and va.ok and va.value else ""
             d_cell = (diff.fmt(3) + ("" if paired else " (unpaired)")) if diff is not None and diff.ok else "n/a"
             lines.append(f"| {name} | {label} | {va.fmt(3) if va.ok else 'n/a'} | {vb.fmt(3) if vb.ok else 'n/a'} | {d_cell} | {rel} |")
-    only = sorted((a.keys() ^ b.keys()))
+    only = sorted(a.keys() ^ b.keys())
     if only:
         lines.append("")
         lines.append("In one run only: " + ", ".join(f"{'randomized ' if r else ''}λ={lam:g} ({s})" for r, lam, s in only))

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from sae_lens_jsae.serve import screenshot_graph
 from sae_lens_jsae.graph import completeness_table, load_pair_and_model, sotu_prompts, write_graphs
 from sae_lens_jsae.latents import write_latent_pages
+from sae_lens_jsae.serve import screenshot_graph
 from sae_lens_jsae.sources import sotu_token_dataset
 
 ROOT = Path(__file__).parents[1]

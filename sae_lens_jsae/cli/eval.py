@@ -104,9 +104,7 @@ def run(args: argparse.Namespace) -> int:
 def graph_pairs(paths: list[Any]) -> dict[str, Any]:
     """The pairs of a sweep the report draws graphs for: the JSAE at the rule-of-thumb λ (paper
     loss; else the smallest λ > 0) as "jsae", and the λ=0 pair as "lambda0"."""
-    from sae_lens_jsae.evals.sweep import label_pairs, load_pair
-
-    from sae_lens_jsae.evals.sweep import is_transcoder_dir
+    from sae_lens_jsae.evals.sweep import is_transcoder_dir, label_pairs, load_pair
 
     pairs = label_pairs([load_pair(p) for p in paths if not is_transcoder_dir(p)])
     plain = [p for p in pairs if p.series_label == "paper loss"] or pairs
