@@ -172,7 +172,8 @@ def test_dead_or_hung_rank_stops_the_others_with_a_clear_error(tmp_path, hang):
     print(f"{'hung' if hang else 'killed'} rank: the other exited {seconds:.1f} s later")
     assert procs[0].returncode != 0
     assert "RankFailureError: rank 0 of 2: a collective failed" in out and "--resume" in out, out[-3000:]
-    assert seconds < (timeout_s + 20 if hang else 15)
+    # not a speed target: far below the 30 min default timeout it would wait without dist_timeout_s (slack for a loaded CI)
+    assert seconds < (timeout_s + 120 if hang else 120)
 
 
 def test_batches_that_do_not_split_over_ranks_are_refused_before_any_work(tmp_path):
