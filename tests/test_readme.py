@@ -165,3 +165,30 @@ def test_interop_names_are_the_codes():
     assert "model" in inspect.signature(sae_lens_jsae.load_jsae).parameters
     assert "mlp_sha256" in JacobianSAEConfig.__dataclass_fields__
     assert hasattr(SAE, "load_from_disk") and hasattr(SAE, "from_pretrained") and hasattr(JacobianSAE, "attach_mlp_from_model")
+
+
+# --- the comparison table: every number is the committed comparison run's, rounded as printed ----
+COMPARISON = ROOT / "docs" / "results" / "comparison-1m"
+COMPARISON_ROWS = {
+    "λ = 0 pair": COMPARISON / "jacobian_coefficient_0_summary.json",
+    "paper loss, rule": COMPARISON / "jacobian_coefficient_0.8889_summary.json",
+    "edge penalty h = 2, c = 1": COMPARISON / "mlp_reconstruction_coefficient_1_jacobian_coefficient_0_edge_sparsity_coefficient_2_summary.json",
+    "TopK transcoder k = 32": COMPARISON / "transcoders" / "architecture_topk_transcoder_k_32_summary.json",
+    "skip transcoder k = 32": COMPARISON / "transcoders" / "architecture_topk_skip_transcoder_k_32_summary.json",
+}
+COMPARISON_COLUMNS = ["edges.edges_for_80", "splice.replacement.ce_loss_score", "explained_variance.replacement"]
+
+
+def test_comparison_table_comes_from_the_committed_run():
+    rows = [[c.strip() for c in line.strip().strip("|").split(" | ")]
+            for line in section("## Transcoders and the comparison").splitlines() if line.startswith("|")]
+    body = rows[2:]
+    assert [r[0] for r in body] == list(COMPARISON_ROWS)
+    for row in body:
+        summary = json.loads(COMPARISON_ROWS[row[0]].read_text())
+        for key, cell in zip(COMPARISON_COLUMNS, row[1:]):
+            interval = summary["intervals"][key]
+            m = re.fullmatch(r"([\d.]+)(?: \[([\d.]+), ([\d.]+)\])?", cell)
+            assert m and matches(m.group(1), interval["value"]), (row[0], key, cell, interval)
+            if m.group(2):
+                assert matches(m.group(2), interval["lo"]) and matches(m.group(3), interval["hi"]), (row[0], key, cell, interval)
