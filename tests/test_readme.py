@@ -123,6 +123,14 @@ def matches(printed: str, value: float | None) -> bool:
     return abs(float(printed) - value) <= 0.5 * 10**-decimals + 1e-12
 
 
+def cell_matches(cell: str, interval: dict) -> bool:
+    """A printed "value [lo, hi]" (or "value") cell is the interval rounded as printed."""
+    m = re.fullmatch(r"([\d.]+)(?: \[([\d.]+), ([\d.]+)\])?", cell)
+    if not m or not matches(m.group(1), interval["value"]):
+        return False
+    return not m.group(2) or (matches(m.group(2), interval["lo"]) and matches(m.group(3), interval["hi"]))
+
+
 def test_results_table_comes_from_the_committed_summaries():
     rows = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in section("## Results at a glance").splitlines() if line.startswith("|")]
     header, body = rows[0][1:], rows[2:]
@@ -142,11 +150,7 @@ def test_results_table_comes_from_the_committed_summaries():
                 if cell == "n/a":
                     assert interval["value"] is None and interval["na_reason"], (row[0], col)
                     continue
-                m = re.fullmatch(r"([\d.]+)(?: \[([\d.]+), ([\d.]+)\])?", cell)
-                assert m, cell
-                assert matches(m.group(1), interval["value"]), (row[0], col, cell, interval["value"])
-                if m.group(2):
-                    assert matches(m.group(2), interval["lo"]) and matches(m.group(3), interval["hi"]), (row[0], col, cell, interval)
+                assert cell_matches(cell, interval), (row[0], col, cell, interval)
 
 
 def test_interop_names_are_the_codes():
@@ -187,8 +191,4 @@ def test_comparison_table_comes_from_the_committed_run():
     for row in body:
         summary = json.loads(COMPARISON_ROWS[row[0]].read_text())
         for key, cell in zip(COMPARISON_COLUMNS, row[1:]):
-            interval = summary["intervals"][key]
-            m = re.fullmatch(r"([\d.]+)(?: \[([\d.]+), ([\d.]+)\])?", cell)
-            assert m and matches(m.group(1), interval["value"]), (row[0], key, cell, interval)
-            if m.group(2):
-                assert matches(m.group(2), interval["lo"]) and matches(m.group(3), interval["hi"]), (row[0], key, cell, interval)
+            assert cell_matches(cell, summary["intervals"][key]), (row[0], key, cell, summary["intervals"][key])
