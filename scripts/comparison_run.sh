@@ -14,6 +14,10 @@
 #   CMP_SETS     more `jsae train --set` overrides, space-separated
 #   CMP_PUBLISH  also copy the results there (docs/results/…)
 #   CMP_EVAL     `jsae eval` budget arguments (default below)
+#   CMP_MODELS   all (default: the ten models above) or two_hours: the six that fit 2 h at 2M tokens
+#                on 2 shared cores, one strength per method (λ = 0; paper rule; c = 1 at 4×; h = 2;
+#                transcoder k = 32; skip transcoder k = 32): lane A the three pairs, then B (h = 2)
+#                and C (the two transcoders) on the other core
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/frontier.sh"  # install, offline env, one thread per process, publish_frontier
 OUT=${CMP_OUT:-outputs/comparison}
@@ -32,16 +36,30 @@ lane() {  # lane NAME SWEEP… : one `jsae train` process, its models on one act
   echo "   lane $name done after $(( $(date +%s) - start )) s" | tee -a "$OUT/train_wall_time.txt"
 }
 echo "== 1/3 train three lanes, two at a time (logs: $OUT/train_{A,B,C}.log)"
-# A then C on one core, B on the other: B's three penalised pairs take about as long as A's
-# four pairs plus C's three transcoders
-( lane A --sweep "jacobian_coefficient=0,0.8889,3.556" --sweep "mlp_reconstruction_coefficient=1;jacobian_coefficient=3.556"
-  lane C --sweep "architecture=topk_transcoder;k=32,64" --sweep "architecture=topk_skip_transcoder;k=32" ) &
-lane_ac=$!
-lane B --sweep "mlp_reconstruction_coefficient=1;jacobian_coefficient=14.22" \
-  --sweep "mlp_reconstruction_coefficient=1;jacobian_coefficient=0;edge_sparsity_coefficient=2,8" &
-lane_b=$!
-wait $lane_ac || { echo "lane A or C failed: see $OUT/train_A.log, $OUT/train_C.log" >&2; exit 1; }
-wait $lane_b || { echo "lane B failed: see $OUT/train_B.log" >&2; exit 1; }
+case "${CMP_MODELS:-all}" in
+  all)  # A then C on one core, B on the other: B's three penalised pairs take about as long as
+        # A's four pairs plus C's three transcoders
+    LANE_A=(--sweep "jacobian_coefficient=0,0.8889,3.556" --sweep "mlp_reconstruction_coefficient=1;jacobian_coefficient=3.556")
+    LANE_B=(--sweep "mlp_reconstruction_coefficient=1;jacobian_coefficient=14.22"
+            --sweep "mlp_reconstruction_coefficient=1;jacobian_coefficient=0;edge_sparsity_coefficient=2,8")
+    LANE_C=(--sweep "architecture=topk_transcoder;k=32,64" --sweep "architecture=topk_skip_transcoder;k=32")
+    C_AFTER=A ;;
+  two_hours)  # A on one core; B (one penalised pair) then C on the other
+    LANE_A=(--sweep "jacobian_coefficient=0,0.8889" --sweep "mlp_reconstruction_coefficient=1;jacobian_coefficient=3.556")
+    LANE_B=(--sweep "mlp_reconstruction_coefficient=1;jacobian_coefficient=0;edge_sparsity_coefficient=2")
+    LANE_C=(--sweep "architecture=topk_transcoder;k=32" --sweep "architecture=topk_skip_transcoder;k=32")
+    C_AFTER=B ;;
+  *) echo "CMP_MODELS must be 'all' or 'two_hours', not '$CMP_MODELS'" >&2; exit 2 ;;
+esac
+if [ "$C_AFTER" = A ]; then
+  ( lane A "${LANE_A[@]}"; lane C "${LANE_C[@]}" ) & first=$!
+  lane B "${LANE_B[@]}" & second=$!
+else
+  lane A "${LANE_A[@]}" & first=$!
+  ( lane B "${LANE_B[@]}"; lane C "${LANE_C[@]}" ) & second=$!
+fi
+wait $first || { echo "a lane failed: see $OUT/train_{A,B,C}.log" >&2; exit 1; }
+wait $second || { echo "a lane failed: see $OUT/train_{A,B,C}.log" >&2; exit 1; }
 echo "   training done after $(( $(date +%s) - start )) s" | tee -a "$OUT/train_wall_time.txt"
 
 echo "== 2/3 evaluate every model on the same held-out tokens, write the report"
