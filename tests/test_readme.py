@@ -26,6 +26,14 @@ def section(heading: str) -> str:
     return text[start : end if end >= 0 else None]
 
 
+def subsection(heading: str) -> str:
+    """From a ### heading to the next heading of any level."""
+    text = readme()
+    start = text.index(heading)
+    end = text.find("\n#", start + len(heading))
+    return text[start : end if end >= 0 else None]
+
+
 def python_block_after(heading: str) -> str:
     return re.search(r"```python\n(.*?)```", section(heading), re.S).group(1)
 
@@ -132,7 +140,7 @@ def cell_matches(cell: str, interval: dict) -> bool:
 
 
 def test_results_table_comes_from_the_committed_summaries():
-    rows = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in section("## Results at a glance").splitlines() if line.startswith("|")]
+    rows = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in subsection("### The paper's loss").splitlines() if line.startswith("|")]
     header, body = rows[0][1:], rows[2:]
     assert header == list(COLUMNS)
     assert [r[0] for r in body] == list(ROWS)
@@ -172,10 +180,11 @@ def test_interop_names_are_the_codes():
 
 
 # --- the comparison table: every number is the committed comparison run's, rounded as printed ----
-COMPARISON = ROOT / "docs" / "results" / "comparison-1m"
+COMPARISON = ROOT / "docs" / "results" / "comparison-2m"
 COMPARISON_ROWS = {
     "λ = 0 pair": COMPARISON / "jacobian_coefficient_0_summary.json",
     "paper loss, rule": COMPARISON / "jacobian_coefficient_0.8889_summary.json",
+    "MLP-consistency c = 1, 4×": COMPARISON / "mlp_reconstruction_coefficient_1_jacobian_coefficient_3.556_summary.json",
     "edge penalty h = 2, c = 1": COMPARISON / "mlp_reconstruction_coefficient_1_jacobian_coefficient_0_edge_sparsity_coefficient_2_summary.json",
     "TopK transcoder k = 32": COMPARISON / "transcoders" / "architecture_topk_transcoder_k_32_summary.json",
     "skip transcoder k = 32": COMPARISON / "transcoders" / "architecture_topk_skip_transcoder_k_32_summary.json",
@@ -185,10 +194,17 @@ COMPARISON_COLUMNS = ["edges.edges_for_80", "splice.replacement.ce_loss_score", 
 
 def test_comparison_table_comes_from_the_committed_run():
     rows = [[c.strip() for c in line.strip().strip("|").split(" | ")]
-            for line in section("## Transcoders and the comparison").splitlines() if line.startswith("|")]
+            for line in subsection("### JSAE or transcoder?").splitlines() if line.startswith("|")]
     body = rows[2:]
     assert [r[0] for r in body] == list(COMPARISON_ROWS)
     for row in body:
         summary = json.loads(COMPARISON_ROWS[row[0]].read_text())
         for key, cell in zip(COMPARISON_COLUMNS, row[1:]):
             assert cell_matches(cell, summary["intervals"][key]), (row[0], key, cell, summary["intervals"][key])
+
+
+def test_comparison_verdict_is_the_committed_reports():
+    """The README's goal verdict is the one the committed report computed, not a hand-typed one."""
+    said = re.findall(r"goal: (PASS|FAIL|INCONCLUSIVE)", subsection("### JSAE or transcoder?"))
+    reported = re.findall(r"^### Goal: (PASS|FAIL|INCONCLUSIVE)", (COMPARISON / "report.md").read_text(), re.M)
+    assert len(said) == 1 and reported == said, (said, reported)
