@@ -19,19 +19,17 @@ def readme() -> str:
     return README.read_text()
 
 
-def section(heading: str) -> str:
+def section(heading: str, until: str = "\n## ") -> str:
+    """From `heading` to the next line starting with `until` (default: the next ## heading)."""
     text = readme()
     start = text.index(heading)
-    end = text.find("\n## ", start + len(heading))
+    end = text.find(until, start + len(heading))
     return text[start : end if end >= 0 else None]
 
 
 def subsection(heading: str) -> str:
     """From a ### heading to the next heading of any level."""
-    text = readme()
-    start = text.index(heading)
-    end = text.find("\n#", start + len(heading))
-    return text[start : end if end >= 0 else None]
+    return section(heading, until="\n#")
 
 
 def python_block_after(heading: str) -> str:
