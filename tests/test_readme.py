@@ -32,6 +32,11 @@ def subsection(heading: str) -> str:
     return section(heading, until="\n#")
 
 
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of every markdown table line in `text`."""
+    return [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in text.splitlines() if line.startswith("|")]
+
+
 def python_block_after(heading: str) -> str:
     return re.search(r"```python\n(.*?)```", section(heading), re.S).group(1)
 
@@ -138,7 +143,7 @@ def cell_matches(cell: str, interval: dict) -> bool:
 
 
 def test_results_table_comes_from_the_committed_summaries():
-    rows = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in subsection("### The paper's loss").splitlines() if line.startswith("|")]
+    rows = table_rows(subsection("### The paper's loss"))
     header, body = rows[0][1:], rows[2:]
     assert header == list(COLUMNS)
     assert [r[0] for r in body] == list(ROWS)
@@ -191,8 +196,7 @@ COMPARISON_COLUMNS = ["edges.edges_for_80", "splice.replacement.ce_loss_score", 
 
 
 def test_comparison_table_comes_from_the_committed_run():
-    rows = [[c.strip() for c in line.strip().strip("|").split(" | ")]
-            for line in subsection("### JSAE or transcoder?").splitlines() if line.startswith("|")]
+    rows = table_rows(subsection("### JSAE or transcoder?"))
     body = rows[2:]
     assert [r[0] for r in body] == list(COMPARISON_ROWS)
     for row in body:
