@@ -294,6 +294,21 @@ class FrozenMLP(nn.Module):
             slopes = [c * scale for c in slopes]
         return slopes
 
+    def directional_derivative(self, pre: MLPPreActivations, directions: torch.Tensor) -> torch.Tensor:
+        """f'(x)·u for n input directions per token: (tokens, n, d_model) from `directions`
+        (tokens, n, d_model) and `pre_activations(x)` of (tokens, d_model) inputs.
+
+        The JVP of the frozen MLP from the same slopes the Jacobian uses, at tokens·n·(R + 1)·d·d_mlp
+        (no second pass over the MLP, unlike `torch.func.jvp`): mixed = Σ_r (u W_r) ⊙ c_r, then
+        mixed W_out (diag(w_post)), minus (mixed·q) y with a post-norm (`post_norm_factors`)."""
+        slopes = self.local_slopes(pre)
+        mixed = sum((directions @ W) * c[:, None, :] for W, c in zip(self.input_weights(), slopes, strict=True))
+        out = mixed @ self.output_weight()
+        if self.post_norm:
+            y, q = self.post_norm_factors(pre)
+            out = out - (mixed @ q[:, :, None]) * y[:, None, :]
+        return out
+
     def extra_repr(self) -> str:
         post = f", post_norm_eps={float(self.post_norm_eps):g}" if self.post_norm else ""
         return f"d_model={self.d_model}, d_mlp={self.d_mlp}, act_fn={self.act_fn_name!r}, gated={self.gated}{post}"

@@ -8,12 +8,30 @@
 
     L = MSE(x̂, x) + output_mse_coefficient · MSE(ŷ, y) + λ_t · mean|J|,   y = f(x)
         [+ mlp_reconstruction_coefficient · MSE(f(x̂), y), opt-in, not in the paper]
-        [+ edge_sparsity_coefficient · mean_o ‖J[o, :] ⊙ s_x‖₁ / (‖·‖₂ · k), opt-in, scale-free].
+        [+ edge_sparsity_coefficient · mean_o ‖J[o, :] ⊙ s_x‖₁ / (‖·‖₂ · k), opt-in, scale-free]
+        [+ intervention_consistency_coefficient · C, opt-in]
+        [+ replacement_coefficient · MSE(ŷ(f(x̂)), y), opt-in].
+
+Intervention consistency C (why: a graph's edge J[o, i] claims "weaken input latent i and output
+latent o's pre-activation moves by J[o, i]·Δsᵢ"; the edge penalty alone can make J sparse by
+decoupling it from what the MLP does, docs/metrics.md "Intervention faithfulness"). For the top
+`intervention_consistency_latents` active input latents i of each of the first
+`intervention_consistency_token_fraction` of a batch's tokens, the MLP's real output change per
+unit of sᵢ is the JVP vᵢ = f'(x)·dᵢ (dᵢ = W_dec[i]; `FrozenMLP.directional_derivative`), and the
+pair's graph predicts v̂ᵢ = Σ_{o active} W_dec_out[o]·J[o, i], J[o, i] = W_enc_out[:, o]·vᵢ:
+
+    C = Σ sᵢ² ‖v̂ᵢ − vᵢ‖² / Σ sᵢ² ‖vᵢ‖²     (sᵢ and the denominator detached)
+
+i.e. 1 − the intervention faithfulness of `evals.intervention` in the limit a → 0, on the
+training batch. Cost: tokens·f·m·(R+1)·d·d_mlp for the JVPs plus 2·tokens·f·m·k·d for the
+prediction (no (tokens, d_sae) product). The replacement term sends x̂ through the frozen MLP and
+the output SAE (the replacement the CE-loss score splices in) and fits it to y.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import weakref
 from collections.abc import Mapping
@@ -189,6 +207,17 @@ class JacobianTrainingSAEConfig(TopKTrainingSAEConfig, _PairFields):
     `jacobian.attribution_row_ratio`). Shrinking J cannot lower it, only concentrating each row
     on fewer input latents (the edge measure, docs/metrics.md). Ramped in over
     `jacobian_warm_up_steps` like λ. 0 (default): the paper's loss."""
+    intervention_consistency_coefficient: float = 0.0
+    """Weight w of the opt-in intervention-consistency term C (module docstring): the pair's
+    predicted output change for weakening an active input latent, fitted to the frozen MLP's real
+    change (its JVP). 0 (default): the paper's loss."""
+    intervention_consistency_latents: int = 4
+    """Input latents per token the consistency term checks (the largest active ones)."""
+    intervention_consistency_token_fraction: float = 0.25
+    """Share of each batch's tokens (its first ones; the activation store shuffles) the term uses."""
+    replacement_coefficient: float = 0.0
+    """Weight r of an opt-in end-to-end term r·MSE(ŷ(f(x̂)), y): the output SAE's reconstruction
+    of the MLP's output on the input SAE's reconstruction, against the true output. 0: off."""
     normalize_decoder: bool = True
     """Renormalise decoder rows to unit norm before every step (the reference does, after each)."""
     apply_b_dec_to_input: bool = False
@@ -207,6 +236,13 @@ class JacobianTrainingSAEConfig(TopKTrainingSAEConfig, _PairFields):
             raise ValueError(f"mlp_reconstruction_coefficient={self.mlp_reconstruction_coefficient} must be >= 0 (0: the paper's loss).")
         if self.edge_sparsity_coefficient < 0:
             raise ValueError(f"edge_sparsity_coefficient={self.edge_sparsity_coefficient} must be >= 0 (0: the paper's loss).")
+        for name in ("intervention_consistency_coefficient", "replacement_coefficient"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (0: the paper's loss).")
+        if self.intervention_consistency_latents < 1:
+            raise ValueError(f"intervention_consistency_latents={self.intervention_consistency_latents} must be >= 1.")
+        if not 0 < self.intervention_consistency_token_fraction <= 1:
+            raise ValueError(f"intervention_consistency_token_fraction={self.intervention_consistency_token_fraction} must be in (0, 1].")
 
     @property
     def resolved_jacobian_coefficient(self) -> float:
@@ -644,9 +680,17 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
         # Each reported term is weighted as in the loss, so the terms sum to `loss`. Not "mse_loss":
         # SAELens logs Σ_d (x̂ − x)² (mean over tokens) under that key, d_in times our per-element mean.
         losses = {"input_mse_loss": mse_in, "output_mse_loss": self.cfg.output_mse_coefficient * mse_out}
+        mlp_of_x_hat = mlp(x_hat) if self.cfg.mlp_reconstruction_coefficient > 0 or self.cfg.replacement_coefficient > 0 else None
         if self.cfg.mlp_reconstruction_coefficient > 0:  # gradients reach x̂ only: the MLP is frozen
-            losses["mlp_reconstruction_loss"] = self.cfg.mlp_reconstruction_coefficient * F.mse_loss(mlp(x_hat), y)
+            losses["mlp_reconstruction_loss"] = self.cfg.mlp_reconstruction_coefficient * F.mse_loss(mlp_of_x_hat, y)
             loss = loss + losses["mlp_reconstruction_loss"]
+        if self.cfg.replacement_coefficient > 0:  # the spliced replacement: output SAE of f(x̂)
+            replaced = _decode_sparse(self._encode_output_topk(mlp_of_x_hat, dense=False), self.W_dec_out, self.b_dec_out)
+            losses["replacement_loss"] = self.cfg.replacement_coefficient * F.mse_loss(replaced, y)
+            loss = loss + losses["replacement_loss"]
+        if self.cfg.intervention_consistency_coefficient > 0:
+            losses["intervention_consistency_loss"] = self.cfg.intervention_consistency_coefficient * self.intervention_consistency(top_in, top_out, pre)
+            loss = loss + losses["intervention_consistency_loss"]
         penalty: JacobianPenalty | None = None
         if lam > 0:  # λ = 0: a plain TopK pair, J is not computed (except for logging)
             penalty = self._jacobian_penalty(top_in, top_out, x, pre)
@@ -674,6 +718,26 @@ class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):
             losses=losses,
             metrics=metrics,
         )
+
+    def intervention_consistency(self, top_in: _TopK, top_out: _TopK, pre: Any) -> torch.Tensor:
+        """The consistency term C of the module docstring (unweighted), differentiable w.r.t. both
+        SAEs; `pre`: the frozen MLP's `pre_activations` at the batch's true x."""
+        mlp = self.require_mlp()
+        values, indices = _token_rows(top_in.values), _token_rows(top_in.indices)
+        n_tokens = max(1, math.ceil(self.cfg.intervention_consistency_token_fraction * values.shape[0]))
+        m = min(self.cfg.intervention_consistency_latents, self.cfg.k)
+        s, slot = values[:n_tokens].topk(m, dim=-1)
+        directions = self.W_dec[indices[:n_tokens].gather(-1, slot)]  # (tokens, m, d)
+        pre = pre._replace(**{f: _token_rows(getattr(pre, f))[:n_tokens] for f in pre._fields if getattr(pre, f) is not None})
+        real = mlp.directional_derivative(pre, directions)  # (tokens, m, d): the MLP's change per unit sᵢ
+        out_idx = _token_rows(top_out.indices)[:n_tokens].repeat_interleave(m, 0)
+        out_active = _token_rows(top_out.values)[:n_tokens].repeat_interleave(m, 0) > 0
+        flat = real.reshape(-1, real.shape[-1])
+        edges = gathered_dots(flat, self.W_enc_out, out_idx) * out_active  # J[o, i] over active o
+        predicted = F.embedding_bag(out_idx, self.W_dec_out, per_sample_weights=edges, mode="sum")
+        weight = s.detach().reshape(-1).pow(2)
+        energy = (weight * flat.detach().pow(2).sum(-1)).sum()
+        return (weight * (predicted - flat).pow(2).sum(-1)).sum() / energy.clamp_min(torch.finfo(energy.dtype).tiny)
 
     @override
     def load_weights_from_checkpoint(self, checkpoint_path: Any) -> None:

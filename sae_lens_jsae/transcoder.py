@@ -8,6 +8,16 @@ linear path:
 
     L = ‖ŷ − y‖² (summed over d_out, mean over tokens, as SAELens' `mse_loss`)
         + aux_loss_coefficient · AuxK (SAELens' TopK auxiliary loss on the residual y − ŷ)
+        [+ intervention_consistency_coefficient · C, opt-in]
+
+C is the JSAE pair's intervention-consistency term (sae.py) for a transcoder, so the two methods
+are compared trained against trained: a transcoder's graph predicts that moving the input by u
+changes its output by ŷ'(u) = Σ_{j active} W_dec[j]·(W_enc[:, j]·u) + W_skip u, and C fits that to
+the MLP's real change f'(x)·u (its JVP), Σ‖ŷ'(u) − f'(x)u‖² / Σ‖f'(x)u‖² (denominator detached).
+A transcoder has no input SAE of its own to weaken, so the directions u are the batch's own
+inputs, centred and unit-norm (token t uses the inputs of tokens t+1 … t+m, cyclically): every
+direction the data moves in, the ones an upstream SAE's latents span. `evals.intervention` then
+scores it in an upstream SAE's basis, as it scores pairs.
 
 Why here: SAELens ships transcoders for inference only (`Transcoder`, `SkipTranscoder`; no TopK
 variant, no training: its issue #182); EleutherAI `sparsify` trains TopK (skip) transcoders but on
@@ -19,6 +29,7 @@ frozen MLP (`FrozenMLP`, never saved with the transcoder) supplying the target y
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +164,12 @@ class TopKTranscoderTrainingConfig(TopKTrainingSAEConfig):
     rescale_acts_by_decoder_norm: bool = False
     decoder_init_norm: float | None = None
     aux_loss_coefficient: float = 1.0
+    intervention_consistency_coefficient: float = 0.0
+    """Weight of the opt-in intervention-consistency term C (module docstring). 0 (default): off."""
+    intervention_consistency_latents: int = 4
+    """Directions per token the consistency term checks."""
+    intervention_consistency_token_fraction: float = 0.25
+    """Share of each batch's tokens (its first ones) the consistency term uses."""
     init_biases_from_first_batch: bool = True
     """On the first training batch (before its step), set b_dec = mean(y) and
     b_enc = −mean(x)·W_enc, so ŷ starts at the MLP's mean output and every latent's pre-activation
@@ -178,6 +195,12 @@ class TopKTranscoderTrainingConfig(TopKTrainingSAEConfig):
             raise ValueError("normalize_activations must be 'none' for a transcoder (input and output live in different spaces).")
         if self.aux_loss_coefficient < 0:
             raise ValueError(f"aux_loss_coefficient={self.aux_loss_coefficient} must be >= 0.")
+        if self.intervention_consistency_coefficient < 0:
+            raise ValueError(f"intervention_consistency_coefficient={self.intervention_consistency_coefficient} must be >= 0.")
+        if self.intervention_consistency_latents < 1:
+            raise ValueError(f"intervention_consistency_latents={self.intervention_consistency_latents} must be >= 1.")
+        if not 0 < self.intervention_consistency_token_fraction <= 1:
+            raise ValueError(f"intervention_consistency_token_fraction={self.intervention_consistency_token_fraction} must be in (0, 1].")
 
     @override
     @classmethod
@@ -267,12 +290,16 @@ class TopKTrainingTranscoder(TopKTrainingSAE):
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         x = step_input.sae_in.to(self.dtype)
-        _, y = self.require_mlp().pre_activations_and_output(x)  # shared with a sweep's pairs: one MLP pass a batch
+        pre, y = self.require_mlp().pre_activations_and_output(x)  # shared with a sweep's pairs: one MLP pass a batch
         feature_acts, hidden_pre = self.encode_with_hidden_pre(x)
         y_hat = self.decode(feature_acts) + self.skip(x)
         mse = (y_hat - y).pow(2).sum(-1).mean()
         aux = self.calculate_topk_aux_loss(sae_in=y, sae_out=y_hat, hidden_pre=hidden_pre, dead_neuron_mask=step_input.dead_neuron_mask)
         losses = {"mse_loss": mse, "auxiliary_reconstruction_loss": aux}
+        loss = mse + aux
+        if self.cfg.intervention_consistency_coefficient > 0:
+            losses["intervention_consistency_loss"] = self.cfg.intervention_consistency_coefficient * self.intervention_consistency(x, feature_acts, pre)
+            loss = loss + losses["intervention_consistency_loss"]
         metrics: dict[str, Any] = {}
         if step_input.is_logging_step:
             with torch.no_grad():
@@ -284,10 +311,25 @@ class TopKTrainingTranscoder(TopKTrainingSAE):
             sae_out=y_hat,
             feature_acts=feature_acts,
             hidden_pre=hidden_pre,
-            loss=mse + aux,
+            loss=loss,
             losses=losses,
             metrics=metrics,
         )
+
+    def intervention_consistency(self, x: torch.Tensor, feature_acts: torch.Tensor, pre: Any) -> torch.Tensor:
+        """The consistency term C of the module docstring (unweighted) on MLP inputs x (tokens, d_in),
+        their latents and the frozen MLP's `pre_activations(x)`."""
+        n = max(1, math.ceil(self.cfg.intervention_consistency_token_fraction * x.shape[0]))
+        m = min(self.cfg.intervention_consistency_latents, max(1, x.shape[0] - 1))
+        centred = x - x.mean(0)
+        units = centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        directions = torch.stack([units.roll(-(j + 1), 0)[:n] for j in range(m)], 1).detach()  # (n, m, d)
+        pre = pre._replace(**{f: getattr(pre, f)[:n] for f in pre._fields if getattr(pre, f) is not None})
+        real = self.require_mlp().directional_derivative(pre, directions)
+        active = (feature_acts[:n] > 0).to(x.dtype)  # (n, d_sae)
+        predicted = ((directions @ self.W_enc) * active[:, None, :]) @ self.W_dec + self.skip(directions)
+        energy = real.detach().pow(2).sum()
+        return (predicted - real).pow(2).sum() / energy.clamp_min(torch.finfo(energy.dtype).tiny)
 
     @override
     def fold_W_dec_norm(self) -> None:
