@@ -441,8 +441,14 @@ class _JacobianPairMixin:
         return JacobianSAEOutput(s_x, self.decode(s_x), y, s_y, self.decode_output(s_y))  # type: ignore[attr-defined]
 
     def _plain_topk_sae(self, which: str) -> TopKSAE:
-        """A SAELens TopKSAE sharing this pair's parameters (so edits and training show in both)."""
-        suffix = "" if which == "input" else "_out"
+        """A SAELens TopKSAE sharing this pair's parameters (so edits and training show in both).
+
+        Cached on the pair and rebuilt only when what it mirrors changed: a parameter object
+        replaced (`load_state_dict(assign=True)`, a torch.func transform's stand-ins), the device
+        or dtype, or the config. Built without initialising weights (no random op: it works
+        inside `torch.func.vmap`), and not cached while a parameter is a transform's stand-in."""
+        names = ("W_enc", "b_enc", "W_dec", "b_dec")  # the output SAE's are these + "_out"
+        params = tuple(getattr(self, name + ("" if which == "input" else "_out")) for name in names)
         metadata = SAEMetadata(**self.cfg.metadata.to_dict())
         if which == "output":
             metadata.hook_name = self.output_hook
@@ -451,14 +457,26 @@ class _JacobianPairMixin:
             d_sae=self.cfg.d_sae,
             k=self.cfg.k,
             dtype=self.cfg.dtype,
-            device="meta",
+            device=str(self.device),
             apply_b_dec_to_input=self.cfg.apply_b_dec_to_input,
             metadata=metadata,
         )
-        sae = TopKSAE(cfg)
-        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-            setattr(sae, name, getattr(self, name + suffix))
-        sae.cfg.device, sae.device, sae.dtype = str(self.device), self.device, self.dtype
+        key = (cfg.to_dict(), self.device, self.dtype)
+        cache = self.__dict__.setdefault("_plain_saes", {})  # a plain dict: not a submodule, not in the state dict
+        cached = cache.get(which)
+        if cached is not None and cached[0] == key and all(getattr(cached[1], n) is p for n, p in zip(names, params)):
+            return cached[1]
+        sae = TopKSAE.__new__(TopKSAE)
+        # SAELens' __init__ would draw random weights (refused inside vmap, and thrown away here):
+        # an instance attribute shadows `initialize_weights` for the call, then the parameters are ours
+        object.__setattr__(sae, "initialize_weights", lambda: None)
+        TopKSAE.__init__(sae, cfg)
+        del sae.__dict__["initialize_weights"]
+        for name, p in zip(names, params):
+            setattr(sae, name, p)
+        sae.device, sae.dtype = self.device, self.dtype
+        if all(isinstance(p, nn.Parameter) for p in params):
+            cache[which] = (key, sae)
         return sae
 
     @property

@@ -131,6 +131,40 @@ def test_input_and_output_saes_are_plain_topk_saes_sharing_weights(pair, tmp_pat
     torch.testing.assert_close(torch.load(tmp_path / "yhat.pt"), out.output_reconstruction)
 
 
+def test_plain_saes_are_cached_and_work_under_torch_func(pair):
+    _, sae, x = pair
+    inp, outp = sae.input_sae, sae.output_sae
+    assert sae.input_sae is inp and sae.output_sae is outp  # built once, not per access
+    assert "_plain_saes" not in "".join(sae.state_dict())  # the cache is no submodule
+    batched = torch.func.vmap(lambda row: sae.input_sae.encode(row))(x)  # SAELens' init would draw random weights here
+    torch.testing.assert_close(batched, inp.encode(x))
+    grad = torch.func.grad(lambda v: sae.output_sae(v).pow(2).sum())(x[0])
+    v = x[0].clone().requires_grad_(True)
+    outp(v).pow(2).sum().backward()
+    torch.testing.assert_close(grad, v.grad)
+
+
+def test_plain_saes_stay_shared_after_training_steps_and_loading(pair):
+    _, sae, x = pair
+    inp, outp = sae.input_sae, sae.output_sae
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    for _ in range(2):
+        opt.zero_grad()
+        sae.training_forward_pass(step_input(x)).loss.backward()
+        opt.step()
+    assert sae.input_sae is inp and inp.W_enc is sae.W_enc and outp.W_dec is sae.W_dec_out
+    state = {k: v + 0.01 for k, v in sae.state_dict().items()}
+    sae.load_state_dict(state)  # in place: the same parameter objects
+    assert sae.input_sae is inp
+    torch.testing.assert_close(inp.W_dec, state["W_dec"])
+    sae.load_state_dict({k: v * 2 for k, v in state.items()}, assign=True)  # new parameter objects
+    assert sae.input_sae is not inp and sae.input_sae.W_dec is sae.W_dec and sae.output_sae.b_enc is sae.b_enc_out
+    torch.testing.assert_close(sae.input_sae.W_dec, 2 * state["W_dec"])
+    sae.to(torch.float64)  # the same parameters, a new dtype: the plain SAE follows
+    assert sae.input_sae.dtype == torch.float64 and sae.input_sae.W_enc is sae.W_enc
+    torch.testing.assert_close(sae.input_sae.encode(x.double()), sae.encode(x.double()))
+
+
 def test_attaches_to_hooked_sae_transformer(pair):
     model, sae, _ = pair
     tokens = torch.randint(0, 64, (2, 8))
