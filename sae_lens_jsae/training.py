@@ -45,7 +45,7 @@ from sae_lens_jsae.sae import (
     layer_of_input_hook,
 )
 from sae_lens_jsae.transcoder import TRANSCODER_CLASSES, TopKTrainingTranscoder, TopKTranscoderTrainingConfig
-from sae_lens_jsae.util import keep_freed_memory
+from sae_lens_jsae.util import is_pair, keep_freed_memory
 
 STREAM_STATE_FILENAME = "jsae_stream_state.safetensors"
 COMPLETE_MARKER = "CHECKPOINT_COMPLETE"
@@ -591,11 +591,6 @@ def check_widths(sae_cfg: Any, d_model: int, model_name: str) -> None:
     for name, value in widths.items():
         if value != d_model:
             raise ValueError(f"cfg.sae.{name}={value} but {model_name} has d_model={d_model}; set {name} to {d_model}.")
-
-
-def is_pair(sae: Any) -> bool:
-    """Whether `sae` is a JSAE pair (not a transcoder)."""
-    return isinstance(sae, JacobianTrainingSAE)
 
 
 def build_variant_sae(cfg_sae: Any, mlp: FrozenMLP, device: str) -> Any:

@@ -1,6 +1,18 @@
-"""Small helpers shared by the adapters."""
+"""Small helpers shared by the adapters (no imports of this package's other modules)."""
+
+from typing import Any
 
 import torch
+
+
+def is_pair(model: Any) -> bool:
+    """Whether `model` is a JSAE pair: an input SAE and an output SAE around one frozen MLP, whose
+    output latents are attributed to its input latents through `active_jacobian`.
+
+    True for `JacobianSAE` and `JacobianTrainingSAE` (and any object with their `active_jacobian`
+    and `W_enc_out`); False for transcoders (one encoder on the MLP input, decoding to its output)
+    and plain SAELens SAEs. Duck-typed so the evals and graphs need not import the architecture."""
+    return hasattr(model, "active_jacobian") and hasattr(model, "W_enc_out")
 
 
 def dtype_name(dtype: torch.dtype) -> str:

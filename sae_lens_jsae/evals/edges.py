@@ -47,6 +47,7 @@ from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, mlp_in
 from sae_lens_jsae.evals.intervals import METHOD, Estimate, ratio, rounded
 from sae_lens_jsae.evals.sparsity import tokens_digest
 from sae_lens_jsae.jacobian import gathered_dots
+from sae_lens_jsae.util import is_pair
 
 COVERAGES: tuple[float, ...] = (0.8, 0.9)
 """Shares of a node's total |attribution| the headline counts edges for."""
@@ -95,10 +96,6 @@ def _decompose(sae: Any, x: torch.Tensor, indices: torch.Tensor | None = None) -
     values = s.gather(-1, indices).clamp_min(0)
     x_hat = F.embedding_bag(indices, sae.W_dec, per_sample_weights=values.to(sae.W_dec.dtype), mode="sum") + sae.b_dec
     return _Upstream(values, indices, x.to(x_hat.dtype) - x_hat)
-
-
-def _is_pair(sae: Any) -> bool:
-    return hasattr(sae, "active_jacobian") and hasattr(sae, "W_enc_out")
 
 
 @torch.no_grad()
@@ -392,7 +389,7 @@ def edge_measure_of_inputs(
 
 def _check_models(downstream: Any, upstream: Any) -> str:
     """"pair" or "transcoder", after checking that the two fit together."""
-    if _is_pair(downstream):
+    if is_pair(downstream):
         if upstream is not None and upstream is not downstream:
             raise ValueError("a JSAE pair's upstream is its own input SAE: pass upstream=None for a pair.")
         return "pair"
