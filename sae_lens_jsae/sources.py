@@ -36,6 +36,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -237,6 +238,25 @@ def check_layer(model_source: str, model_name: str, layer: int) -> None:
         raise ValueError(f"layer {layer} is out of range: {model_name} has {n} blocks (0..{n - 1}); pick a hook 'blocks.L.ln2.hook_normalized' with L < {n}.")
 
 
+@contextmanager
+def _no_implicit_root_handler() -> Iterator[None]:
+    """Leave the root logger's handlers as they were before a TransformerLens model load.
+
+    TransformerLens logs through the module-level `logging.info`/`logging.warning`, which call
+    `logging.basicConfig()` when the root logger has no handler: a StreamHandler would stay on
+    the root for the rest of the process (the user's own `basicConfig` then does nothing, and
+    every library's records print once they lower the level). Its warnings during the load
+    still print; the handler it added is removed afterwards.
+    """
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        yield
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+
+
 def load_hooked_model(
     model_source: str,
     model_name: str = SMOLLM2_MODEL_NAME,
@@ -254,16 +274,17 @@ def load_hooked_model(
     re-initialises all weights with TransformerLens' init (seeded by ``seed``) for
     the randomized-LLM control; the tokenizer is kept.
     """
-    if model_source == "gguf-smollm2":
-        model = _load_smollm2_hooked(model_name, device, dtype)
-    elif model_source == "hub":
-        model = HookedTransformer.from_pretrained_no_processing(
-            model_name, device=device, dtype=dtype
-        )
-    else:
+    if model_source not in MODEL_SOURCES:
         raise ValueError(
             f"Unknown model source {model_source!r}; expected one of {', '.join(MODEL_SOURCES)}"
         )
+    with _no_implicit_root_handler():
+        if model_source == "gguf-smollm2":
+            model = _load_smollm2_hooked(model_name, device, dtype)
+        else:
+            model = HookedTransformer.from_pretrained_no_processing(
+                model_name, device=device, dtype=dtype
+            )
     if randomize:
         randomize_weights(model, seed)
     model.eval()
@@ -413,14 +434,20 @@ def load_token_dataset(
     tokenizer: PreTrainedTokenizerBase,
     context_size: int,
     split: str = "train",
+    shuffle_seed: int | None = None,
 ) -> datasets.Dataset | datasets.IterableDataset:
     """Resolve a dataset name: ``"sotu"``, a local ``save_to_disk`` directory, or a Hub path.
 
     Hub datasets are streamed and returned as they are (SAELens tokenises text
     columns itself); ``tokenizer`` and ``context_size`` only apply to ``"sotu"``.
+    ``shuffle_seed`` (``"sotu"`` only): the rows in a seeded random order. The speeches are
+    packed chronologically, so without it a run's last steps all come from one era (its 2M-th
+    token is in 1984) and a short budget never sees the later ones; the order is a function of
+    the seed alone, so a resumed run and every torchrun rank read the same stream.
     """
     if dataset == "sotu":
-        return sotu_token_dataset(tokenizer, context_size, split=split)
+        ds = sotu_token_dataset(tokenizer, context_size, split=split)
+        return ds if shuffle_seed is None else ds.shuffle(seed=shuffle_seed, keep_in_memory=True)
     if Path(dataset).expanduser().exists():
         loaded = datasets.load_from_disk(str(Path(dataset).expanduser()))
         if isinstance(loaded, datasets.DatasetDict):

@@ -320,7 +320,9 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
         if override_dataset is None and self.options.dataset is not None:
             from sae_lens_jsae.sources import load_token_dataset
 
-            override_dataset = load_token_dataset(self.options.dataset, model.tokenizer, cfg.context_size)
+            # the offline default's speeches in a seeded random row order (`load_token_dataset`)
+            shuffle_seed = cfg.seed if self.options.dataset == "sotu" else None
+            override_dataset = load_token_dataset(self.options.dataset, model.tokenizer, cfg.context_size, shuffle_seed=shuffle_seed)
         seed_everything(cfg.seed)  # the SAE's initialisation must not depend on what loading consumed
         super().__init__(cfg, override_dataset=override_dataset, override_model=model, override_sae=override_sae)
         if self.sae.mlp is None:
