@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sae_lens_jsae.figures import new_figure
+
 THRESHOLD_FOR_HEADLINE = 0.01
 
 
@@ -75,12 +77,9 @@ class _Doc:
 
 
 def _publish(fig, doc, path: Path, alt: str, source: str) -> None:
-    """Save a figure as PNG, close it, and embed it in the report with where its numbers come from."""
-    import matplotlib.pyplot as plt
-
+    """Save a figure as PNG and embed it in the report with where its numbers come from."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     doc.img(path.name, alt)
     doc.p(source)
 
@@ -119,16 +118,11 @@ def _count_at(d: dict[str, Any], tau: float = THRESHOLD_FOR_HEADLINE) -> tuple[f
 
 
 def _plots(items: list[tuple[Path, dict[str, Any]]], out: Path, doc: _Doc) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pre = [(p, d) for p, d in items if not d.get("randomized")]
     rand = [(p, d) for p, d in items if d.get("randomized")]
 
     # 1. |J| histograms
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = new_figure(figsize=(6, 3.6))
     for _, d in items:
         h = d["jacobian_sparsity"]["histogram"]
         total = sum(h["counts"]) + h["overflow"]
@@ -142,7 +136,7 @@ def _plots(items: list[tuple[Path, dict[str, Any]]], out: Path, doc: _Doc) -> No
     _publish(fig, doc, out / "jacobian_histogram.png", "|J| histogram (log y)", "Source: jacobian_sparsity.histogram of each summary JSON.")
 
     # 2. count vs τ
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = new_figure(figsize=(6, 3.6))
     for _, d in items:
         sp = d["jacobian_sparsity"]
         ax.plot(sp["thresholds"], sp["mean_count_above"], marker="o", label=_legend(d))
@@ -158,7 +152,7 @@ def _plots(items: list[tuple[Path, dict[str, Any]]], out: Path, doc: _Doc) -> No
              and d["splice"].get("average_ce_loss_score") is not None]
     if len(sweep) >= 1:
         sweep.sort(key=lambda pd: pd[1]["jacobian_coefficient"])
-        fig, ax = plt.subplots(figsize=(6, 3.6))
+        fig, ax = new_figure(figsize=(6, 3.6))
         xs = [_count_at(d)[0] for _, d in sweep]
         ys = [d["splice"]["average_ce_loss_score"] for _, d in sweep]
         ax.plot(xs, ys, marker="o")
@@ -170,7 +164,7 @@ def _plots(items: list[tuple[Path, dict[str, Any]]], out: Path, doc: _Doc) -> No
         _publish(fig, doc, out / "pareto.png", "CE-loss score vs Jacobian count", "Source: jacobian_sparsity.mean_count_above and splice.average_ce_loss_score.")
 
     # 4. linearity fractions
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = new_figure(figsize=(6, 3.6))
     names = [_name(d) + (" [rand]" if d.get("randomized") else "") for _, d in items]
     bottom = [0.0] * len(items)
     for cls in ("linear", "jumprelu", "other"):
@@ -193,7 +187,7 @@ def _plots(items: list[tuple[Path, dict[str, Any]]], out: Path, doc: _Doc) -> No
                 chosen = [d for _, d in group if pick(d)]
                 if chosen:
                     groups.append((f"{role}\n{cond}", chosen[0]))
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        fig, axes = new_figure(1, 2, figsize=(9, 3.6))
         for ax, (key_of, ylabel) in zip(axes, ((lambda d: _count_at(d)[1] and "jacobian_sparsity." + _count_at(d)[1].split("jacobian_sparsity.")[1],
                                                 f"mean count |J| > {THRESHOLD_FOR_HEADLINE} per token"),
                                                (lambda d: SCALE_FREE_KEY, f"{SCALE_FREE_NAME} (lower = sparser)"))):

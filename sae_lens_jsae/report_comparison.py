@@ -143,14 +143,10 @@ _COLOURS = {"JSAE, paper loss": "tab:blue", "JSAE + MLP-consistency": "tab:green
 
 
 def _plot(ms: list[Model], out: Path, doc: Any) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from sae_lens_jsae.figures import new_figure
     from sae_lens_jsae.report import _publish
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    fig, axes = new_figure(1, 2, figsize=(12, 4.6), sharey=True)
     methods = list(dict.fromkeys(m.method for m in ms))
     extra_colours = iter(["tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"])
     colour = {meth: _COLOURS.get(meth) or next(extra_colours, "black") for meth in methods}

@@ -163,16 +163,13 @@ def _delta(d: dict[str, Any], ref: dict[str, Any] | None, key: str | None) -> st
 
 def frontier_plot(items: list[tuple[Path, dict[str, Any]]], path: Path) -> None:
     """2×2 panels: sparsity (count, scale-free) against average CE-loss score and input explained variance."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sae_lens_jsae.figures import new_figure
 
     ordered = _ordered(items)
     groups: dict[tuple[bool, str], list[dict[str, Any]]] = {}
     for _, d in ordered:
         groups.setdefault((bool(d.get("randomized")), series_of(d)), []).append(d)
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
+    fig, axes = new_figure(2, 2, figsize=(10, 7.5), squeeze=False)
     xs = [("splice.average_ce_loss_score", "average CE-loss score (input, output)"), ("explained_variance.input", "explained variance, input SAE")]
     ys = [(None, f"count |J| > {COUNT_TAU:g} per token"), (SCALE_FREE_KEY, f"{SCALE_FREE_NAME} (lower = sparser)")]
     for gi, ((rand, _series), ds) in enumerate(groups.items()):
@@ -207,7 +204,6 @@ def frontier_plot(items: list[tuple[Path, dict[str, Any]]], path: Path) -> None:
     fig.suptitle("Frontier over λ (★ = λ=0; bars: 95% intervals)", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def add_frontier(doc, items: list[tuple[Path, dict[str, Any]]], out: Path) -> None:

