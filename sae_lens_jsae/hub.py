@@ -227,9 +227,10 @@ def _json_types(annotation: Any) -> tuple[type, ...] | None:
     return {int: (int,), float: (int, float), bool: (bool,), str: (str,), type(None): (type(None),)}.get(annotation)
 
 
-def check_cfg_types(cfg: Mapping[str, Any], path: str | Path) -> None:
+def check_cfg_types(cfg: Mapping[str, Any], path: str | Path, key_prefix: str = "") -> None:
     """A one-line ValueError naming `path` and the field when a scalar field of a pair's cfg.json
-    has the wrong JSON type (`"k": "32"`), before any config class sees it."""
+    has the wrong JSON type (`"k": "32"`), before any config class sees it. `key_prefix` names
+    where the fields sit in `path` (`"sae."` in a YAML run config)."""
     hints: dict[str, Any] = {}
     for cls in (JacobianTrainingSAEConfig, JacobianSAEConfig):
         hints.update(typing.get_type_hints(cls))
@@ -238,7 +239,7 @@ def check_cfg_types(cfg: Mapping[str, Any], path: str | Path) -> None:
         if allowed is None or (isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)):
             continue
         names = " or ".join(dict.fromkeys("null" if t is type(None) else t.__name__ for t in allowed))
-        raise ValueError(f"{path}: {key!r} must be {names}, not {value!r} ({'null' if value is None else type(value).__name__}).")
+        raise ValueError(f"{path}: {key_prefix + key!r} must be {names}, not {value!r} ({'null' if value is None else type(value).__name__}).")
 
 
 def read_pair_cfg(path: str | Path) -> dict[str, Any]:

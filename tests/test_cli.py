@@ -42,6 +42,37 @@ def test_overrides_apply_and_unknown_keys_fail():
             load_run_config(demo, [bad])
 
 
+@pytest.mark.parametrize("yaml_text, expected", [
+    ("sae:\n  kk: 3\n", "Unknown config key 'sae.kk'; did you mean 'sae.k'?"),
+    ("sae:\n  jacobian_coeficient: 1\n", "did you mean 'sae.jacobian_coefficient'?"),
+    ("runner:\n  lrr: 1.0e-3\n", "did you mean 'runner.lr'?"),
+    ("lr: 1.0e-3\n", "Unknown config key 'lr'; did you mean 'runner.lr'?"),  # the right field in another section
+    ("sae:\n  lr: 1.0e-3\n", "did you mean 'runner.lr'?"),
+    ("runner:\n  logger:\n    wandb_projct: x\n", "did you mean 'runner.logger.wandb_project'?"),
+    ("sae:\n  k: '32'\n", "'sae.k' must be int, not '32' (str)."),
+    ("zzzzq: 1\n", "Unknown config key 'zzzzq'; top-level keys are ["),  # nothing close: the valid keys
+])
+def test_config_errors_name_the_file_and_the_closest_key(tmp_path, capsys, yaml_text, expected):
+    from sae_lens_jsae.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text("runner:\n  model_name: tiny\n  hook_name: blocks.1.ln2.hook_normalized\n" + yaml_text)
+    with pytest.raises(ValueError) as info:
+        load_run_config(config)
+    assert str(info.value).startswith(f"{config}: ") and expected in str(info.value)
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"jsae: error: {config}: " in err and expected in err
+
+
+def test_set_errors_name_the_assignment():
+    demo = Path(__file__).parents[1] / "configs" / "smollm2-135m-l3-demo.yaml"
+    with pytest.raises(ValueError, match=r"^--set sae\.kk=3: Unknown config key 'sae\.kk'; did you mean 'sae\.k'\?$"):
+        load_run_config(demo, ["sae.kk=3"])
+    with pytest.raises(ValueError, match=r"^\S+demo\.yaml with --set sae\.k=abc: 'sae\.k' must be int, not 'abc' \(str\)\.$"):
+        load_run_config(demo, ["sae.k=abc"])
+
+
 def test_train_cli_rejects_bad_config_before_training(tmp_path):
     demo = Path(__file__).parents[1] / "configs" / "smollm2-135m-l3-demo.yaml"
     res = subprocess.run([sys.executable, "-m", "sae_lens_jsae", "train", str(demo), "--set", "runner.hook_name=blocks.3.hook_resid_pre"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -96,7 +97,9 @@ def _train(tmp_path, variants, **cfg_overrides):
 
 
 def test_training_lowers_the_loss_and_logs_fvu_ev_l0_dead_tokens_per_s(tmp_path):
+    started = time.perf_counter()
     saes = _train(tmp_path, [TRANSCODER, SKIP], training_tokens=64 * 30)
+    wall_s = time.perf_counter() - started
     for name in ("architecture=topk_transcoder", "architecture=topk_skip_transcoder"):
         log = [json.loads(line) for line in (tmp_path / "out" / name / "train_log.jsonl").read_text().splitlines()]
         assert len(log) == 10
@@ -106,7 +109,12 @@ def test_training_lowers_the_loss_and_logs_fvu_ev_l0_dead_tokens_per_s(tmp_path)
         # SAELens' explained variance is scored against the MLP output y, so it is 1 − FVU
         assert last["metrics/explained_variance"] == pytest.approx(1 - last["metrics/fvu"], abs=1e-5)
         assert last["metrics/l0"] == pytest.approx(4.0, abs=0.5)
-        assert "sparsity/dead_features" in last and last["details/tokens_per_second"] > 0
+        assert "sparsity/dead_features" in last
+        # tokens/s is tokens since the start over seconds since the start: the seconds it implies
+        # grow from record to record and stay within the call's wall time (a rate of sequences,
+        # tokens / context_size, would imply 16x the time)
+        implied_s = [r["details/n_training_samples"] / r["details/tokens_per_second"] for r in log]
+        assert all(a < b for a, b in zip(implied_s, implied_s[1:])) and implied_s[-1] <= wall_s, (implied_s, wall_s)
         assert "sparsity/output_dead_features" not in last  # a pair's output SAE only
     assert isinstance(saes["architecture=topk_transcoder"], TopKTrainingTranscoder)
 
@@ -376,9 +384,9 @@ def test_a_pair_yaml_trains_a_transcoder_with_set_architecture():
         cfg, _ = load_run_config(demo, [f"sae.architecture={arch}", "sae.jacobian_warm_up_steps=null", "sae.edge_sparsity_coefficient=0"])
         assert type(cfg.sae) is cls and (cfg.sae.d_in, cfg.sae.d_sae, cfg.sae.k, cfg.sae.d_out) == (576, 2304, 32, 576)
         assert cfg.sae.init_biases_from_first_batch and cfg.sae.aux_loss_coefficient == 1.0
-    with pytest.raises(ValueError, match=r"^sae.jacobian_coefficient is not a field of TopKTranscoderTrainingConfig"):
+    with pytest.raises(ValueError, match=r"^\S+demo\.yaml with --set \S+ \S+: sae\.jacobian_coefficient is not a field of TopKTranscoderTrainingConfig"):
         load_run_config(demo, ["sae.architecture=topk_transcoder", "sae.jacobian_coefficient=0.5"])
-    with pytest.raises(ValueError, match=r"^sae.edge_sparsity_coefficient is not a field"):
+    with pytest.raises(ValueError, match=r"^\S+demo\.yaml with --set \S+ \S+: sae\.edge_sparsity_coefficient is not a field"):
         load_run_config(demo, ["sae.architecture=topk_transcoder", "sae.edge_sparsity_coefficient=0.1"])
 
 
