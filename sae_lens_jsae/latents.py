@@ -27,7 +27,7 @@ numbering): contexts, histogram, frequency, and direct-path logits of its decode
 Written as one JSON per latent in the attribution-graph family's feature format
 (`index, examples_quantiles, top_logits, bottom_logits, act_min, act_max, histogram,
 activation_frequency`) under `features/{scan}/{feature}.json`, `feature` being the graph nodes'
-number for that latent (`graph.cantor(layer, index)`), so a graph node opens its page.
+number for that latent (`pages.cantor(layer, index)`), so a graph node opens its page.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sae_lens_jsae.graph import LAYERS, cantor, feature_file, scan_name, token_strings
+from sae_lens_jsae.pages import LAYERS, TRANSCODER_LAYERS, cantor, feature_file, scan_name, token_strings, transcoder_scan_name
 
 
 @dataclass
@@ -103,10 +103,6 @@ def _mlp_inputs(model: Any, batch: torch.Tensor, hook: str, stop: int) -> torch.
     return captured[0]
 
 
-TRANSCODER_LAYERS = {"transcoder": 0}
-"""A transcoder's one set of latents, numbered as a pair's input latents."""
-
-
 def is_transcoder_folder(source: str | Path) -> bool:
     """Whether a saved SAE folder (its cfg.json) holds one of our TopK (skip) transcoders."""
     from sae_lens_jsae.transcoder import TRANSCODER_ARCHITECTURES
@@ -135,17 +131,6 @@ def load_transcoder_and_model(source: str | Path, model_source: str, model_name:
     check_layer(model_source, name, layer_of_input_hook(metadata.get("hook_name")))
     model = load_hooked_model(model_source, name, device=device)
     return SAE.load_from_disk(str(source), device=device), model
-
-
-def transcoder_scan_name(sae: Any) -> str:
-    """A name for a transcoder's pages: model, layer, architecture, width and k."""
-    import re
-
-    from sae_lens_jsae.sae import layer_of_input_hook
-
-    model = (sae.cfg.metadata.model_name or "model").split("/")[-1]
-    name = f"{model}-l{layer_of_input_hook(sae.cfg.metadata.hook_name)}-{sae.cfg.architecture()}{sae.cfg.d_sae}-k{sae.cfg.k}"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).lower()
 
 
 @torch.no_grad()

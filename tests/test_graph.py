@@ -51,6 +51,28 @@ def test_attribution_matches_jvp_oracles(pair):
     assert att.tokens == tokens and len(tokens) == 12
 
 
+def test_one_jacobian_and_one_jvp_per_prompt(pair, monkeypatch):
+    """The graph's numbers come from `evals.edges.pair_attributions` alone: J and the error JVP once."""
+    model, sae = pair
+    x, tokens = mlp_inputs(model, sae, torch.arange(1, 13))
+    expected = sae.active_jacobian(x)
+    calls = {"jacobian": 0, "jvp": 0}
+    jacobian, jvp = sae._jacobian, torch.func.jvp
+
+    def count(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(sae, "_jacobian", count("jacobian", jacobian))
+    monkeypatch.setattr(torch.func, "jvp", count("jvp", jvp))
+    att = prompt_attribution(sae, x, tokens)
+    assert calls == {"jacobian": 1, "jvp": 1}
+    assert torch.equal(att.input_indices, expected.input_indices) and torch.equal(att.output_indices, expected.output_indices)
+    torch.testing.assert_close(att.jacobian, expected.values, rtol=1e-12, atol=1e-14)  # J recovered from J·s_x
+
+
 def test_linear_mlp_is_complete(pair):
     """With every ReLU unit on (a linear MLP), the linearisation is exact."""
     model = make_tiny_model("dense_relu")
