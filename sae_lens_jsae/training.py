@@ -324,11 +324,20 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
             shuffle_seed = cfg.seed if self.options.dataset == "sotu" else None
             override_dataset = load_token_dataset(self.options.dataset, model.tokenizer, cfg.context_size, shuffle_seed=shuffle_seed)
         seed_everything(cfg.seed)  # the SAE's initialisation must not depend on what loading consumed
-        super().__init__(cfg, override_dataset=override_dataset, override_model=model, override_sae=override_sae)
+        rows = len(override_dataset) if hasattr(override_dataset, "__len__") else None
+        self._known_false = dict(cfg=cfg, dataset_rows=rows, model_loaded_here=override_model is None)
+        with self.known_false_warnings():
+            super().__init__(cfg, override_dataset=override_dataset, override_model=model, override_sae=override_sae)
         if self.sae.mlp is None:
             self.sae.attach_mlp(mlp)
         elif not torch.equal(self.sae.mlp.W_out.cpu(), mlp.W_out.to(self.sae.mlp.W_out.dtype).cpu()):
             raise ValueError(f"The SAE's frozen MLP is not block {layer}'s MLP of {cfg.model_name}.")
+
+    def known_false_warnings(self) -> Any:
+        """The scope in which this run's known-false SAELens warnings are silenced (log_noise.py)."""
+        from sae_lens_jsae.log_noise import known_false_warnings
+
+        return known_false_warnings(**self._known_false)
 
     def _set_sae_metadata(self) -> None:
         saelens_private.set_sae_metadata(self)
@@ -366,6 +375,10 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
 
     def run(self) -> JacobianTrainingSAE:  # type: ignore[override]
         """Train; on `resume_from_checkpoint`, continue exactly where that checkpoint stopped."""
+        with self.known_false_warnings():
+            return self._run()
+
+    def _run(self) -> JacobianTrainingSAE:
         self._set_sae_metadata()
         _tune_process(self.cfg, self.options)
         if self.cfg.logger.log_to_wandb:
@@ -611,6 +624,11 @@ def run_variants(runner: JacobianSAETrainingRunner, variants: list[dict[str, Any
     Checkpoints (`runner.checkpoint_path`, `n_checkpoints` or `checkpoint_every_tokens`) hold every
     member's state, the stream and the store; `runner.resume_from_checkpoint` continues exactly.
     """
+    with runner.known_false_warnings():
+        return _run_variants(runner, variants)
+
+
+def _run_variants(runner: JacobianSAETrainingRunner, variants: list[dict[str, Any]]) -> dict[str, Any]:
     from dataclasses import replace
 
     cfg = runner.cfg

@@ -85,8 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     run: Callable[[argparse.Namespace], int | None] = args._run
+    from sae_lens_jsae.log_noise import known_false_warnings
+
     try:
-        return int(run(args) or 0)
+        # every sub-command loads its LLM with sources.load_hooked_model (no weight processing)
+        with known_false_warnings(model_loaded_here=True):
+            return int(run(args) or 0)
     except ModuleNotFoundError as e:
         message = missing_dependency_message(e)
         if args.debug or message is None:

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_distributed(args, cfg, options)
     if args.sweep:
         saes = train_variants(cfg, _parse_sweep(args.sweep), options)
-        print(f"trained {len(saes)} JSAEs under {cfg.output_path}: {', '.join(saes)}")
+        print(f"trained {describe_trained(saes)} under {cfg.output_path}: {', '.join(saes)}")
         return 0
     try:
         JacobianSAETrainingRunner(cfg, options).run()
@@ -53,8 +53,23 @@ def run(args: argparse.Namespace) -> int:
         resume = f"; continue with the same arguments plus --resume {stop.checkpoint}" if stop.checkpoint else ""
         print(f"jsae: {stop}{resume}", file=sys.stderr)
         return 130
-    print(f"trained JSAE saved to {cfg.output_path}")
+    print(f"trained {_kind(cfg.sae)} saved to {cfg.output_path}")
     return 0
+
+
+def _kind(sae_cfg: Any) -> str:
+    """"JSAE" for a pair's config, "transcoder" for a transcoder's."""
+    return "JSAE" if sae_cfg.architecture() == "jacobian" else "transcoder"
+
+
+def describe_trained(saes: dict[str, Any]) -> str:
+    """What a sweep trained, in words: "2 JSAEs and 1 transcoder", "3 JSAEs", "nothing"."""
+    counts: dict[str, int] = {}
+    for sae in saes.values():
+        kind = _kind(sae.cfg)
+        counts[kind] = counts.get(kind, 0) + 1
+    parts = [f"{n} {kind}{'' if n == 1 else 's'}" for kind, n in sorted(counts.items())]
+    return " and ".join(parts) or "nothing"
 
 
 def _parse_sweep(specs: list[str]) -> list[dict[str, Any]]:
@@ -79,10 +94,10 @@ def _run_distributed(args: argparse.Namespace, cfg: Any, options: Any) -> int:
     with progress_bars_disabled(not context.is_main):  # one progress bar per job (rank 0's)
         if args.sweep:
             saes = train_variants_over_ranks(cfg, _parse_sweep(args.sweep), options, context)
-            print(f"rank {context.rank}/{context.world_size} trained {len(saes)} JSAEs under {cfg.output_path}: {', '.join(saes)}")
+            print(f"rank {context.rank}/{context.world_size} trained {describe_trained(saes)} under {cfg.output_path}: {', '.join(saes)}")
         else:
             train_distributed(cfg, options, context)
             if context.is_main:
-                print(f"trained JSAE saved to {cfg.output_path} ({context.world_size} ranks, {context.backend})")
+                print(f"trained {_kind(cfg.sae)} saved to {cfg.output_path} ({context.world_size} ranks, {context.backend})")
     barrier_and_close(context)
     return 0
