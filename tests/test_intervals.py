@@ -15,11 +15,11 @@ from sae_lens_jsae.evals.intervals import (
     mean,
     paired_differences,
     ratio,
-    sparsity_estimates,
     splice_estimates,
     unpaired_difference,
     unresolved_reason,
 )
+from sae_lens_jsae.evals.sparsity import sparsity_estimates
 from sae_lens_jsae.evals.splice import SPLICES, splice_scores, splice_scores_multi
 
 
@@ -296,3 +296,15 @@ def test_relative_to_lambda0_is_a_paired_ratio():
         iv = (jsae / base).interval()
         hits += iv.lo <= 0.5 <= iv.hi
     assert hits / 300 >= 0.9
+
+
+def test_every_metric_block_is_registered_on_first_import():
+    """intervals imports no metric: the metric modules register their summary blocks, and importing
+    intervals alone (through the evals package) registers all of them, in a fresh process."""
+    import subprocess
+    import sys
+
+    code = "from sae_lens_jsae.evals.intervals import registered_blocks; print(sorted(registered_blocks()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == str(["edges", "jacobian_sparsity", "linearity", "mlp_error", "splice"])
+

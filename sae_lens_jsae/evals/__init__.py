@@ -6,6 +6,9 @@ summary, `compare` renders `report.md` / `report.html` from summaries; `evaluate
 does whole λ sweeps (the frontier). Intervals: `sae_lens_jsae.evals.intervals`.
 """
 
+# Each metric module registers its summary block with `intervals` when imported (intervals
+# imports no metric), so the package imports them all: any summary read through it sees them.
+from sae_lens_jsae.evals import edges, error_analysis, intervention  # noqa: F401
 from sae_lens_jsae.evals.linearity import (
     LinearityResult,
     classify_curves,

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, mlp_inputs_of
-from sae_lens_jsae.evals.intervals import METHOD, Estimate, ratio, rounded
+from sae_lens_jsae.evals.intervals import METHOD, Estimate, ratio, register_summary_block, rounded
 from sae_lens_jsae.evals.sparsity import tokens_digest
 from sae_lens_jsae.jacobian import gathered_dots
 from sae_lens_jsae.util import is_pair
@@ -315,6 +315,9 @@ def edge_estimates(ps: dict[str, Any]) -> dict[str, Estimate]:
     out["edges.active_upstream_per_token"] = ratio(ps["n_upstream"], n)
     out["edges.linearisation_error"] = ratio(ps["abs_linearisation_error"], ps["abs_pre"])
     return out
+
+
+register_summary_block("edges", lambda block: edge_estimates(block["per_sequence"]))
 
 
 class EdgeAccumulator:

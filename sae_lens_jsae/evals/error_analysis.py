@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, mlp_inputs_of
-from sae_lens_jsae.evals.intervals import Estimate, ratio
+from sae_lens_jsae.evals.intervals import Estimate, ratio, register_summary_block
 from sae_lens_jsae.evals.sparsity import tokens_digest
 
 
@@ -65,6 +65,9 @@ def error_estimates(block: dict[str, Any]) -> dict[str, Estimate]:
         "mlp_error.error_sensitivity": ratio(ps["sqerr_read"], ps["sqerr"]).scale(1.0 / block["mean_read"]),
         "mlp_error.error_share_in_top_directions": ratio(ps["sqerr_top"], ps["sqerr"]),
     }
+
+
+register_summary_block("mlp_error", error_estimates)
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ of its value, e.g. a CE-loss score on the randomized model, where zero-ablating 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -199,6 +199,40 @@ def rounded(values: np.ndarray | Sequence[float], digits: int = 9) -> list[float
 
 
 # --------------------------------------------------------------------------- metrics of a summary
+BlockEstimates = Callable[[Mapping[str, Any]], dict[str, Estimate]]
+"""A summary block (e.g. `summary["edges"]`) → {metric key: Estimate}."""
+
+
+@dataclass(frozen=True)
+class SummaryBlock:
+    """How one metric's block of an `evaluate_checkpoint` summary becomes estimates."""
+
+    name: str
+    """The block's key in the summary ("jacobian_sparsity", "splice", "edges", ...)."""
+    estimates: BlockEstimates
+    """Its estimates, called only when the block holds `data`."""
+    data: str = "per_sequence"
+    """The block's per-sequence (or per-token) data; a block without it has no estimates."""
+    digest: str = "tokens_digest"
+    """The key, inside `data`, naming the tokens evaluated (equal digests: differences are paired)."""
+
+
+_BLOCKS: dict[str, SummaryBlock] = {}
+
+
+def register_summary_block(name: str, estimates: BlockEstimates, *, data: str = "per_sequence", digest: str = "tokens_digest") -> None:
+    """Make `summary_estimates` (and the differences below) read block `name` with `estimates`.
+
+    Each metric module registers its own block at import, so this module knows no metric and
+    imports none (the metrics import it); `sae_lens_jsae.evals` imports every metric module."""
+    _BLOCKS[name] = SummaryBlock(name, estimates, data, digest)
+
+
+def registered_blocks() -> dict[str, SummaryBlock]:
+    """The registered summary blocks, by name."""
+    return dict(_BLOCKS)
+
+
 SPLICE_ZERO = {"input": "zero_input", "output": "zero_mlp_out", "replacement": "zero_mlp_out"}
 """The zero-ablation each splice is scored against (per-sequence column suffix)."""
 
@@ -226,19 +260,6 @@ def splice_estimates(ps: Mapping[str, Any]) -> dict[str, Estimate]:
             out[f"explained_variance.{name}"] = ratio(col[err], col[var]).scale(-1.0, 1.0)
     if "l0_sum" in col:  # a transcoder's active latents per (non-special) token
         out["l0"] = ratio(col["l0_sum"], col["n_ev"])
-    return out
-
-
-def sparsity_estimates(ps: Mapping[str, Any], k: int) -> dict[str, Estimate]:
-    """Estimates of the Jacobian sparsity metrics from a `JacobianSparsityResult.per_sequence` block."""
-    n_tok = np.asarray(ps["n_tokens"], dtype=np.float64)
-    nnz = np.asarray(ps["n_nonzero"], dtype=np.float64)
-    out = {f"jacobian_sparsity.mean_count_above[{i}]": ratio(c, n_tok) for i, c in enumerate(ps["count_above"])}
-    out.update({f"jacobian_sparsity.relative_count_above[{i}]": ratio(c, n_tok) for i, c in enumerate(ps.get("relative_count_above", []))})
-    out["jacobian_sparsity.mean_abs"] = ratio(ps["abs_sum"], n_tok * k * k)
-    if nnz.sum() > 0:
-        out["jacobian_sparsity.l1_l2_ratio"] = ratio(ps["ratio_sum"], nnz)
-        out.update({f"jacobian_sparsity.top_m_mass[{i}]": ratio(c, nnz) for i, c in enumerate(ps["top_m_mass_sum"])})
     return out
 
 
@@ -274,29 +295,23 @@ def linearity_estimates(pt: Mapping[str, Any]) -> dict[str, Estimate]:
     return out
 
 
+register_summary_block("splice", lambda block: splice_estimates(block["per_sequence"]))
+register_summary_block("linearity", lambda block: linearity_estimates(block["per_token"]), data="per_token", digest="sample_digest")
+
+
+def _estimates_by_block(summary: Mapping[str, Any]) -> dict[str, tuple[str, Estimate]]:
+    """{metric key: (its block, Estimate)} for every registered block the summary holds data for."""
+    out: dict[str, tuple[str, Estimate]] = {}
+    for name in sorted(_BLOCKS):
+        spec, block = _BLOCKS[name], summary.get(name) or {}
+        if block.get(spec.data):
+            out.update({key: (name, e) for key, e in spec.estimates(block).items()})
+    return out
+
+
 def summary_estimates(summary: Mapping[str, Any]) -> dict[str, Estimate]:
     """Every estimated metric of an `evaluate_checkpoint` summary that has per-sequence data."""
-    out: dict[str, Estimate] = {}
-    sp = summary.get("jacobian_sparsity") or {}
-    if sp.get("per_sequence"):
-        out.update(sparsity_estimates(sp["per_sequence"], int(sp["k"])))
-    spl = summary.get("splice") or {}
-    if spl.get("per_sequence"):
-        out.update(splice_estimates(spl["per_sequence"]))
-    lin = summary.get("linearity") or {}
-    if lin.get("per_token"):
-        out.update(linearity_estimates(lin["per_token"]))
-    err = summary.get("mlp_error") or {}
-    if err.get("per_sequence"):
-        from sae_lens_jsae.evals.error_analysis import error_estimates
-
-        out.update(error_estimates(err))
-    edges = summary.get("edges") or {}
-    if edges.get("per_sequence"):
-        from sae_lens_jsae.evals.edges import edge_estimates
-
-        out.update(edge_estimates(edges["per_sequence"]))
-    return out
+    return {key: e for key, (_, e) in _estimates_by_block(summary).items()}
 
 
 def summary_intervals(summary: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -304,17 +319,14 @@ def summary_intervals(summary: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {k: e.interval().to_dict() for k, e in summary_estimates(summary).items()}
 
 
-def _digests(summary: Mapping[str, Any]) -> dict[str, str | None]:
-    out = {block: ((summary.get(block) or {}).get("per_sequence") or {}).get("tokens_digest")
-           for block in ("jacobian_sparsity", "splice", "mlp_error", "edges")}
-    out["linearity"] = ((summary.get("linearity") or {}).get("per_token") or {}).get("sample_digest")
-    return out
+def _digest(summary: Mapping[str, Any], block: str) -> str | None:
+    """Which tokens `block` of `summary` was evaluated on (None: unknown)."""
+    spec = _BLOCKS[block]
+    return ((summary.get(block) or {}).get(spec.data) or {}).get(spec.digest)
 
 
-def _block(key: str) -> str:
-    """Which per-sequence block (and tokens digest) a metric key comes from."""
-    head = key.split(".")[0]
-    return head if head in ("jacobian_sparsity", "linearity", "mlp_error", "edges") else "splice"
+def _same_tokens(a: Mapping[str, Any], b: Mapping[str, Any], block: str) -> bool:
+    return _digest(a, block) is not None and _digest(a, block) == _digest(b, block)
 
 
 def paired_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -322,15 +334,12 @@ def paired_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, 
 
     Paired (ψ subtracted sequence by sequence) when both were evaluated on the same tokens (same
     `tokens_digest`); otherwise the unpaired √(SE_a² + SE_b²) interval, with `paired: false`."""
-    ea, eb = summary_estimates(a), summary_estimates(b)
-    da, db = _digests(a), _digests(b)
+    ea, eb = _estimates_by_block(a), _estimates_by_block(b)
     out: dict[str, dict[str, Any]] = {}
     for key in ea.keys() & eb.keys():
-        same = da.get(_block(key)) is not None and da.get(_block(key)) == db.get(_block(key))
-        if same and ea[key].n == eb[key].n:
-            iv = (ea[key] - eb[key]).interval().to_dict()
-        else:
-            iv = unpaired_difference(ea[key], eb[key]).to_dict()
+        (block, x), (_, y) = ea[key], eb[key]
+        same = _same_tokens(a, b, block)
+        iv = (x - y).interval().to_dict() if same and x.n == y.n else unpaired_difference(x, y).to_dict()
         out[key] = {**iv, "paired": bool(same)}
     return dict(sorted(out.items()))
 
@@ -343,31 +352,30 @@ def difference(a: Mapping[str, Any], b: Mapping[str, Any], key: str, scale_b: fl
     """(interval of a[key] − scale_b·b[key], paired?) from two summaries' per-sequence sums.
 
     Paired when both were evaluated on the same tokens; otherwise independent (unpaired)."""
-    ea, eb = summary_estimates(a).get(key), summary_estimates(b).get(key)
+    ea, eb = _estimates_by_block(a).get(key), _estimates_by_block(b).get(key)
     if ea is None or eb is None:
         missing = "a" if ea is None else "b"
         return Interval(None, None, None, 0, f"{key} has no per-sequence data in summary {missing} (re-run jsae eval)"), False
-    block = _block(key)
-    same = _digests(a).get(block) is not None and _digests(a).get(block) == _digests(b).get(block) and ea.n == eb.n
-    if same:
-        return (ea - eb.scale(scale_b)).interval(), True
-    return unpaired_difference(ea, eb.scale(scale_b)), False
+    (block, x), (_, y) = ea, eb
+    if _same_tokens(a, b, block) and x.n == y.n:
+        return (x - y.scale(scale_b)).interval(), True
+    return unpaired_difference(x, y.scale(scale_b)), False
 
 
 def relative(a: Mapping[str, Any], b: Mapping[str, Any], key: str) -> tuple[Interval, bool]:
     """(interval of a[key] / b[key], paired?): e.g. a JSAE's count as a multiple of λ = 0's."""
-    ea, eb = summary_estimates(a).get(key), summary_estimates(b).get(key)
+    ea, eb = _estimates_by_block(a).get(key), _estimates_by_block(b).get(key)
     if ea is None or eb is None:
         return Interval(None, None, None, 0, f"{key} has no per-sequence data"), False
-    block = _block(key)
-    if _digests(a).get(block) is not None and _digests(a).get(block) == _digests(b).get(block) and ea.n == eb.n:
-        return (ea / eb).interval(), True
-    if ea.na_reason or eb.na_reason or eb.value == 0:
-        return Interval(None, None, None, min(ea.n, eb.n), ea.na_reason or eb.na_reason or "division by 0"), False
-    r = ea.value / eb.value
-    se_a, se_b = abs(ea.se / eb.value), abs(r * eb.se / eb.value)
-    half = t95(welch_dof((se_a, ea.n), (se_b, eb.n))) * float(np.hypot(se_a, se_b))
-    return Interval(r, r - half, r + half, min(ea.n, eb.n)), False
+    (block, x), (_, y) = ea, eb
+    if _same_tokens(a, b, block) and x.n == y.n:
+        return (x / y).interval(), True
+    if x.na_reason or y.na_reason or y.value == 0:
+        return Interval(None, None, None, min(x.n, y.n), x.na_reason or y.na_reason or "division by 0"), False
+    r = x.value / y.value
+    se_a, se_b = abs(x.se / y.value), abs(r * y.se / y.value)
+    half = t95(welch_dof((se_a, x.n), (se_b, y.n))) * float(np.hypot(se_a, se_b))
+    return Interval(r, r - half, r + half, min(x.n, y.n)), False
 
 
 def verdict(iv: Interval, bound: float = 0.0, want: str = "below") -> str:

@@ -7,13 +7,15 @@ Jacobian itself comes from `sae.active_jacobian` (the formula lives only in `jac
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, mlp_inputs_of
+from sae_lens_jsae.evals.intervals import Estimate, ratio, register_summary_block
 
 THRESHOLDS: tuple[float, ...] = (0.005, 0.01, 0.015, 0.02)
 """The paper's |J| thresholds τ."""
@@ -72,7 +74,7 @@ class JacobianSparsityResult:
     relative_count_above: list[float] = field(default_factory=list)
     """Per r: mean over tokens of #{|J_ij| > r · max_ij |J_ij|} (scale-free; 0 for an all-zero J)."""
     per_sequence: dict[str, Any] | None = None
-    """Per-sequence sums for intervals (`intervals.sparsity_estimates`): n_tokens, n_nonzero,
+    """Per-sequence sums for intervals (`sparsity_estimates`): n_tokens, n_nonzero,
     count_above (per τ), relative_count_above (per r), abs_sum, ratio_sum, top_m_mass_sum (per m),
     and tokens_digest (which tokens); None when the sequences were not given."""
 
@@ -263,3 +265,19 @@ def jacobian_sparsity(
     for batch in iter_token_batches(tokens, batch_size, max_tokens, desc="Jacobian sparsity" if progress else None):
         acc.update(sae.active_jacobian(mlp_inputs_of(model, sae, batch)).values, tokens=batch)
     return acc.result()
+
+
+def sparsity_estimates(ps: Mapping[str, Any], k: int) -> dict[str, Estimate]:
+    """Estimates of the Jacobian sparsity metrics from a `JacobianSparsityResult.per_sequence` block."""
+    n_tok = np.asarray(ps["n_tokens"], dtype=np.float64)
+    nnz = np.asarray(ps["n_nonzero"], dtype=np.float64)
+    out = {f"jacobian_sparsity.mean_count_above[{i}]": ratio(c, n_tok) for i, c in enumerate(ps["count_above"])}
+    out.update({f"jacobian_sparsity.relative_count_above[{i}]": ratio(c, n_tok) for i, c in enumerate(ps.get("relative_count_above", []))})
+    out["jacobian_sparsity.mean_abs"] = ratio(ps["abs_sum"], n_tok * k * k)
+    if nnz.sum() > 0:
+        out["jacobian_sparsity.l1_l2_ratio"] = ratio(ps["ratio_sum"], nnz)
+        out.update({f"jacobian_sparsity.top_m_mass[{i}]": ratio(c, nnz) for i, c in enumerate(ps["top_m_mass_sum"])})
+    return out
+
+
+register_summary_block("jacobian_sparsity", lambda block: sparsity_estimates(block["per_sequence"], int(block["k"])))
