@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sae_lens_jsae.figures import new_figure
+from sae_lens_jsae.figures import new_figure, publish
 
 THRESHOLD_FOR_HEADLINE = 0.01
 
@@ -76,14 +76,6 @@ class _Doc:
         return "\n".join(out)
 
 
-def _publish(fig, doc, path: Path, alt: str, source: str) -> None:
-    """Save a figure as PNG and embed it in the report with where its numbers come from."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    doc.img(path.name, alt)
-    doc.p(source)
-
-
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -133,7 +125,7 @@ def _plots(items: list[tuple[Path, dict[str, Any]]], out: Path, doc: _Doc) -> No
     ax.set_ylabel("fraction of entries")
     ax.set_title("|J| histogram")
     ax.legend(fontsize=7)
-    _publish(fig, doc, out / "jacobian_histogram.png", "|J| histogram (log y)", "Source: jacobian_sparsity.histogram of each summary JSON.")
+    publish(fig, doc, out / "jacobian_histogram.png", "|J| histogram (log y)", "Source: jacobian_sparsity.histogram of each summary JSON.")
 
     # 2. count vs τ
     fig, ax = new_figure(figsize=(6, 3.6))
@@ -145,7 +137,7 @@ def _plots(items: list[tuple[Path, dict[str, Any]]], out: Path, doc: _Doc) -> No
     ax.set_yscale("log")
     ax.set_title("Jacobian count vs threshold")
     ax.legend(fontsize=7)
-    _publish(fig, doc, out / "count_vs_threshold.png", "count vs threshold", "Source: jacobian_sparsity.thresholds / mean_count_above.")
+    publish(fig, doc, out / "count_vs_threshold.png", "count vs threshold", "Source: jacobian_sparsity.thresholds / mean_count_above.")
 
     # 3. Pareto over the λ sweep
     sweep = [(p, d) for p, d in pre if d.get("jacobian_coefficient") is not None and _count_at(d)[0] is not None
@@ -161,7 +153,7 @@ def _plots(items: list[tuple[Path, dict[str, Any]]], out: Path, doc: _Doc) -> No
         ax.set_xlabel(f"mean count |J| > {THRESHOLD_FOR_HEADLINE} per token")
         ax.set_ylabel("average CE-loss score (input & output)")
         ax.set_title("CE-loss score vs Jacobian sparsity (λ sweep)")
-        _publish(fig, doc, out / "pareto.png", "CE-loss score vs Jacobian count", "Source: jacobian_sparsity.mean_count_above and splice.average_ce_loss_score.")
+        publish(fig, doc, out / "pareto.png", "CE-loss score vs Jacobian count", "Source: jacobian_sparsity.mean_count_above and splice.average_ce_loss_score.")
 
     # 4. linearity fractions
     fig, ax = new_figure(figsize=(6, 3.6))
@@ -175,7 +167,7 @@ def _plots(items: list[tuple[Path, dict[str, Any]]], out: Path, doc: _Doc) -> No
     ax.set_title("Linearity of input → output latent curves")
     ax.legend(fontsize=7)
     ax.tick_params(axis="x", labelsize=7, rotation=20)
-    _publish(fig, doc, out / "linearity.png", "linearity fractions", "Source: linearity.linear / jumprelu / other.")
+    publish(fig, doc, out / "linearity.png", "linearity fractions", "Source: linearity.linear / jumprelu / other.")
 
     # 5. pretrained vs randomized: the absolute count and the scale-free ratio (the verdict's measure)
     if rand and pre:
@@ -198,7 +190,7 @@ def _plots(items: list[tuple[Path, dict[str, Any]]], out: Path, doc: _Doc) -> No
             ax.set_ylabel(ylabel)
             ax.tick_params(axis="x", labelsize=7)
         fig.suptitle("Pretrained vs randomized LLM (bars: 95% intervals)", fontsize=10)
-        _publish(fig, doc, out / "randomized.png", "pretrained vs randomized", "Source: jacobian_sparsity.mean_count_above and l1_l2_ratio (with intervals) of the randomized / pretrained summaries.")
+        publish(fig, doc, out / "randomized.png", "pretrained vs randomized", "Source: jacobian_sparsity.mean_count_above and l1_l2_ratio (with intervals) of the randomized / pretrained summaries.")
 
 
 def write_report(

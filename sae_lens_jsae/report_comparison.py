@@ -143,8 +143,7 @@ _COLOURS = {"JSAE, paper loss": "tab:blue", "JSAE + MLP-consistency": "tab:green
 
 
 def _plot(ms: list[Model], out: Path, doc: Any) -> None:
-    from sae_lens_jsae.figures import new_figure
-    from sae_lens_jsae.report import _publish
+    from sae_lens_jsae.figures import new_figure, publish
 
     fig, axes = new_figure(1, 2, figsize=(12, 4.6), sharey=True)
     methods = list(dict.fromkeys(m.method for m in ms))
@@ -177,7 +176,7 @@ def _plot(ms: list[Model], out: Path, doc: Any) -> None:
     keep = dict(zip(labels, handles))
     axes[0].legend(keep.values(), keep.keys(), fontsize=8)
     fig.suptitle("Sparse MLP computation: edges for 80% coverage vs faithfulness (95% intervals)")
-    _publish(fig, doc, out / "comparison.png", "edges for 80% coverage vs replacement CE-loss score and MLP-output EV",
+    publish(fig, doc, out / "comparison.png", "edges for 80% coverage vs replacement CE-loss score and MLP-output EV",
              f"Points: each summary's `{EDGES_KEY}`, `{CE_KEY}` and `{EV_KEY}` with their `intervals`.")
 
 
