@@ -55,19 +55,30 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-# The modules that register an architecture with SAELens at their end (registration.py).
+# The modules that define an architecture; registration.py registers each once its import completes.
 ARCHITECTURE_MODULES = ("sae_lens_jsae.sae", "sae_lens_jsae.transcoder")
 
 
 def _register_architectures(_sae_lens: Any = None) -> None:
-    """Import the architecture modules not imported yet; each registers itself at its end. One
-    already in `sys.modules` (loaded, or mid-import because it imported SAELens) needs nothing."""
+    """Import the architecture modules not imported yet (each is registered when its import
+    completes). One already in `sys.modules` (loaded, or mid-import because it imported SAELens)
+    needs nothing: its own hook below registers it."""
     for name in ARCHITECTURE_MODULES:
         if name not in sys.modules:
             importlib.import_module(name)
 
 
+def _register_module(module: Any) -> None:
+    from sae_lens_jsae.registration import register_module
+
+    register_module(module)
+
+
 # SAELens takes seconds to import and the `jsae` CLI (which imports this package) must answer
 # `--help` at once, so registration waits for SAELens: wrapt's post-import hook runs it right
-# after `import sae_lens` completes, or now if SAELens is already imported.
+# after `import sae_lens` completes, or now if SAELens is already imported. The architecture
+# modules are registered by hooks on their own import (not by importing registration.py
+# themselves, which would make them depend on the module that depends on both).
+for _module in ARCHITECTURE_MODULES:
+    wrapt.register_post_import_hook(_register_module, _module)
 wrapt.register_post_import_hook(_register_architectures, "sae_lens")

@@ -1,7 +1,9 @@
 """Register this package's architectures with SAELens (SAELens has no plugin entry points).
 
-Each architecture module (`sae.py`, `transcoder.py`) calls its function here at its end, so
-importing the module registers it; the package's `__init__` imports them when SAELens loads.
+The one module that knows both architectures: it imports `sae.py` and `transcoder.py`, which
+import neither it nor each other. The package's `__init__` calls `register_module` as soon as
+either module's import completes (a post-import hook), and imports both when SAELens loads, so
+`from sae_lens_jsae.sae import ...` or `import sae_lens` alone registers them.
 """
 
 from __future__ import annotations
@@ -69,3 +71,12 @@ def register_transcoder_architectures() -> None:
 
     for name, classes in TRANSCODER_CLASSES.items():
         register(name, *classes)
+
+
+REGISTERS = {"sae_lens_jsae.sae": register_jacobian_architecture, "sae_lens_jsae.transcoder": register_transcoder_architectures}
+"""Architecture module → the function registering what it defines."""
+
+
+def register_module(module: Any) -> None:
+    """Register the architectures of `module` (one of `REGISTERS`, fully imported)."""
+    REGISTERS[module.__name__]()

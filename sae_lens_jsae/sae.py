@@ -874,9 +874,3 @@ def _logging_metrics(
         "edge_l1_l2_ratio": attribution_row_ratio(jacobian_values.detach(), _token_rows(top_in.values), _token_rows(top_out.values)).item(),
     }
 
-
-# Importing this module registers "jacobian" with SAELens (the package's lazy __init__ also does
-# when SAELens is imported; this covers `from sae_lens_jsae.sae import ...` importing SAELens itself).
-from sae_lens_jsae.registration import register_jacobian_architecture  # noqa: E402
-
-register_jacobian_architecture()

@@ -362,8 +362,3 @@ def is_transcoder(sae: Any) -> bool:
     """Whether `sae` (inference or training) is one of our TopK (skip) transcoders."""
     return isinstance(sae, (TopKTranscoder, TopKSkipTranscoder, TopKTrainingTranscoder))
 
-
-# Importing this module registers both architectures with SAELens (as sae.py does "jacobian").
-from sae_lens_jsae.registration import register_transcoder_architectures  # noqa: E402
-
-register_transcoder_architectures()
