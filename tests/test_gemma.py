@@ -95,4 +95,11 @@ def test_gemma_2_flow_end_to_end_offline(tmp_path):
     config = sb.JacobianSparsityEvalConfig(n_tokens=128, batch_size_prompts=4)
     res = sb.run_eval(config, [("jsae", jsae)], "cpu", str(out / "jacobian_sparsity"), model=model, tokens=tokens)
     (entry,) = res.values()
-    assert entry["eval_result_metrics"]["jacobian_sparsity"]["mean_abs_jacobian"] > 0
+    # mean |J| over the k² active entries of the first n_tokens tokens, from the pair directly
+    # (a post-norm block's J, or tokens miscounted by the adapter, would differ)
+    n = entry["eval_result_metrics"]["token_stats"]["n_tokens"]
+    assert n == 128
+    with torch.no_grad():
+        x = model.run_with_cache(tokens[: n // tokens.shape[1]], names_filter=jsae.cfg.metadata.hook_name)[1][jsae.cfg.metadata.hook_name]
+        direct = jsae.active_jacobian(x.reshape(-1, x.shape[-1])).values.abs().mean().item()
+    assert entry["eval_result_metrics"]["jacobian_sparsity"]["mean_abs_jacobian"] == pytest.approx(direct, rel=1e-5)
