@@ -429,6 +429,33 @@ def sotu_token_dataset(
     return datasets.load_from_disk(str(path))
 
 
+def sotu_row_speeches(
+    tokenizer: PreTrainedTokenizerBase,
+    context_size: int,
+    split: str = "eval",
+    eval_fraction: float = 0.1,
+    bos_token_id: int | None = None,
+) -> list[str]:
+    """The speech (file stem, e.g. ``"1792-Washington-1"``) each row of ``sotu_token_dataset``
+    starts in: the same packing run on a stream of speech labels beside the tokens."""
+    from sae_lens.tokenization_and_batching import concat_and_batch_sequences
+
+    bos = tokenizer.bos_token_id if bos_token_id is None else bos_token_id
+    files = sotu_split_files(split, eval_fraction)
+    ids = [torch.tensor(tokenizer(f.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"], dtype=torch.long) for f in files]
+    labels = [torch.full_like(t, -(i + 1)) for i, t in enumerate(ids)]  # never the BOS id: packed the same way
+    pack = lambda seqs: list(concat_and_batch_sequences(iter(seqs), context_size=context_size, begin_batch_token_id=bos,  # noqa: E731
+                                                        sequence_separator_token_id=bos))
+    rows, label_rows = pack(ids), pack(labels)
+    if len(rows) != len(label_rows) or any(not torch.equal(r == bos, lr == bos) for r, lr in zip(rows, label_rows)):
+        raise RuntimeError("sotu_row_speeches: the label stream packed differently from the tokens (a BOS id inside a speech?)")
+    speeches = []
+    for row in label_rows:
+        first = row[row < 0]
+        speeches.append(files[int(-first[0]) - 1].stem if first.numel() else files[0].stem)
+    return speeches
+
+
 def load_token_dataset(
     dataset: str,
     tokenizer: PreTrainedTokenizerBase,

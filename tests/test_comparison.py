@@ -11,6 +11,7 @@ from sae_lens.saes.sae import SAEMetadata
 
 from sae_lens_jsae import load_jsae
 from sae_lens_jsae.evals.edges import edge_measure
+from sae_lens_jsae.evals.intervention import intervention_faithfulness
 from sae_lens_jsae.transcoder import TOPK_SKIP_TRANSCODER, TOPK_TRANSCODER, TRANSCODER_CLASSES
 
 
@@ -40,8 +41,9 @@ def test_jsae_eval_scores_transcoders_beside_the_pairs_on_the_same_tokens(tmp_pa
     tcs = {name: _save_transcoder(model, tmp_path / "sweep" / name, arch, seed)
            for name, arch, seed in (("architecture=topk_transcoder", TOPK_TRANSCODER, 2), ("architecture=topk_skip_transcoder", TOPK_SKIP_TRANSCODER, 3))}
     tokens = torch.randint(1, model.cfg.d_vocab, (8, 16), generator=torch.Generator().manual_seed(0))
+    heldout = {"speech": ["s1", "s2", "s3", "s1", "s2", "s3", "s1", "s2"], "rows": list(range(8))}
     report = evaluate_sweeps_and_compare([tmp_path / "sweep"], model, tokens, tmp_path / "out", n_tokens=64, n_splice_tokens=128,
-                                         n_linearity_tokens=4, batch_size=4, core=False, progress=False)
+                                         n_linearity_tokens=4, batch_size=4, core=False, progress=False, heldout=heldout)
     text = report.read_text()
     assert text.index("Which method makes the MLP's computation sparsest") < text.index("## Frontier:")  # the comparison leads
     assert (tmp_path / "out" / "comparison.png").stat().st_size > 0
@@ -49,6 +51,10 @@ def test_jsae_eval_scores_transcoders_beside_the_pairs_on_the_same_tokens(tmp_pa
     loaded_pair = load_jsae(tmp_path / "sweep" / "jacobian_coefficient=0", model=model)
     direct = edge_measure(model, loaded_pair, tokens, batch_size=4, max_tokens=8192, progress=False)
     assert pair["edges"]["edges_for_coverage"] == pytest.approx(direct.edges_for_coverage, rel=1e-9)
+    faithful = intervention_faithfulness(model, loaded_pair, tokens, batch_size=4, progress=False)
+    assert pair["intervention"]["faithfulness"] == pytest.approx(faithful.faithfulness, rel=1e-9)
+    assert pair["heldout"] == heldout and "clustered by speech" in pair["interval_method"]
+    assert pair["intervals"]["intervention.a=1.pruned"]["n_sequences"] == 3  # clustered by the recorded speeches
     with torch.no_grad():
         x0 = model.run_with_cache(tokens, names_filter="blocks.1.ln2.hook_normalized")[1]["blocks.1.ln2.hook_normalized"]
         acts_in = loaded_pair.encode(x0)
@@ -64,6 +70,9 @@ def test_jsae_eval_scores_transcoders_beside_the_pairs_on_the_same_tokens(tmp_pa
         tc_edges = edge_measure(model, tc, tokens, upstream=loaded_pair, batch_size=4, max_tokens=8192, progress=False)
         assert d["edges"]["edges_for_coverage"] == pytest.approx(tc_edges.edges_for_coverage, rel=1e-9)
         assert list(d["edges_by_upstream"]) == ["jacobian_coefficient_0"]
+        tc_faithful = intervention_faithfulness(model, tc, tokens, upstream=loaded_pair, batch_size=4, progress=False)
+        assert d["intervention"]["faithfulness"] == pytest.approx(tc_faithful.faithfulness, rel=1e-9)
+        assert list(d["intervention_by_upstream"]) == ["jacobian_coefficient_0"] and "intervention.a=0.1.full" in d["intervals"]
         assert d["splice"]["per_sequence"]["tokens_digest"] == pair["splice"]["per_sequence"]["tokens_digest"]
         with torch.no_grad():
             y_hat = tc(x)

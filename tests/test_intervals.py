@@ -306,5 +306,5 @@ def test_every_metric_block_is_registered_on_first_import():
 
     code = "from sae_lens_jsae.evals.intervals import registered_blocks; print(sorted(registered_blocks()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == str(["edges", "jacobian_sparsity", "linearity", "mlp_error", "splice"])
+    assert out == str(["edges", "intervention", "jacobian_sparsity", "linearity", "mlp_error", "splice"])
 

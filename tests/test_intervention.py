@@ -14,7 +14,7 @@ from sae_lens_jsae.evals.intervention import (
     intervention_of_inputs,
     intervention_sums,
 )
-from sae_lens_jsae.transcoder import TopKSkipTranscoderConfig, TopKSkipTranscoder
+from sae_lens_jsae.transcoder import TopKSkipTranscoder, TopKSkipTranscoderConfig
 
 
 def _pair(seed=0, kind="gated_silu", d_sae=48, k=6):

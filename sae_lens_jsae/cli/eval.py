@@ -30,8 +30,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-core-reconstruction-tokens", type=int, default=4096, help="tokens for SAEBench core CE/KL")
     p.add_argument("--n-core-sparsity-tokens", type=int, default=32_768, help="tokens for SAEBench core variance/L0/dead latents")
     p.add_argument("--n-linearity-tokens", type=int, default=512)
-    p.add_argument("--n-edge-tokens", type=int, default=8192,
+    p.add_argument("--n-edge-tokens", type=int, default=32_768,
                    help="tokens for the edge measure (edges per downstream node for 80%%/90%% of its attribution; 0: off)")
+    p.add_argument("--n-intervention-tokens", type=int, default=8192,
+                   help="tokens for intervention faithfulness (weaken the top-8 upstream latents, rerun the MLP; 0: skip)")
+    p.add_argument("--n-edge-path-tokens", type=int, default=0,
+                   help="pairs: the edge measure again with integrated gradients (8 midpoints) on this many tokens (0: skip)")
+    p.add_argument("--first-rows", action="store_true",
+                   help="score the eval split's first rows (its earliest speeches, 1792-1824) instead of rows spread over every speech")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
     p.add_argument("--no-core", action="store_true", help="skip SAEBench's core eval of the two SAEs (single-checkpoint mode)")
     p.add_argument("--core", action="store_true", help="sweep mode: also run SAEBench's core eval of every SAE (off by default there)")
@@ -72,14 +78,24 @@ def run(args: argparse.Namespace) -> int:
     model_name = args.model_name or saved_name
     check_layer(args.model_source, model_name, layer)  # before the weights load
     model = load_hooked_model(args.model_source, model_name, device=args.device, randomize=args.randomized, seed=args.seed)
-    ds = sotu_token_dataset(model.tokenizer, args.context_size, split="eval")
-    n_seqs = -(-max(args.n_tokens, args.n_splice_tokens, args.n_core_sparsity_tokens) // args.context_size)
-    tokens = torch.tensor(ds["input_ids"][: min(n_seqs, len(ds))])
+    n_wanted = max(args.n_tokens, args.n_splice_tokens, args.n_core_sparsity_tokens, args.n_edge_tokens, args.n_intervention_tokens,
+                   args.n_edge_path_tokens)
+    heldout = None
+    if args.first_rows:
+        ds = sotu_token_dataset(model.tokenizer, args.context_size, split="eval")
+        tokens = torch.tensor(ds["input_ids"][: min(-(-n_wanted // args.context_size), len(ds))])
+    else:  # rows spread over every eval speech, recorded; intervals clustered by speech (evals/heldout.py)
+        from sae_lens_jsae.evals.heldout import sotu_heldout
+
+        held = sotu_heldout(model.tokenizer, args.context_size, n_wanted, seed=args.seed)
+        tokens, heldout = held.tokens, held.record()
+        print(f"held-out tokens: {tokens.shape[0]} rows of {args.context_size} spread over {heldout['n_speeches']} eval speeches (seed {args.seed})")
     if tokens.numel() < max(args.n_tokens, args.n_splice_tokens):
         print(f"note: the eval split has {tokens.numel()} tokens (< the requested {max(args.n_tokens, args.n_splice_tokens)}); using all of them")
     kw = dict(n_tokens=args.n_tokens, n_splice_tokens=args.n_splice_tokens, n_core_reconstruction_tokens=args.n_core_reconstruction_tokens,
               n_core_sparsity_tokens=args.n_core_sparsity_tokens, n_linearity_tokens=args.n_linearity_tokens,
-              n_edge_tokens=args.n_edge_tokens, batch_size=args.batch_size)
+              n_edge_tokens=args.n_edge_tokens, n_intervention_tokens=args.n_intervention_tokens, batch_size=args.batch_size,
+              heldout=heldout, **({"n_edge_path_tokens": args.n_edge_path_tokens} if args.n_edge_path_tokens else {}))
     if sweep_mode:
         rmodel = load_hooked_model(args.model_source, model_name, device=args.device, randomize=True, seed=args.seed) if args.randomized_sweep else None
         report = evaluate_sweeps_and_compare(args.checkpoint, model, tokens, args.output_dir, randomized_dirs=args.randomized_sweep,

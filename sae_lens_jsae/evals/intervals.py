@@ -299,12 +299,49 @@ register_summary_block("splice", lambda block: splice_estimates(block["per_seque
 register_summary_block("linearity", lambda block: linearity_estimates(block["per_token"]), data="per_token", digest="sample_digest")
 
 
+def cluster_block(data: Mapping[str, Any], clusters: Sequence[str]) -> dict[str, Any]:
+    """A metric block's per-sequence data with each per-sequence column summed per cluster.
+
+    Sequence i of the block is row i of the held-out selection (every metric reads a prefix of
+    it); a column is per-sequence when it is a list as long as the block's longest numeric list
+    (nested lists, e.g. one per coverage, too). Per-token data with a `sequence` column has it
+    replaced by the cluster, so the metric's own grouping groups by cluster."""
+    out = dict(data)
+    if "sequence" in data:  # per-token rows (the linearity sample)
+        out["sequence"] = [clusters[int(i)] for i in data["sequence"]]
+        return out
+
+    def numeric(v: Any) -> bool:
+        return isinstance(v, list) and len(v) > 0 and all(isinstance(e, (int, float)) for e in v)
+
+    lengths = [len(v) for v in data.values() if numeric(v)] + [len(e) for v in data.values() if isinstance(v, list) for e in v if numeric(e)]
+    if not lengths:
+        return out
+    n = max(lengths)
+    if n > len(clusters):
+        raise ValueError(f"a block with {n} sequences but only {len(clusters)} recorded held-out rows")
+    _, unit = np.unique(np.asarray(clusters[:n]), return_inverse=True)
+
+    def per_cluster(v: list[float]) -> list[float]:
+        return np.bincount(unit, weights=np.asarray(v, dtype=np.float64)).tolist()
+
+    for key, v in data.items():
+        if numeric(v) and len(v) == n:
+            out[key] = per_cluster(v)
+        elif isinstance(v, list) and v and all(numeric(e) and len(e) == n for e in v):
+            out[key] = [per_cluster(e) for e in v]
+    return out
+
+
 def _estimates_by_block(summary: Mapping[str, Any]) -> dict[str, tuple[str, Estimate]]:
     """{metric key: (its block, Estimate)} for every registered block the summary holds data for."""
     out: dict[str, tuple[str, Estimate]] = {}
+    clusters = (summary.get("heldout") or {}).get("speech")  # sequences of one speech are one unit
     for name in sorted(_BLOCKS):
         spec, block = _BLOCKS[name], summary.get(name) or {}
         if block.get(spec.data):
+            if clusters:
+                block = {**block, spec.data: cluster_block(block[spec.data], clusters)}
             out.update({key: (name, e) for key, e in spec.estimates(block).items()})
     return out
 

@@ -40,7 +40,7 @@ import torch
 
 from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, mlp_inputs_of
 from sae_lens_jsae.evals.edges import EdgeAttributions, _check_models, _decompose, pair_attributions, row_cover, transcoder_attributions
-from sae_lens_jsae.evals.intervals import METHOD, Estimate, ratio, rounded
+from sae_lens_jsae.evals.intervals import METHOD, Estimate, ratio, register_summary_block, rounded
 from sae_lens_jsae.evals.sparsity import tokens_digest
 
 STRENGTHS: tuple[float, ...] = (0.1, 1.0)
@@ -158,6 +158,9 @@ def intervention_estimates(ps: dict[str, Any]) -> dict[str, Estimate]:
             if col in ps:
                 out[f"intervention.{strength_key(a)}.{g}"] = ratio(ps[col], energy, check_denominator="the real change's energy").scale(-1.0, 1.0)
     return out
+
+
+register_summary_block("intervention", lambda block: intervention_estimates(block["per_sequence"]))
 
 
 @dataclass

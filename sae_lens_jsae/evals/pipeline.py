@@ -14,7 +14,8 @@ import torch
 from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches
 from sae_lens_jsae.evals._saebench_base import SAE_BENCH_MISSING
 from sae_lens_jsae.evals.error_analysis import mlp_error_analysis
-from sae_lens_jsae.evals.intervals import METHOD, summary_intervals
+from sae_lens_jsae.evals.heldout import interval_method
+from sae_lens_jsae.evals.intervals import summary_intervals
 from sae_lens_jsae.evals.saebench import (
     JacobianLinearityEvalConfig,
     JacobianSparsityEvalConfig,
@@ -93,6 +94,10 @@ def evaluate_checkpoint(
     n_core_sparsity_tokens: int = 32_768,
     n_linearity_tokens: int = 512,
     n_edge_tokens: int = 8192,
+    n_intervention_tokens: int = 8192,
+    n_edge_path_tokens: int = 0,
+    edge_path_steps: int = 8,
+    heldout: dict[str, Any] | None = None,
     batch_size: int = 16,
     core: bool = True,
     linearity_kwargs: dict[str, Any] | None = None,
@@ -113,6 +118,10 @@ def evaluate_checkpoint(
         the JSONs they come from, per-sequence sums, and `intervals`: a 95% interval per metric
         (`sae_lens_jsae.evals.intervals`; n/a with the reason where a score means nothing).
     Returns the summary's path. `tokens`: (n_seqs, ctx) tensor or iterable of batches.
+    `n_intervention_tokens`: intervention faithfulness (`evals.intervention`) on that many;
+    `n_edge_path_tokens`: the edge measure again with integrated gradients (`edge_path_steps`
+    midpoints) on that many, beside the tangent's; `heldout`: where the tokens come from
+    (`evals.heldout.HeldOut.record()`), whose speeches cluster every interval.
     `splice`: splice scores computed already (by `splice_scores_multi`, several pairs in one pass);
     `extra`: fields added to the summary (e.g. sweep labels).
     """
@@ -123,7 +132,8 @@ def evaluate_checkpoint(
         sae.attach_mlp_from_model(model)
     sae = sae.to(model.cfg.device)
     # materialise once: every metric sees the same tokens in the same order
-    toks = collect_tokens(tokens, max(n_tokens, n_splice_tokens, n_core_reconstruction_tokens, n_core_sparsity_tokens, n_edge_tokens))
+    toks = collect_tokens(tokens, max(n_tokens, n_splice_tokens, n_core_reconstruction_tokens, n_core_sparsity_tokens, n_edge_tokens,
+                                      n_intervention_tokens, n_edge_path_tokens))
     mlp_error = check_mlp_matches(model, sae, toks) if check_mlp else None
     timings: dict[str, float] = {}
     t0 = time.time()
@@ -151,6 +161,22 @@ def evaluate_checkpoint(
         t0 = time.time()
         edges = edge_measure(model, sae, toks, batch_size=batch_size, max_tokens=n_edge_tokens, progress=progress).to_dict()
         timings["edges_s"] = time.time() - t0
+    edges_path = None
+    if n_edge_path_tokens > 0:  # the tangent's edges against integrated gradients' (docs/metrics.md)
+        from sae_lens_jsae.evals.edges import edge_measure
+
+        t0 = time.time()
+        edges_path = edge_measure(model, sae, toks, batch_size=batch_size, max_tokens=n_edge_path_tokens, progress=progress,
+                                  path_steps=edge_path_steps).to_dict()
+        timings["edges_path_s"] = time.time() - t0
+    intervention = None
+    if n_intervention_tokens > 0:
+        from sae_lens_jsae.evals.intervention import intervention_faithfulness
+
+        t0 = time.time()
+        intervention = intervention_faithfulness(model, sae, toks, batch_size=batch_size, max_tokens=n_intervention_tokens,
+                                                 progress=progress).to_dict()
+        timings["intervention_s"] = time.time() - t0
     t0 = time.time()
     error_analysis = mlp_error_analysis(model, sae, toks, batch_size=batch_size, max_tokens=n_splice_tokens, progress=progress)
     timings["mlp_error_s"] = time.time() - t0
@@ -190,13 +216,16 @@ def evaluate_checkpoint(
         "explained_variance": splice.explained_variance,
         "mlp_error": error_analysis.to_dict(),
         **({"edges": edges} if edges is not None else {}),
+        **({"edges_path": edges_path} if edges_path is not None else {}),
+        **({"intervention": intervention} if intervention is not None else {}),
+        **({"heldout": heldout} if heldout is not None else {}),
         "core": core_files,
         **({"core_skipped": core_skipped} if core_skipped else {}),
         "files": {"jacobian_sparsity": str(sp_file.relative_to(out)), "jacobian_linearity": str(lin_file.relative_to(out))},
         "timings": timings,
         **(extra or {}),
     }
-    summary["interval_method"] = METHOD
+    summary["interval_method"] = interval_method(summary.get("heldout"))
     summary["intervals"] = summary_intervals(summary)
     path = out / f"{label}_summary.json"
     path.write_text(json.dumps(summary, indent=2))
@@ -212,6 +241,9 @@ def write_transcoder_summary(
     checkpoint: Any = None,
     edges: dict[str, Any] | None = None,
     edges_by_upstream: dict[str, dict[str, Any]] | None = None,
+    intervention: dict[str, Any] | None = None,
+    intervention_by_upstream: dict[str, dict[str, Any]] | None = None,
+    heldout: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write `{label}_summary.json` of a transcoder scored by `splice_scores_multi` (its replacement
@@ -238,9 +270,12 @@ def write_transcoder_summary(
         "dead_latents": splice.dead_latents,
         **({"edges": edges} if edges is not None else {}),
         **({"edges_by_upstream": edges_by_upstream} if edges_by_upstream else {}),
+        **({"intervention": intervention} if intervention is not None else {}),
+        **({"intervention_by_upstream": intervention_by_upstream} if intervention_by_upstream else {}),
+        **({"heldout": heldout} if heldout is not None else {}),
         **(extra or {}),
     }
-    summary["interval_method"] = METHOD
+    summary["interval_method"] = interval_method(summary.get("heldout"))
     summary["intervals"] = summary_intervals(summary)
     path = out / f"{label}_summary.json"
     path.write_text(json.dumps(summary, indent=2))
@@ -307,7 +342,8 @@ def evaluate_and_compare(
                 f"--baseline {baseline} was trained with jacobian_coefficient={lam}, not 0. The baseline must be a "
                 "plain pair (λ=0); to compare two JSAEs, evaluate each and pass the other's summary with --also."
             )
-    toks = collect_tokens(tokens, max(kwargs.get("n_tokens", 102_400), kwargs.get("n_splice_tokens", 32_768), kwargs.get("n_core_sparsity_tokens", 32_768)))
+    toks = collect_tokens(tokens, max(kwargs.get("n_tokens", 102_400), kwargs.get("n_splice_tokens", 32_768), kwargs.get("n_core_sparsity_tokens", 32_768),
+                                      kwargs.get("n_edge_tokens", 8192), kwargs.get("n_intervention_tokens", 8192), kwargs.get("n_edge_path_tokens", 0)))
     # both pairs' splices in one pass over the same tokens (shared clean and zero-ablated runs)
     from sae_lens_jsae.evals.splice import splice_scores_multi
 

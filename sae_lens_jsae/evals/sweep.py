@@ -229,9 +229,11 @@ def evaluate_transcoders(
     *,
     n_splice_tokens: int = 32_768,
     n_edge_tokens: int = 8192,
+    n_intervention_tokens: int = 8192,
     batch_size: int = 16,
     progress: bool = True,
     upstreams: dict[str, Any] | None = None,
+    heldout: dict[str, Any] | None = None,
     **_: Any,
 ) -> list[Path]:
     """Score transcoders on the same tokens as the pairs (one splice pass for all of them): the
@@ -240,7 +242,8 @@ def evaluate_transcoders(
 
     `upstreams` ({label: pair}, from `edge_upstreams`): the input SAEs the edge measure reads the
     transcoder's input with; the first (the λ = 0 pair's) gives the headline `edges`, every one
-    an entry of `edges_by_upstream`, so the basis is not what decides."""
+    an entry of `edges_by_upstream`, so the basis is not what decides; intervention faithfulness
+    (`n_intervention_tokens`) the same way (`intervention`, `intervention_by_upstream`)."""
     from sae_lens import SAE
 
     from sae_lens_jsae.evals.edges import edge_measure
@@ -259,9 +262,17 @@ def evaluate_transcoders(
             for up_label, pair in (upstreams or {}).items():
                 by_upstream[up_label] = edge_measure(model, sae, tokens, upstream=pair, batch_size=batch_size,
                                                      max_tokens=n_edge_tokens, progress=progress).to_dict()
+        faithful = {}
+        if n_intervention_tokens > 0:
+            from sae_lens_jsae.evals.intervention import intervention_faithfulness
+
+            for up_label, pair in (upstreams or {}).items():
+                faithful[up_label] = intervention_faithfulness(model, sae, tokens, upstream=pair, batch_size=batch_size,
+                                                               max_tokens=n_intervention_tokens, progress=progress).to_dict()
         headline = next(iter(by_upstream.values()), None)
         paths.append(write_transcoder_summary(sae, splices[label], output_dir, label=label, checkpoint=path, edges=headline,
-                                              edges_by_upstream=by_upstream, extra={"pair_name": path.name}))
+                                              edges_by_upstream=by_upstream, intervention=next(iter(faithful.values()), None),
+                                              intervention_by_upstream=faithful, heldout=heldout, extra={"pair_name": path.name}))
     return paths
 
 
