@@ -1,9 +1,12 @@
 """Every private SAELens name this package relies on, in one place.
 
 SAELens has no public API for these; a SAELens release may rename or change any of them, so
-`pyproject.toml` pins SAELens to the versions tested (`TESTED_SAELENS_VERSIONS`), and
-tests/test_saelens_private.py checks that each name below still exists with the parameters we
-pass. What each is for:
+`pyproject.toml` pins SAELens to the range tested (`TESTED_SAELENS_VERSIONS`; the commands are in
+docs/development.md, "SAELens versions"), and importing this module checks that each name below
+still exists with the parameters we pass: a SAELens without one raises `SAELensPrivateAPIError`,
+one line naming the installed SAELens version and every missing or changed name, instead of an
+AttributeError in the middle of a training run. tests/test_saelens_coupling.py runs the same check.
+What each is for:
 
 Called (the functions below; call sites use them, not the private names):
 - `ActivationsStore._iterate_filtered_activations()`: LLM activation batches with SAELens' epoch
@@ -27,15 +30,48 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
-from sae_lens.training.activations_store import ActivationsStore
-from sae_lens.training.multi_sae_trainer import MultiSAETrainer
-from sae_lens.training.sae_trainer import SAETrainer
 
-TESTED_SAELENS_VERSIONS = ("6.54.12",)
-"""SAELens releases the test suite passed with (the `sae-lens` pin in pyproject.toml follows)."""
+TESTED_SAELENS_VERSIONS = ("6.54.0", "6.54.12")
+"""SAELens releases the test suite passed with: the oldest and the newest the `sae-lens` pin in
+pyproject.toml admits (6.54.12 was the newest on the package index when tested; before 6.54.0,
+`SAE.load_from_disk` has no `fold_W_dec_norm`, and before 6.44.0 there is no `MultiSAETrainer`)."""
+
+SAELENS_REQUIREMENT = "sae-lens>=6.54,<6.55"
+"""The pin in pyproject.toml (a test keeps the two equal)."""
+
+
+class SAELensPrivateAPIError(ImportError):
+    """The installed SAELens lacks (or changed) a private name this package relies on."""
+
+
+def _saelens_version() -> str:
+    try:
+        return version("sae-lens")
+    except PackageNotFoundError:  # a source checkout on sys.path
+        import sae_lens
+
+        return str(getattr(sae_lens, "__version__", "unknown"))
+
+
+def _incompatible(problems: list[str]) -> SAELensPrivateAPIError:
+    tested = ", ".join(TESTED_SAELENS_VERSIONS)
+    return SAELensPrivateAPIError(
+        f"sae-lens-jsae does not work with SAELens {_saelens_version()}: {'; '.join(problems)}. "
+        f"It relies on these private SAELens names (sae_lens_jsae/saelens_private.py); tested with SAELens {tested}: "
+        f"pip install '{SAELENS_REQUIREMENT}'"
+    )
+
+
+try:
+    from sae_lens.training.activations_store import ActivationsStore
+    from sae_lens.training.multi_sae_trainer import MultiSAETrainer
+    from sae_lens.training.sae_trainer import SAETrainer
+except ImportError as _err:  # a module moved or a class was renamed
+    raise _incompatible([f"cannot import {_err.name}" if _err.name else str(_err)]) from _err
 
 
 def _runner_class() -> type:
@@ -100,7 +136,7 @@ def missing_private_api() -> list[str]:
         "MultiSAETrainer": MultiSAETrainer,
         "LanguageModelSAETrainingRunner": _runner_class(),
     }
-    problems = []
+    problems: list[str] = []
     for cls_name, methods in CALLED.items():
         for method, params in methods.items():
             fn = getattr(classes[cls_name], method, None)
@@ -109,5 +145,21 @@ def missing_private_api() -> list[str]:
             elif tuple(inspect.signature(fn).parameters) != params:
                 problems.append(f"{cls_name}.{method}{inspect.signature(fn)}: expected parameters {params}")
     for cls_name, methods in OVERRIDDEN.items():
-        problems += [f"{cls_name}.{m}: missing (our override would never be called)" for m in methods if not hasattr(classes[cls_name], m)]
+        problems += [
+            f"{cls_name}.{m}: missing (our override would never be called)"
+            for m in methods
+            if not hasattr(classes[cls_name], m) and f"{cls_name}.{m}: missing" not in problems
+        ]
     return problems
+
+
+
+def check_private_api() -> None:
+    """Raise `SAELensPrivateAPIError` (one message: the SAELens version and each missing or
+    changed name) unless the installed SAELens has every private name listed here."""
+    problems = missing_private_api()
+    if problems:
+        raise _incompatible(problems)
+
+
+check_private_api()

@@ -75,6 +75,42 @@ def test_private_saelens_names_still_exist_with_our_parameters():
     assert missing_private_api() == []
 
 
+@pytest.mark.parametrize(
+    ("break_saelens", "named"),
+    [
+        ("from sae_lens.training.sae_trainer import SAETrainer; del SAETrainer._train_step", "SAETrainer._train_step: missing"),
+        ("from sae_lens.training.activations_store import ActivationsStore as A\n"
+         "A._iterate_filtered_activations = lambda self, skip: None", "ActivationsStore._iterate_filtered_activations(self, skip): expected parameters ('self',)"),
+        # SAELens itself imports the module, so it is removed after SAELens loaded (as if it never had it)
+        ("import sys, sae_lens; sys.modules['sae_lens.training.multi_sae_trainer'] = None", "cannot import sae_lens.training.multi_sae_trainer"),
+    ],
+    ids=["method-removed", "signature-changed", "module-moved"],
+)
+def test_a_saelens_without_a_private_name_fails_at_import_with_one_clear_error(break_saelens, named):
+    """A SAELens that lost or changed a private name stops `import sae_lens_jsae.training` (not a
+    training run, steps later) with one line naming the SAELens version, the name and the pin."""
+    module = "sae_lens_jsae.saelens_private" if "sys.modules" in break_saelens else "sae_lens_jsae.training"
+    code = f"{break_saelens}\nimport {module}\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("sae_lens_jsae.saelens_private.SAELensPrivateAPIError: "), out.stderr[-2000:]
+    assert f"SAELens {version('sae-lens')}:" in last and named in last and "'sae-lens>=" in last, last
+
+
+def test_pin_in_pyproject_is_the_one_the_error_names():
+    from pathlib import Path
+
+    import tomllib
+
+    from sae_lens_jsae.saelens_private import SAELENS_REQUIREMENT
+
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert [d for d in deps if d.startswith("sae-lens")] == [SAELENS_REQUIREMENT]
+    lowest = SAELENS_REQUIREMENT.split(">=")[1].split(",")[0]
+    assert TESTED_SAELENS_VERSIONS[0].startswith(lowest), "the pin's lower end is a tested release"
+
+
 def test_installed_saelens_is_a_tested_version():
     assert version("sae-lens") in TESTED_SAELENS_VERSIONS, "run the suite on this SAELens, then add it to TESTED_SAELENS_VERSIONS and the pin"
 
