@@ -89,7 +89,7 @@ def test_jsae_eval_scores_transcoders_beside_the_pairs_on_the_same_tokens(tmp_pa
     assert "explained_variance.replacement" in pair["intervals"]  # the pair's replacement scored the same way
 
 
-def _synthetic(edges_per_node: float, ce_score: float, *, kind: str = "pair", lam: float = 1.0, n: int = 40, seed: int = 0) -> dict:
+def _synthetic(edges_per_node: float, ce_score: float, *, kind: str = "pair", lam: float = 1.0, n: int = 40, seed: int = 0, faithfulness: float = 0.2) -> dict:
     """A summary with per-sequence sums only (what `goal` reads): edges ≈ `edges_per_node` per
     token, replacement CE-loss score ≈ `ce_score`, noise shared across models (same tokens)."""
     import numpy as np
@@ -108,8 +108,12 @@ def _synthetic(edges_per_node: float, ce_score: float, *, kind: str = "pair", la
     splice = {"n_pred": n_pred.tolist(), "n_pos": (n_pred + 1).tolist(), "n_ev": (n_pred + 1).tolist(), "ce_clean": ce_clean.tolist(),
               "ce_zero_mlp_out": ce_zero.tolist(), "kl_zero_mlp_out": (2 * n_pred).tolist(), "ce_replacement": ce_rep.tolist(),
               "kl_replacement": n_pred.tolist(), "tokens_digest": "same"}
+    energy = np.full(n, 10.0)
+    sse = (1 - faithfulness - noise - rng.normal(0, 0.002, n)) * energy
+    intervention = {"n_tested": (8 * tokens).tolist(), "strengths": [0.1], "energy_a=0.1": energy.tolist(),
+                    "sse_a=0.1_full": sse.tolist(), "sse_a=0.1_pruned": sse.tolist(), "tokens_digest": "same"}
     d = {"format": "sae_lens_jsae.eval/1", "label": f"m{seed}", "k": 32, "d_sae": 2304, "edges": {"per_sequence": edges},
-         "splice": {"per_sequence": splice}}
+         "splice": {"per_sequence": splice}, "intervention": {"per_sequence": intervention}}
     if kind == "transcoder":
         d.update(kind="transcoder", architecture="topk_transcoder")
     else:
@@ -117,19 +121,38 @@ def _synthetic(edges_per_node: float, ce_score: float, *, kind: str = "pair", la
     return d
 
 
-@pytest.mark.parametrize(("jsae_edges", "jsae_ce", "expected"), [
-    (5.0, 0.60, "PASS"),          # 0.42× the transcoder's edges, CE 0.02 above it
-    (5.0, 0.50, "FAIL"),          # edges fine, CE 0.08 below: more than 0.05 lost
-    (9.0, 0.60, "FAIL"),          # 0.75× the edges
-    (6.0, 0.58, "INCONCLUSIVE"),  # exactly 0.5× the edges: the interval straddles the bound
+@pytest.mark.parametrize(("jsae_edges", "jsae_ce", "jsae_faithfulness", "expected"), [
+    (5.0, 0.60, 0.30, "PASS"),          # 0.42× the transcoder's edges, CE 0.02 above it, faithfulness 0.1 above
+    (5.0, 0.50, 0.30, "FAIL"),          # edges fine, CE 0.08 below: more than 0.05 lost
+    (9.0, 0.60, 0.30, "FAIL"),          # 0.75× the edges
+    (5.0, 0.60, 0.10, "FAIL"),          # sparse and CE fine, but its graph predicts interventions worse
+    (6.0, 0.58, 0.30, "INCONCLUSIVE"),  # exactly 0.5× the edges: the interval straddles the bound
 ])
-def test_goal_verdict_by_interval(jsae_edges, jsae_ce, expected):
+def test_goal_verdict_by_interval(jsae_edges, jsae_ce, jsae_faithfulness, expected):
     from pathlib import Path
 
     from sae_lens_jsae.report_comparison import goal, models
 
-    pairs = [(Path("zero.json"), _synthetic(13.0, 0.45, lam=0.0, seed=1)), (Path("jsae.json"), _synthetic(jsae_edges, jsae_ce, seed=2))]
+    pairs = [(Path("zero.json"), _synthetic(13.0, 0.45, lam=0.0, seed=1)),
+             (Path("jsae.json"), _synthetic(jsae_edges, jsae_ce, seed=2, faithfulness=jsae_faithfulness))]
     tcs = [(Path("tc.json"), _synthetic(12.0, 0.58, kind="transcoder", seed=3)), (Path("tc2.json"), _synthetic(4.0, 0.30, kind="transcoder", seed=4))]
     g = goal(models(pairs, tcs))
     assert g.transcoder == "TopK transcoder k=32" and len(g.rows) == 1  # the most faithful transcoder, the λ = 0 pair left out
     assert g.verdict == expected, g.rows
+
+
+def test_frontier_read_between_the_models_that_bracket_it():
+    from pathlib import Path
+
+    from sae_lens_jsae.report_comparison import CE_KEY, EDGES_KEY, frontier_at, models
+
+    def point(edges, ce, lam):
+        iv = {EDGES_KEY: {"value": edges, "lo": edges - 1, "hi": edges + 1, "n_sequences": 25},
+              CE_KEY: {"value": ce, "lo": ce - 0.1, "hi": ce + 0.1, "n_sequences": 25}}
+        return {"k": 32, "d_sae": 64, "jacobian_coefficient": lam, "series": {"edge_sparsity_coefficient": 2.0}, "intervals": iv}
+
+    ms = models([(Path(f"{i}.json"), point(e, c, lam)) for i, (e, c, lam) in enumerate([(4.0, 0.2, 1.0), (8.0, 0.6, 2.0), (12.0, 0.8, 3.0)])], [])
+    p = frontier_at(ms, "JSAE + edge penalty", CE_KEY, 0.5)  # 3/4 of the way from 0.2 to 0.6
+    assert p.edges.value == pytest.approx(7.0) and p.edges.lo == pytest.approx(6.0) and p.edges.hi == pytest.approx(8.0)
+    assert frontier_at(ms, "JSAE + edge penalty", CE_KEY, 0.7).edges.value == pytest.approx(10.0)
+    assert not frontier_at(ms, "JSAE + edge penalty", CE_KEY, 0.9).edges.ok  # beyond its most faithful model

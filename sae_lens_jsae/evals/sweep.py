@@ -272,8 +272,15 @@ def evaluate_transcoders(
         headline = next(iter(by_upstream.values()), None)
         paths.append(write_transcoder_summary(sae, splices[label], output_dir, label=label, checkpoint=path, edges=headline,
                                               edges_by_upstream=by_upstream, intervention=next(iter(faithful.values()), None),
-                                              intervention_by_upstream=faithful, heldout=heldout, extra={"pair_name": path.name}))
+                                              intervention_by_upstream=faithful, heldout=heldout,
+                                              extra={"pair_name": path.name, "series": _transcoder_series(path)}))
     return paths
+
+
+def _transcoder_series(path: Path) -> dict[str, Any]:
+    """The opt-in loss terms a transcoder was trained with (non-zero), from its cfg.json."""
+    flat = _flat_cfg(json.loads((path / "cfg.json").read_text()))
+    return {k: flat[k] for k in ("intervention_consistency_coefficient",) if flat.get(k)}
 
 
 def edge_upstreams(pairs: Sequence[SweepPair], model) -> dict[str, Any]:
