@@ -35,7 +35,7 @@ import math
 import re
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 import torch
@@ -50,6 +50,7 @@ from sae_lens.saes.sae import (
 from torch import nn
 from typing_extensions import override
 
+from sae_lens_jsae.cfg_types import check_field_types, saelens_cfg_source
 from sae_lens_jsae.jacobian import (
     ActiveJacobian,
     JacobianPenalty,
@@ -62,6 +63,7 @@ from sae_lens_jsae.jacobian import (
     mask_inactive,
 )
 from sae_lens_jsae.mlp import MLP_WEIGHTS_FILENAME, FrozenMLP, check_activation, mlp_checksum, save_mlp
+from sae_lens_jsae.pretrained import load_pair
 
 ARCHITECTURE = "jacobian"
 INPUT_HOOK_PATTERN = re.compile(r"^blocks\.(\d+)\.ln2\.hook_normalized$")
@@ -141,6 +143,11 @@ class _PairFields:
     AVX512-BF16/AMX (docs/performance.md). Evaluations always use the SAE's dtype."""
 
     def _validate_pair(self) -> None:
+        # Field types first: SAELens' own loaders build this config straight from a cfg.json
+        # (SAE.load_from_disk -> from_dict -> __init__), and `"k": "32"` should stop with the one
+        # line `jsae` gives (file, field, expected type), not a TypeError from the checks below.
+        values = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        check_field_types(values, (type(self),), lambda: saelens_cfg_source() or type(self).__name__)
         k, d_sae = self.k, self.d_sae
         if not 0 < k <= d_sae:
             raise ValueError(f"k={k} must be in [1, d_sae={d_sae}]: TopK picks k of the d_sae latents.")
@@ -644,11 +651,9 @@ class JacobianSAE(_JacobianPairMixin, TopKSAE):
 
         `JacobianSAE.from_pretrained(repo_id, sae_id=None, *, revision=None, device="cpu",
         dtype=None)`; SAELens' positional order (device, dtype, force_download) also works.
-        See `sae_lens_jsae.hub.load_jsae`.
+        See `sae_lens_jsae.hub.load_jsae`; the files are found and checked by `pretrained.py`.
         """
-        from sae_lens_jsae.hub import load_jsae
-
-        return load_jsae(release, sae_id, *args, **kwargs)
+        return load_pair(cls, (JacobianTrainingSAEConfig, JacobianSAEConfig), release, sae_id, *args, **kwargs)
 
 
 class JacobianTrainingSAE(_JacobianPairMixin, TopKTrainingSAE):

@@ -72,6 +72,34 @@ def test_a_cfg_json_with_a_wrong_type_is_one_line_naming_file_and_field(pair_dir
         load_jsae(pair_dir)
 
 
+@pytest.mark.parametrize(
+    "change, field",
+    [({"k": "32"}, "'k' must be int, not '32' (str)"), ({"d_sae": "48"}, "'d_sae' must be int"), ({"gated_mlp": "no"}, "'gated_mlp' must be bool")],
+)
+def test_saelens_own_load_from_disk_gives_the_same_one_line_error(pair_dir, change, field):
+    """SAELens' `SAE.load_from_disk` builds the config straight from the dict (no jsae pre-check):
+    the config's own check must name the file, the field and the type, in the words `jsae` uses
+    (a check only in the loaders, or none, leaves the TypeError from comparing '32' with d_sae)."""
+    from sae_lens import SAE
+
+    cfg = json.loads((pair_dir / "cfg.json").read_text())
+    (pair_dir / "cfg.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(ValueError) as saelens:
+        SAE.load_from_disk(pair_dir)
+    with pytest.raises(ValueError) as ours:
+        load_jsae(pair_dir)
+    line = str(saelens.value)
+    assert "\n" not in line and line == str(ours.value), (line, str(ours.value))
+    assert line.startswith(f"{pair_dir / 'cfg.json'}: ") and field in line, line
+
+
+def test_a_config_built_in_python_with_a_wrong_type_names_its_class():
+    from sae_lens_jsae.sae import JacobianTrainingSAEConfig
+
+    with pytest.raises(ValueError, match=r"^JacobianTrainingSAEConfig: 'jacobian_coefficient' must be int or float or null, not '1' \(str\)\.$"):
+        JacobianTrainingSAEConfig(d_in=16, d_sae=48, k=6, jacobian_coefficient="1")
+
+
 def test_a_cfg_json_that_is_not_json_is_one_line_naming_it(pair_dir, capsys):
     (pair_dir / "cfg.json").write_text('{"d_in": 16, "d_sae": ')  # cut short
     line = one_line_error(capsys, ["eval", str(pair_dir)])

@@ -129,12 +129,7 @@ def describe(graph: dict[str, set[str]], component: list[str]) -> str:
     return " → ".join(cycle) + (f"  (the circle also takes in {', '.join(others)})" if others else "")
 
 
-KNOWN_CYCLES = {
-    frozenset({"sae_lens_jsae.hub", "sae_lens_jsae.sae"}): (
-        "JacobianSAE.from_pretrained (sae.py) delegates to hub.load_jsae, which builds a JacobianSAE: to break, "
-        "move hub's file resolution and checks below sae.py and have the classmethod build the pair itself"
-    ),
-}
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 """Cycles not broken yet, each with what breaking it takes (the test fails when one disappears, so it leaves this list)."""
 
 
