@@ -10,17 +10,15 @@ from scipy.stats import t as student_t
 from sae_lens_jsae import build_jacobian_sae
 from sae_lens_jsae.evals import jacobian_sparsity
 from sae_lens_jsae.evals.intervals import (
-    NO_SEQUENCE_IDS,
-    linearity_estimates,
     mean,
     paired_differences,
     ratio,
-    splice_estimates,
     unpaired_difference,
     unresolved_reason,
 )
+from sae_lens_jsae.evals.linearity import NO_SEQUENCE_IDS, linearity_estimates
 from sae_lens_jsae.evals.sparsity import sparsity_estimates
-from sae_lens_jsae.evals.splice import SPLICES, splice_scores, splice_scores_multi
+from sae_lens_jsae.evals.splice import SPLICES, splice_estimates, splice_scores, splice_scores_multi
 
 
 def _sequences(rng, n_seq, true_mean, seq_sd=1.0, tok_sd=2.0):

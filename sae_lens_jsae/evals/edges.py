@@ -212,7 +212,7 @@ def row_cover(rows: torch.Tensor, coverage: float) -> torch.Tensor:
     """(..., n) bool: per row of `rows` (≥ 0), the fewest entries, largest first, whose sum reaches
     `coverage` of the row's total (the entries before the one that reaches it, plus that one; never
     a zero entry). The one per-node rule: `edge_counts` counts these entries and `jsae graph`
-    (graph.py) draws them as a node's incoming edges."""
+    (`graph/pruning.py`) draws them as a node's incoming edges."""
     total = rows.sum(-1, keepdim=True)
     ordered, order = rows.sort(-1, descending=True)
     rank = order.argsort(-1)  # position of each entry in the sorted row

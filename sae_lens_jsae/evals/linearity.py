@@ -14,11 +14,12 @@ The ablation check: the change of s_y[i] when s_x[j] is removed (factor 1 → 0 
 curve) against J_ij · s_x[j]; the fraction within `ablation_tol` (absolute) is reported.
 
 The tokens are sampled across the whole eval set and each remembers its sequence, so the
-intervals treat sequences, not tokens, as the independent units (`intervals.linearity_estimates`).
+intervals treat sequences, not tokens, as the independent units (`linearity_estimates`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, mlp_inputs_of
+from sae_lens_jsae.evals.intervals import Estimate, ratio, register_summary_block
 
 LINEAR, JUMPRELU, OTHER = 0, 1, 2
 CLASS_NAMES = ("linear", "jumprelu", "other")
@@ -111,7 +113,7 @@ class LinearityResult:
     per_token: dict[str, Any] | None = None
     """Per sampled token (lists) for intervals: linear, jumprelu, other, n_curves, on_line, n_pairs
     counts, sequence and position (where the token is in the eval tokens; `linearity` sets the
-    position), and sample_digest (which tokens were sampled); `intervals.linearity_estimates`."""
+    position), and sample_digest (which tokens were sampled); `linearity_estimates`."""
     n_sequences: int = 0
     """Distinct sequences the sampled tokens come from (the independent units of the intervals)."""
 
@@ -311,3 +313,39 @@ def merge_linearity(parts: list[LinearityResult]) -> LinearityResult:
         tol=first.tol, ablation_tol=first.ablation_tol, n_grid=first.n_grid, max_factor=first.max_factor, around=first.around,
         per_token=per_token, n_sequences=n_sequences,
     )
+
+
+# --------------------------------------------------------------------------- intervals
+LINEARITY_COLUMNS = ("linear", "jumprelu", "other", "n_curves", "on_line", "n_pairs")
+"""Per-token counts of a `LinearityResult.per_token` block."""
+NO_SEQUENCE_IDS = ("the linearity sample has no sequence ids (evaluated before its tokens were clustered by sequence; "
+                   "its tokens are not independent): re-run jsae eval")
+
+
+def linearity_estimates(pt: Mapping[str, Any]) -> dict[str, Estimate]:
+    """Estimates of the linearity fractions from a `LinearityResult.per_token` block.
+
+    The sampled tokens' counts are summed per sequence (`pt["sequence"]`: which sequence each token
+    came from) and the sequences are the units, as for every other metric: several tokens of one
+    sequence are not independent. A block without sequence ids (older summaries) is n/a."""
+    n = np.asarray(pt["n_curves"], dtype=np.float64)
+    if n.size == 0 or n.sum() == 0:
+        return {}
+    if "sequence" not in pt:
+        col = {c: np.asarray(pt[c], dtype=np.float64) for c in LINEARITY_COLUMNS}
+        na = {f"linearity.{c}": Estimate(col[c].sum() / n.sum(), np.zeros(0), NO_SEQUENCE_IDS) for c in ("linear", "jumprelu", "other")}
+        if col["n_pairs"].sum() > 0:
+            na["linearity.ablation_on_line"] = Estimate(col["on_line"].sum() / col["n_pairs"].sum(), np.zeros(0), NO_SEQUENCE_IDS)
+        return na
+    seq = np.asarray(pt["sequence"])
+    if seq.shape != n.shape:
+        raise ValueError(f"linearity per_token: {seq.size} sequence ids for {n.size} tokens")
+    _, unit = np.unique(seq, return_inverse=True)
+    col = {c: np.bincount(unit, weights=np.asarray(pt[c], dtype=np.float64)) for c in LINEARITY_COLUMNS}
+    out = {f"linearity.{c}": ratio(col[c], col["n_curves"]) for c in ("linear", "jumprelu", "other")}
+    if col["n_pairs"].sum() > 0:
+        out["linearity.ablation_on_line"] = ratio(col["on_line"], col["n_pairs"])
+    return out
+
+
+register_summary_block("linearity", lambda block: linearity_estimates(block["per_token"]), data="per_token", digest="sample_digest")

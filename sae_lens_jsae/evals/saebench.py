@@ -407,7 +407,8 @@ def _load_tokens(config, model, sae) -> torch.Tensor:
 
 def _intervals(per: dict[str, Any] | None, kind: str, k: int = 0) -> dict[str, Any]:
     """{'intervals': {metric: 95% interval}, 'interval_method': …} from a result's per-sequence sums."""
-    from sae_lens_jsae.evals.intervals import METHOD, linearity_estimates
+    from sae_lens_jsae.evals.intervals import METHOD
+    from sae_lens_jsae.evals.linearity import linearity_estimates
     from sae_lens_jsae.evals.sparsity import sparsity_estimates
 
     if not per:

@@ -38,10 +38,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, layer_of
+from sae_lens_jsae.evals.intervals import Estimate, ratio, register_summary_block, rounded
 from sae_lens_jsae.evals.sparsity import tokens_digest
 
 SPLICES: tuple[str, ...] = ("input", "output", "replacement")
@@ -309,8 +311,6 @@ def _sum_sq_error(target: torch.Tensor, approx: torch.Tensor, weights: torch.Ten
 
 
 def _result(n_tok: int, splices: Sequence[str], col: dict[str, torch.Tensor], digest: str, in_hook: str, out_hook: str) -> SpliceResult:
-    from sae_lens_jsae.evals.intervals import SPLICE_ZERO, rounded
-
     t = {k: float(v.sum()) for k, v in col.items()}
     n_pred, n_pos = t["n_pred"], t["n_pos"]
     clean = t["ce_clean"] / n_pred
@@ -336,3 +336,37 @@ def _result(n_tok: int, splices: Sequence[str], col: dict[str, torch.Tensor], di
     per_seq: dict[str, Any] = {k: rounded(v.numpy()) for k, v in col.items()}
     per_seq["tokens_digest"] = digest
     return SpliceResult(n_tokens=n_tok, **scores, explained_variance=ev, per_sequence=per_seq)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- intervals
+SPLICE_ZERO = {"input": "zero_input", "output": "zero_mlp_out", "replacement": "zero_mlp_out"}
+"""The zero-ablation each splice is scored against (per-sequence column suffix)."""
+
+
+def splice_estimates(ps: Mapping[str, Any]) -> dict[str, Estimate]:
+    """Estimates of the splice metrics from a `SpliceResult.per_sequence` block (keys as in the summary)."""
+    col = {k: np.asarray(v, dtype=np.float64) for k, v in ps.items() if isinstance(v, list)}
+    out: dict[str, Estimate] = {"splice.ce_clean": ratio(col["ce_clean"], col["n_pred"])}
+    for s, z in SPLICE_ZERO.items():
+        if f"ce_{s}" not in col:
+            continue
+        ce_z, kl_z, ce_s, kl_s = col[f"ce_{z}"], col[f"kl_{z}"], col[f"ce_{s}"], col[f"kl_{s}"]
+        out[f"splice.{s}.ce_spliced"] = ratio(ce_s, col["n_pred"])
+        out[f"splice.{s}.ce_zero_ablation"] = ratio(ce_z, col["n_pred"])
+        out[f"splice.{s}.kl_spliced"] = ratio(kl_s, col["n_pos"])
+        out[f"splice.{s}.kl_zero_ablation"] = ratio(kl_z, col["n_pos"])
+        out[f"splice.{s}.ce_loss_score"] = ratio(ce_z - ce_s, ce_z - col["ce_clean"], check_denominator="CE_zero − CE_clean", per=col["n_pred"])
+        out[f"splice.{s}.kl_score"] = ratio(kl_z - kl_s, kl_z, check_denominator="KL(clean ‖ zero-ablated)", per=col["n_pos"])
+    if "splice.input.ce_loss_score" in out and "splice.output.ce_loss_score" in out:
+        out["splice.average_ce_loss_score"] = (out["splice.input.ce_loss_score"] + out["splice.output.ce_loss_score"]).scale(0.5)
+    for name, err, var in (("input", "sqerr_input", "var_input"), ("output", "sqerr_output", "var_output"),
+                           ("mlp_of_input_reconstruction", "sqerr_mlp_of_recon", "var_output"),
+                           ("replacement", "sqerr_replacement", "var_output")):
+        if err in col and var in col:
+            out[f"explained_variance.{name}"] = ratio(col[err], col[var]).scale(-1.0, 1.0)
+    if "l0_sum" in col:  # a transcoder's active latents per (non-special) token
+        out["l0"] = ratio(col["l0_sum"], col["n_ev"])
+    return out
+
+
+register_summary_block("splice", lambda block: splice_estimates(block["per_sequence"]))
