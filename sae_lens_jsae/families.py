@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from sae_lens_jsae.log_noise import no_implicit_root_handler
+
 
 @dataclass(frozen=True)
 class Family:
@@ -153,16 +155,17 @@ def full_config(family: Family) -> dict[str, Any]:
     if family.tl_overrides is not None:
         return {"d_model": 512, "d_head": 64, "n_heads": 8, "d_mlp": 2048, "n_layers": 1, "n_ctx": 1024, **family.tl_overrides}
     hf = family.hf_config() if family.hf_config is not None else None
-    if family.local_dir:
-        import tempfile
+    with no_implicit_root_handler():  # TransformerLens' module-level logging.info would basicConfig the root
+        if family.local_dir:
+            import tempfile
 
-        with tempfile.TemporaryDirectory(prefix="jsae-family-") as tmp:
-            hf.save_pretrained(tmp)
-            cfg = loading.get_pretrained_model_config(tmp, hf_cfg=hf.to_dict(), dtype=torch.float64)
-    elif hf is None:  # a name-keyed branch (Llama 3.2, Gemma): TransformerLens fetches nothing
-        cfg = loading.get_pretrained_model_config(family.checkpoint, dtype=torch.float64)
-    else:
-        cfg = _pretrained_config_offline(family.checkpoint, hf)
+            with tempfile.TemporaryDirectory(prefix="jsae-family-") as tmp:
+                hf.save_pretrained(tmp)
+                cfg = loading.get_pretrained_model_config(tmp, hf_cfg=hf.to_dict(), dtype=torch.float64)
+        elif hf is None:  # a name-keyed branch (Llama 3.2, Gemma): TransformerLens fetches nothing
+            cfg = loading.get_pretrained_model_config(family.checkpoint, dtype=torch.float64)
+        else:
+            cfg = _pretrained_config_offline(family.checkpoint, hf)
     return cfg.to_dict()
 
 

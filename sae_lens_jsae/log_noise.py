@@ -77,3 +77,23 @@ def known_false_warnings(cfg: Any = None, *, dataset_rows: int | None = None, mo
             yield
     finally:
         saelens_logger.removeFilter(log_filter)
+
+
+@contextmanager
+def no_implicit_root_handler() -> Iterator[None]:
+    """Leave the root logger's handlers as they were before a TransformerLens call (a model or
+    config load: `sources.load_hooked_model`, `families.full_config`, SAEBench's model load).
+
+    TransformerLens logs through the module-level `logging.info`/`logging.warning`, which call
+    `logging.basicConfig()` when the root logger has no handler: a StreamHandler would stay on
+    the root for the rest of the process (the user's own `basicConfig` then does nothing, and
+    every library's records print once they lower the level). Its warnings during the load
+    still print; the handler it added is removed afterwards.
+    """
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        yield
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)

@@ -36,7 +36,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
@@ -50,6 +49,8 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedTokenizerBase,
 )
+
+from sae_lens_jsae.log_noise import no_implicit_root_handler
 
 logger = logging.getLogger(__name__)
 
@@ -238,25 +239,6 @@ def check_layer(model_source: str, model_name: str, layer: int) -> None:
         raise ValueError(f"layer {layer} is out of range: {model_name} has {n} blocks (0..{n - 1}); pick a hook 'blocks.L.ln2.hook_normalized' with L < {n}.")
 
 
-@contextmanager
-def _no_implicit_root_handler() -> Iterator[None]:
-    """Leave the root logger's handlers as they were before a TransformerLens model load.
-
-    TransformerLens logs through the module-level `logging.info`/`logging.warning`, which call
-    `logging.basicConfig()` when the root logger has no handler: a StreamHandler would stay on
-    the root for the rest of the process (the user's own `basicConfig` then does nothing, and
-    every library's records print once they lower the level). Its warnings during the load
-    still print; the handler it added is removed afterwards.
-    """
-    root = logging.getLogger()
-    before = list(root.handlers)
-    try:
-        yield
-    finally:
-        for handler in [h for h in root.handlers if h not in before]:
-            root.removeHandler(handler)
-
-
 def load_hooked_model(
     model_source: str,
     model_name: str = SMOLLM2_MODEL_NAME,
@@ -278,7 +260,7 @@ def load_hooked_model(
         raise ValueError(
             f"Unknown model source {model_source!r}; expected one of {', '.join(MODEL_SOURCES)}"
         )
-    with _no_implicit_root_handler():
+    with no_implicit_root_handler():
         if model_source == "gguf-smollm2":
             model = _load_smollm2_hooked(model_name, device, dtype)
         else:

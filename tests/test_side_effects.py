@@ -233,6 +233,40 @@ def test_family_configs_do_not_patch_transformer_lens(monkeypatch):
     assert calls == ["Qwen/Qwen2-0.5B"] and cfg["d_model"] == 896 and cfg["n_key_value_heads"] == 2
 
 
+# A fresh interpreter (pytest keeps handlers on the root logger, so TransformerLens' module-level
+# `logging.info` would not call basicConfig here): every family's config, and SAEBench's model load
+# with TransformerLens' loader replaced by one that logs as TransformerLens does (no model here).
+ROOT_HANDLER_SCRIPT = r"""
+import logging, sys, types
+sys.path.insert(0, sys.argv[1])
+root = logging.getLogger()
+from sae_lens_jsae.families import FAMILIES, full_config
+from sae_lens_jsae.log_noise import no_implicit_root_handler
+logging.info("control"); control = len(root.handlers); root.handlers.clear()  # the call does add one
+for fam in FAMILIES:
+    full_config(fam)
+    assert root.handlers == [], (fam.name, root.handlers)
+import transformer_lens
+from sae_lens_jsae.evals import saebench
+def loads_like_transformer_lens(name, **kwargs):
+    logging.info("Loaded pretrained model %s into HookedTransformer", name)
+    return name
+transformer_lens.HookedTransformer.from_pretrained_no_processing = loads_like_transformer_lens
+config = types.SimpleNamespace(model_name="m", llm_dtype="float32")
+assert saebench._load_model(config, None, "cpu") == "m" and root.handlers == [], root.handlers
+print("HANDLERS", control)
+"""
+
+
+def test_family_configs_and_saebench_model_load_leave_no_root_handler():
+    """Bugs caught: `full_config` or `saebench._load_model` calling TransformerLens outside
+    `log_noise.no_implicit_root_handler` (its first `logging.info` leaves a root StreamHandler)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", ROOT_HANDLER_SCRIPT, str(ROOT)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "HANDLERS 1" in out.stdout, out.stdout  # the control: a bare logging.info does add a handler
+
+
 def test_no_unittest_mock_in_library_code():
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "sae_lens_jsae").rglob("*.py") if "unittest" in p.read_text()]
     assert offenders == []

@@ -385,9 +385,12 @@ def _is_jsae(sae) -> bool:
 def _load_model(config, sae, device: str):
     from transformer_lens import HookedTransformer
 
-    return HookedTransformer.from_pretrained_no_processing(
-        config.model_name or sae.cfg.model_name, device=device, dtype=_dtype(config.llm_dtype)
-    )
+    from sae_lens_jsae.log_noise import no_implicit_root_handler
+
+    with no_implicit_root_handler():  # TransformerLens' module-level logging.info would basicConfig the root
+        return HookedTransformer.from_pretrained_no_processing(
+            config.model_name or sae.cfg.model_name, device=device, dtype=_dtype(config.llm_dtype)
+        )
 
 
 def _dtype(name: str) -> torch.dtype:
