@@ -168,8 +168,10 @@ def jsae_commands() -> list[str]:
     for u in units():
         if u.lang == "bash" and runnable(u) and u.text not in seen:
             seen.append(u.text)
-    # the train lines first (the resume line needs the first line's checkpoints), then the rest in order
-    return sorted(seen, key=lambda c: (not c.startswith("jsae train"), "--resume" in c))
+    # the train lines first, the resume line right after the plain one whose run it continues
+    # (other runs write into the same checkpoint folder), then the rest in order
+    plain = f"jsae train {CONFIG}"
+    return sorted(seen, key=lambda c: (not c.startswith("jsae train"), c not in (plain, f"{plain} --resume outputs/demo/checkpoints"), "--resume" in c))
 
 
 @pytest.fixture(scope="module")
