@@ -34,6 +34,11 @@ options = RunOptions(log_every_n_steps=4, checkpoint_every_tokens=64 * 4, dist_t
 data = {"override_dataset": tiny_token_dataset(), "override_model": make_tiny_model("gated_silu", dtype=torch.float32)}
 rank = int(os.environ.get("RANK", "0"))
 
+# every prompt row this process runs the LLM on (its embedding's input), written at the end: the
+# test checks each rank ran its half of each batch (not the whole batch, not another rank's half)
+llm_rows: list[list[int]] = []
+data["override_model"].embed.register_forward_hook(lambda module, inputs, output: llm_rows.extend(inputs[0].tolist()))
+
 die_at = args.get("die_at_step")
 if die_at is not None and rank == 1:  # a rank that dies (SIGKILL) or hangs (SIGSTOP) mid-run
     step = JacobianSAETrainer.step
@@ -61,6 +66,7 @@ if os.environ.get("WORLD_SIZE", "1") == "1":
         train_sweep(cfg, "jacobian_coefficient", [0.0, 0.5, 2.0], options, **data)
     else:
         JacobianSAETrainingRunner(cfg, options, **data).run()
+    (tmp / "llm_rows_rank0.json").write_text(json.dumps(llm_rows))
 else:
     from sae_lens_jsae.distributed import (
         barrier_and_close,
@@ -77,4 +83,5 @@ else:
         else:
             train_distributed(cfg, options, context, **data)
     (tmp / f"times_rank{rank}.json").write_text(json.dumps(vars(context.times)))
+    (tmp / f"llm_rows_rank{rank}.json").write_text(json.dumps(llm_rows))
     barrier_and_close(context)

@@ -4,6 +4,7 @@ checked: speed lives in the benchmark's own results, docs/performance.md)."""
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -106,11 +107,24 @@ def test_bench_script_writes_the_json_it_prints(bench, tmp_path):
     assert printed.pop("result_file") == str(path) and json.loads(path.read_text()) == printed
     post = printed["post_norm_overhead"]
     size, batch = bench.QUICK_POST_NORM_SIZE
-    assert post["batch"] == batch and post["post_norm_overhead_flop_estimate"] == pytest.approx(bench.post_norm_flop_share(size, batch))
+    # the estimate recomputed here from the sizes the result records, by name (docs/performance.md's
+    # multiply-adds): fails if the script unpacks its size tuple in another order (k for d_sae, d_mlp
+    # for d_model), forgets the gate's extra product (R = 2) or takes another batch than it timed
+    sz, T = post["sizes"], post["batch"]
+    assert T == batch and sz == dict(zip(("d_model", "d_mlp", "act_fn", "gated", "d_sae", "k"), size))
+    d, m, S, k, R = sz["d_model"], sz["d_mlp"], sz["d_sae"], sz["k"], 2 if sz["gated"] else 1
+    assert R == 2  # the quick size is gated, so the gate's term is exercised
+    expected = (T * d * m + 2 * T * k * m + 2 * T * k * d) / (2 * (R + 1) * S * d * m + T * (3 * k * k * m + 2 * R * k * m))
+    assert post["post_norm_overhead_flop_estimate"] == pytest.approx(expected, rel=1e-12)
     for precision in ("float32", "bf16"):
-        with_s, without_s = post[f"penalty_with_post_norm_{precision}_s"], post[f"penalty_without_post_norm_{precision}_s"]
-        assert post[f"post_norm_overhead_{precision}"] == pytest.approx(with_s / without_s - 1)
-        assert len(post[f"penalty_with_post_norm_{precision}_samples_s"]) == 5
+        # from the raw samples: fails if a reported time is not their median (a mean with the
+        # warm-up in it, the last sample) or the overhead divides the wrong pair (CPU time, swapped)
+        med = {label: statistics.median(post[f"penalty_{label}_post_norm_{precision}_samples_s"]) for label in ("with", "without")}
+        for label in ("with", "without"):
+            assert len(post[f"penalty_{label}_post_norm_{precision}_samples_s"]) == 5
+            assert post[f"penalty_{label}_post_norm_{precision}_s"] == pytest.approx(med[label], abs=1e-5)  # samples rounded to 5 places
+        w, wo = med["with"], med["without"]
+        assert post[f"post_norm_overhead_{precision}"] == pytest.approx(w / wo - 1, abs=1e-5 * (1 / wo + w / wo**2))  # the rounding, propagated
     assert printed["machine"]["glibc_keep_freed_memory"] is False
 
 

@@ -31,6 +31,52 @@ def _save_transcoder(model, path, arch, seed):
     return tc
 
 
+def _check_comparison_figure(out):
+    """The comparison figure plots each summary's numbers: redrawn from the summaries on disk (the
+    published Figure captured), every model is a point of its method's line, at (its
+    `intervals[x_key].value`, its edges for 80%), in each panel; comparison.png is that figure.
+    Fails if a model is left out or drawn on another method's line, a panel plots another key
+    (EV where the CE-loss score should be), or the points are the intervals' ends, not values."""
+    import struct
+
+    from sae_lens_jsae import figures
+    from sae_lens_jsae.report_comparison import CE_KEY, EDGES_KEY, EV_KEY, INTERVENTION_KEY, _plot, models
+
+    pairs = [(p, json.loads(p.read_text())) for p in sorted(out.glob("*_summary.json"))]
+    transcoders = [(p, json.loads(p.read_text())) for p in sorted((out / "transcoders").glob("*_summary.json"))]
+    assert len(pairs) == 1 and len(transcoders) == 2
+    published = []
+
+    class Doc:  # what _plot writes into the report is not under test here
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: None
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(figures, "publish", lambda fig, doc, path, alt, source: published.append((fig, path)))
+        ms = models(pairs, transcoders)
+        _plot(ms, out, Doc())
+    (fig, path), = published
+    assert path == out / "comparison.png"
+    header = path.read_bytes()[:24]  # PNG signature, IHDR: width and height
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", header[16:24])  # the file the report embeds is this figure, at the report's 110 dpi
+    assert (width, height) == pytest.approx((fig.get_figwidth() * 110, fig.get_figheight() * 110), abs=2)
+    def value(d, key):
+        return (d.get("intervals") or {}).get(key, {}).get("value")
+
+    # a panel per faithfulness measure some model has a value for (the tiny model's CE-loss score is n/a)
+    panels = [key for key in (CE_KEY, INTERVENTION_KEY, EV_KEY) if any(value(d, key) is not None for _, d in pairs + transcoders)]
+    assert len(fig.axes) == len(panels) >= 2
+    for ax, key in zip(fig.axes, panels):
+        lines = {line.get_label(): set(zip(line.get_xdata(), line.get_ydata())) for line in ax.get_lines() if not line.get_label().startswith("_")}
+        drawn = [m for m in ms if value(m.summary, key) is not None and value(m.summary, EDGES_KEY) is not None]
+        assert len(drawn) == len(ms), key  # every model has both values here
+        for m in drawn:
+            point = (value(m.summary, key), value(m.summary, EDGES_KEY))
+            assert point in lines[m.method], (key, m.name, point, lines)
+        assert sum(len(v) for k, v in lines.items() if k != "λ = 0 pair") == len(drawn), lines
+
+
 def test_jsae_eval_scores_transcoders_beside_the_pairs_on_the_same_tokens(tmp_path):
     from sae_lens_jsae import build_jacobian_sae
     from sae_lens_jsae.evals.sweep import evaluate_sweeps_and_compare
@@ -46,7 +92,7 @@ def test_jsae_eval_scores_transcoders_beside_the_pairs_on_the_same_tokens(tmp_pa
                                          n_linearity_tokens=4, batch_size=4, core=False, progress=False, heldout=heldout)
     text = report.read_text()
     assert text.index("Which method makes the MLP's computation sparsest") < text.index("## Frontier:")  # the comparison leads
-    assert (tmp_path / "out" / "comparison.png").stat().st_size > 0
+    _check_comparison_figure(tmp_path / "out")
     pair = json.loads(next((tmp_path / "out").glob("*jacobian_coefficient_0_summary.json")).read_text())
     loaded_pair = load_jsae(tmp_path / "sweep" / "jacobian_coefficient=0", model=model)
     direct = edge_measure(model, loaded_pair, tokens, batch_size=4, max_tokens=8192, progress=False)
