@@ -29,6 +29,7 @@ from sae_lens import (
     LanguageModelSAETrainingRunner,
     logger,
 )
+from sae_lens.constants import SAE_CFG_FILENAME
 from sae_lens.saes.sae import TrainingSAE, TrainStepOutput
 from sae_lens.training.activations_store import ActivationsStore
 from sae_lens.training.multi_sae_trainer import MultiSAETrainer
@@ -408,8 +409,9 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
             return trainer.fit()
 
     def load_checkpoint(self, trainer: JacobianSAETrainer, path: Path) -> None:
-        if not (path / COMPLETE_MARKER).exists():
-            raise FileNotFoundError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER}); use latest_checkpoint(dir).")
+        """Continue from `path`: a complete checkpoint of this run, or a checkpoint root (the
+        most advanced checkpoint under it of a run like this one, see `resume_point`)."""
+        path = resume_point(path, {"": self.sae})
         logger.info(f"Resuming from checkpoint: {path}")
         trainer.load_trainer_state(path)
         self.sae.load_weights_from_checkpoint(path)
@@ -420,8 +422,7 @@ class JacobianSAETrainingRunner(LanguageModelSAETrainingRunner):
 
     def load_sweep_checkpoint(self, multi: MultiSAETrainer, path: Path) -> None:
         """`load_checkpoint` for a sweep's `MultiSAETrainer` (one subdirectory per member)."""
-        if not (path / COMPLETE_MARKER).exists():
-            raise FileNotFoundError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER}); use latest_checkpoint(dir).")
+        path = resume_point(path, multi.saes)
         logger.info(f"Resuming the sweep from checkpoint: {path}")
         multi.load_checkpoint(path)
         self.activations_store.load_from_checkpoint(path)
@@ -491,17 +492,81 @@ def sweep_grid(specs: list[str]) -> list[dict[str, Any]]:
 
 
 def latest_checkpoint(checkpoint_root: str | Path) -> Path | None:
-    """The most advanced complete checkpoint under a run's checkpoint directory (None if none).
+    """The most advanced complete checkpoint under a checkpoint directory (None if none), of
+    whichever run; `resume_point` picks among those of one run's shape.
 
-    SAELens names checkpoints by their training-sample count (`4096`, `final_8192`, ...).
+    SAELens names checkpoints by their training-sample count (`4096`, `final_8192`, ...), under
+    `<checkpoint_path>/<run id>/`; ties go to the most recently written.
     """
-    done = [p.parent for p in Path(checkpoint_root).glob(f"**/{COMPLETE_MARKER}")]
-    return max(done, key=_samples_of, default=None)
+    return max(_complete_checkpoints(Path(checkpoint_root)), key=_recency, default=None)
+
+
+def _complete_checkpoints(root: Path) -> list[Path]:
+    return [p.parent for p in root.glob(f"**/{COMPLETE_MARKER}")]
 
 
 def _samples_of(checkpoint: Path) -> int:
     digits = checkpoint.name.rsplit("_", 1)[-1]
     return int(digits) if digits.isdigit() else -1
+
+
+def _recency(checkpoint: Path) -> tuple[int, float]:
+    return _samples_of(checkpoint), (checkpoint / COMPLETE_MARKER).stat().st_mtime
+
+
+# cfg.json fields a resumed run may change: where it runs and how the penalty is computed, not what is trained
+_RESUMABLE_CHANGES = frozenset({"metadata", "device", "jacobian_chunk_bytes", "jacobian_dtype"})
+
+
+def checkpoint_mismatch(checkpoint: Path, saes: dict[str, Any]) -> str | None:
+    """Why `checkpoint` cannot continue a run training `saes` (member name -> SAE; `{"": sae}`
+    for a single run), or None if it can: a single run's checkpoint has its `cfg.json` at the top,
+    a sweep's one subdirectory per member, and each SAE config must equal the run's (but for
+    `_RESUMABLE_CHANGES`): another λ, k, width, architecture or MLP (`mlp_sha256`) is another run."""
+    members = sorted(p.parent.name for p in checkpoint.glob(f"*/{SAE_CFG_FILENAME}"))
+    if "" in saes:
+        if not (checkpoint / SAE_CFG_FILENAME).is_file():
+            return f"a sweep's checkpoint (members {', '.join(members)}), this run is a single SAE" if members else f"no {SAE_CFG_FILENAME}"
+    elif (checkpoint / SAE_CFG_FILENAME).is_file():
+        return f"a single SAE's checkpoint, this run is a sweep of {', '.join(saes)}"
+    elif members != sorted(saes):
+        return f"a sweep of {', '.join(members) or 'nothing'}, this run is a sweep of {', '.join(saes)}"
+    for name, sae in saes.items():
+        saved = json.loads((checkpoint / name / SAE_CFG_FILENAME).read_text())
+        now = json.loads(json.dumps(sae.cfg.to_dict(), default=str))
+        differ = sorted(k for k in (saved.keys() | now.keys()) - _RESUMABLE_CHANGES if saved.get(k) != now.get(k))
+        if differ:
+            return (f"{name}: " if name else "") + ", ".join(f"{k}={saved.get(k)!r} (this run: {now.get(k)!r})" for k in differ[:4])
+    return None
+
+
+def resume_point(path: str | Path, saes: dict[str, Any]) -> Path:
+    """The checkpoint a run training `saes` (see `checkpoint_mismatch`) continues from, given
+    `--resume PATH`: PATH itself if it is a complete checkpoint (an error saying why if it is
+    another run's), else the most advanced complete checkpoint under PATH of a run like this one.
+
+    A checkpoint root holds every run that used it (`<root>/<run id>/<n_tokens>/`, a resumed run
+    under a new id): the latest of this run's shape is the one to continue, not another run's
+    (a sweep's, a transcoder's, other sizes), which lacks this run's files or shapes."""
+    path = Path(path)
+    if (path / COMPLETE_MARKER).exists():
+        why = checkpoint_mismatch(path, saes)
+        if why is not None:
+            raise ValueError(f"cannot resume from {path}: it is another run's checkpoint ({why}).")
+        return path
+    found = _complete_checkpoints(path)
+    if not found:
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER}) and holds none.")
+    why = {checkpoint: checkpoint_mismatch(checkpoint, saes) for checkpoint in found}
+    fitting = [checkpoint for checkpoint, reason in why.items() if reason is None]
+    if not fitting:
+        latest = {}  # per run: its most advanced checkpoint
+        for checkpoint in sorted(found, key=_recency):
+            latest[checkpoint.parent] = checkpoint
+        listed = "; ".join(f"{c.relative_to(path)}: {why[c]}" for c in latest.values())
+        raise ValueError(f"--resume {path}: none of its {len(found)} complete checkpoints is of this run ({listed}); "
+                         "resume with the config and options they were trained with, or pass a checkpoint directory.")
+    return max(fitting, key=_recency)
 
 
 def train_sweep(

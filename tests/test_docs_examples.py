@@ -8,6 +8,12 @@ units run in-process (`jsae` commands through `sae_lens_jsae.cli.main`) in a scr
 holding `configs/`, with the options below appended (argparse: the last value wins) to make them
 tiny; SmolLM2 is loaded once and copied for each command (`load_hooked_model` memoised), so the
 commands and configs are the documented ones but each trains a few steps.
+
+Lines of one shape (four `--sweep` lines, two sweep evals, two graphs, two train lines that only
+`--set` other values) run once: the others are in `COVERED` with their representative and the
+reason, and are still parsed, their config built and their sweep checked, so a broken one fails.
+The eval, graph, latents and export lines read one set of trained outputs (scripts/demo.sh's
+training lines, `DEMO_TRAINING`, at tiny size); they take minutes even so and are marked slow.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import copy
 import re
 import shlex
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,19 +124,39 @@ SKIP: dict[str, str] = {
     "python scripts/sparsify_crosscheck.py --quick": "tests/test_sparsify_crosscheck.py runs the script",
 }
 
+# --- run once for their shape: the representative, and why it covers the line -----------------
+MIXED_SWEEP = f"jsae train {CONFIG} --sweep jacobian_coefficient=0,0.89 --sweep architecture=topk_transcoder,topk_skip_transcoder"
+SWEEP_EVAL = "jsae eval outputs/demo/trained --randomized-sweep outputs/demo/randomized --seed 42 --output-dir eval/"
+GRAPH = ('jsae graph outputs/demo/trained/jacobian_coefficient=auto "The economy is strong." '
+         "--baseline outputs/demo/trained/jacobian_coefficient=0 --out graphs/")
+COVERED: dict[str, str] = {
+    f"jsae train {CONFIG} --sweep jacobian_coefficient=0,0.5,1,2":
+        f"a λ sweep from one stream, as `{MIXED_SWEEP}` (run) and DEMO_TRAINING's sweep (run); parsed and checked here",
+    f'jsae train {CONFIG} --sweep jacobian_coefficient=0,1 --sweep "jacobian_coefficient=1,4;mlp_reconstruction_coefficient=1"':
+        f"a repeated --sweep with a ';' grid: the members are parsed and checked here, trained as `{MIXED_SWEEP}` trains its two --sweep's",
+    f"jsae train {CONFIG} --sweep architecture=topk_transcoder,topk_skip_transcoder":
+        f"both transcoder architectures in one sweep: trained by `{MIXED_SWEEP}` (run); parsed and checked here",
+    f"jsae train {CONFIG} --set randomize_model=true":
+        "the randomized control: DEMO_TRAINING's randomized run sets the same option (run); the config is built here",
+    f"jsae train {CONFIG} --set sae.k=16 --set runner.lr=1e-3":
+        f"the plain `jsae train {CONFIG}` (run) with two --set values: the config is built here with them",
+    'jsae graph outputs/demo/trained/jacobian_coefficient=auto "The economy is strong." --out graphs/':
+        f"`{GRAPH}` (run) graphs the same pair and its baseline; parsed here",
+}
+
 # --- runnable: what makes each tiny -------------------------------------------------------
 TINY = {
-    "train": ["--set", "runner.training_tokens=4096", "--set", "sae.d_sae=64", "--set", "runner.n_batches_in_buffer=2",
-              "--set", "runner.store_batch_size_prompts=4", "--set", "checkpoint_every_tokens=2048"],
-    "eval": ["--n-tokens", "512", "--n-splice-tokens", "512", "--n-linearity-tokens", "32", "--n-edge-tokens", "512",
-             "--n-intervention-tokens", "512", "--n-core-reconstruction-tokens", "256", "--n-core-sparsity-tokens", "512",
+    "train": ["--set", "runner.training_tokens=2048", "--set", "sae.d_sae=32", "--set", "sae.k=8", "--set", "runner.n_batches_in_buffer=2",
+              "--set", "runner.store_batch_size_prompts=4", "--set", "runner.train_batch_size_tokens=512", "--set", "checkpoint_every_tokens=1024"],
+    "eval": ["--context-size", "32", "--n-tokens", "256", "--n-splice-tokens", "256", "--n-linearity-tokens", "16", "--n-edge-tokens", "256", "--n-edge-path-tokens", "16",
+             "--n-intervention-tokens", "256", "--n-core-reconstruction-tokens", "128", "--n-core-sparsity-tokens", "256",
              "--n-graphs", "1", "--batch-size", "4"],
-    "latents": ["--tokens", "1024", "--batch-size", "4"],
+    "latents": ["--tokens", "512", "--batch-size", "4"],
     "graph": [],
     "export-saelens": [],
 }
 PLACEHOLDERS = {"CONFIG": CONFIG}
-PYTHON_SIZES = {"d_sae=4608": "d_sae=64", "training_tokens=600_000": "training_tokens=4096"}
+PYTHON_SIZES = {"d_sae=4608": "d_sae=32", "training_tokens=600_000": "training_tokens=2048"}
 # What `bash scripts/demo.sh` writes and the eval/graph/latents/export lines read, at tiny size
 # (its training commands, scripts/demo.sh + scripts/frontier.sh).
 DEMO_TRAINING = [
@@ -145,14 +172,22 @@ def runnable(unit: Unit) -> bool:
 
 
 def test_every_block_has_a_plan():
-    """Each unit runs below or has a reason; no reason is left over from a removed block."""
+    """Each unit runs below, is covered by a line that runs, or has a reason; no reason is left
+    over from a removed block."""
     found = units()
     assert len(found) >= 40, len(found)
     unplanned = [f"{u.where}: {key(u)}" for u in found if runnable(u) and not (u.lang == "python" or u.text.startswith("jsae "))]
     assert not unplanned, "blocks neither run here nor marked with a reason (add to SKIP with why): " + "\n".join(unplanned)
-    stale = sorted(set(SKIP) - {key(u) for u in found})
-    assert not stale, f"SKIP entries for blocks no longer in the docs: {stale}"
-    assert all(reason.strip() for reason in SKIP.values())
+    keys = {key(u) for u in found}
+    stale = sorted((set(SKIP) | set(COVERED)) - keys)
+    assert not stale, f"SKIP/COVERED entries for blocks no longer in the docs: {stale}"
+    assert not set(SKIP) & set(COVERED)
+    assert all(reason.strip() for reason in [*SKIP.values(), *COVERED.values()])
+    # each representative named in COVERED is run here
+    run = set(jsae_commands()) | set(DEMO_TRAINING)
+    for line, reason in COVERED.items():
+        named = re.findall(r"`(jsae [^`]+)`", reason)
+        assert all(n in run for n in named), (line, named)
 
 
 def test_skipped_blocks_say_why(capsys):
@@ -160,18 +195,50 @@ def test_skipped_blocks_say_why(capsys):
     for u in units():
         if not runnable(u):
             print(f"not run here: {u.where}: {key(u)[:80]} -- {SKIP[key(u)]}")
-    assert "not run here" in capsys.readouterr().out
+        elif key(u) in COVERED:
+            print(f"covered: {u.where}: {key(u)[:80]} -- {COVERED[key(u)]}")
+    out = capsys.readouterr().out
+    assert "not run here" in out and "covered" in out
 
 
-def jsae_commands() -> list[str]:
+def documented_commands() -> list[str]:
+    """Every runnable `jsae` line, once, in document order."""
     seen: list[str] = []
     for u in units():
         if u.lang == "bash" and runnable(u) and u.text not in seen:
             seen.append(u.text)
-    # the train lines first, the resume line right after the plain one whose run it continues
-    # (other runs write into the same checkpoint folder), then the rest in order
-    plain = f"jsae train {CONFIG}"
-    return sorted(seen, key=lambda c: (not c.startswith("jsae train"), c not in (plain, f"{plain} --resume outputs/demo/checkpoints"), "--resume" in c))
+    return seen
+
+
+def jsae_commands() -> list[str]:
+    """The lines that run (not covered by another)."""
+    return [c for c in documented_commands() if c not in COVERED]
+
+
+def argv_of(line: str, tiny: bool = True) -> list[str]:
+    argv = [PLACEHOLDERS.get(a, a) for a in shlex.split(line)[1:]]
+    return argv + TINY[argv[0]] if tiny else argv
+
+
+def test_covered_lines_parse_and_build_their_config(tmp_path, monkeypatch):
+    """A covered line is not trained or evaluated, but its arguments parse, a train line's config
+    (with its --set values) builds, and its --sweep members are valid for the config."""
+    from sae_lens_jsae.cli import build_parser
+    from sae_lens_jsae.cli.train import _parse_sweep
+    from sae_lens_jsae.config import load_run_config
+    from sae_lens_jsae.training import check_sweep_keys
+
+    monkeypatch.chdir(ROOT)
+    documented = documented_commands()
+    for line in COVERED:
+        assert line in documented, line
+        args = build_parser().parse_args(argv_of(line, tiny=False))
+        if args.command == "train":
+            cfg, _ = load_run_config(args.config, args.overrides)
+            if args.sweep:
+                variants = _parse_sweep(args.sweep)
+                assert len(variants) >= 2, line
+                check_sweep_keys(variants, cfg.sae)
 
 
 @pytest.fixture(scope="module")
@@ -205,13 +272,21 @@ def workdir(tmp_path_factory):
 def run_jsae(line: str) -> None:
     from sae_lens_jsae.cli import main
 
-    argv = shlex.split(line)[1:]
-    argv = [PLACEHOLDERS.get(a, a) for a in argv]
-    rc = main(argv + TINY[argv[0]])
+    started = time.perf_counter()
+    rc = main(argv_of(line))
+    print(f"{time.perf_counter() - started:6.1f} s  {line}")
     assert rc in (0, None), f"exit {rc}: {line}"
 
 
-@pytest.mark.slow
+@pytest.fixture(scope="module")
+def demo_outputs(workdir):
+    """scripts/demo.sh's training lines at tiny size: what the eval/graph/latents/export lines read."""
+    for line in DEMO_TRAINING:
+        run_jsae(line)
+    assert (workdir / "outputs/demo/trained/jacobian_coefficient=auto/cfg.json").is_file()
+    return workdir
+
+
 def test_python_api_example_trains_without_wandb(workdir, monkeypatch):
     """docs/training.md's Python API example, as written at tiny sizes, trains without W&B: no
     WANDB_MODE, no API key, and `wandb.init` raising if anything calls it."""
@@ -231,17 +306,33 @@ def test_python_api_example_trains_without_wandb(workdir, monkeypatch):
     monkeypatch.setattr(wandb, "init", no_wandb)
     scope: dict = {}
     exec(compile(code, unit.where, "exec"), scope)
-    assert scope["sae"].cfg.d_sae == 64
+    assert scope["sae"].cfg.d_sae == 32
+
+
+def test_documented_train_lines_run_at_tiny_size(workdir):
+    """The train lines that run (see COVERED for the others), the resume line after a sweep has
+    written into the same checkpoint root: it continues the plain run's checkpoint, not the
+    sweep's (training.resume_point)."""
+    lines = [c for c in jsae_commands() if c.startswith("jsae train")]
+    plain = f"jsae train {CONFIG}"
+    resume = f"{plain} --resume outputs/demo/checkpoints"
+    assert {plain, resume, MIXED_SWEEP} <= set(lines), lines
+    order = [plain, MIXED_SWEEP, resume]
+    for line in order + [c for c in lines if c not in order]:
+        run_jsae(line)
+    runs = {p.parent.parent for p in (workdir / "outputs/demo/checkpoints").glob("*/*/cfg.json")}
+    assert len(runs) >= 2  # the plain run's and the resumed run's folders beside the sweep's
+    for member in ("jacobian_coefficient=0", "jacobian_coefficient=0.89", "architecture=topk_transcoder", "architecture=topk_skip_transcoder"):
+        assert (workdir / "outputs/demo" / member / "cfg.json").is_file(), member
 
 
 @pytest.mark.slow
-def test_documented_jsae_commands_run_at_tiny_size(workdir):
-    commands = jsae_commands()
-    assert len(commands) >= 12, commands
-    for line in DEMO_TRAINING:
+def test_documented_eval_graph_latents_export_lines_run_at_tiny_size(demo_outputs):
+    """Slow (minutes on 2 shared cores: each eval runs SmolLM2 for every metric and SAEBench's
+    core eval, for the pair and its baseline); the train lines above are the fast check."""
+    lines = [c for c in jsae_commands() if not c.startswith("jsae train")]
+    assert {SWEEP_EVAL, GRAPH} <= set(lines) and len(lines) >= 5, lines
+    for line in lines:
         run_jsae(line)
-    assert (workdir / "outputs/demo/trained/jacobian_coefficient=auto/cfg.json").is_file()
-    for line in commands:
-        run_jsae(line)
-    assert (workdir / "eval").is_dir() and (workdir / "graphs").is_dir()
-    assert (workdir / "exported" / "input_sae" / "cfg.json").is_file()
+    assert (demo_outputs / "eval").is_dir() and (demo_outputs / "graphs").is_dir()
+    assert (demo_outputs / "exported" / "input_sae" / "cfg.json").is_file()

@@ -181,6 +181,67 @@ def test_a_second_signal_aborts_at_once_without_saving(tmp_path):
     assert latest_checkpoint(tmp_path / "checkpoints").name == str(64 * 9)  # only the scheduled one (every 8 steps of 64)
 
 
+
+def test_resume_from_a_shared_checkpoint_root_continues_this_runs_checkpoint(tmp_path):
+    """`--resume ROOT` where ROOT (one `runner.checkpoint_path`, as in the demo config) holds
+    several runs' `<run id>/<n_tokens>/` folders: a single run continues its own latest checkpoint,
+    not a more advanced one of a sweep (no activation_scaler.json at its top: was a raw
+    FileNotFoundError) or of another k; a sweep continues the sweep's; nothing fitting is one
+    error listing each run and why."""
+    from sae_lens_jsae.training import resume_point, train_variants
+
+    root = tmp_path / "checkpoints"
+    every = RunOptions(log_every_n_steps=5, checkpoint_every_tokens=64 * 4)
+
+    def runner(name, tokens, **overrides):
+        cfg = tiny_runner_cfg(tmp_path / name, checkpoint_path=str(root), training_tokens=tokens, **overrides)
+        return JacobianSAETrainingRunner(cfg, every, override_dataset=tiny_token_dataset(), override_model=make_tiny_model("gated_silu", dtype=torch.float32))
+
+    runner("single", 64 * 10).run()  # checkpoints after 256 and 512 tokens
+    own = latest_checkpoint(root)
+    variants = [{"jacobian_coefficient": 0.0}, {"jacobian_coefficient": 1.0}]
+
+    def sweep(name, **overrides):
+        cfg = tiny_runner_cfg(tmp_path / name, checkpoint_path=str(root), training_tokens=64 * 18, **overrides)
+        return train_variants(cfg, variants, every, override_dataset=tiny_token_dataset(), override_model=make_tiny_model("gated_silu", dtype=torch.float32))
+
+    sweep("sweep")
+    runner("k2", 64 * 18, sae={"k": 2}).run()
+    assert _samples(latest_checkpoint(root)) > _samples(own)  # the most advanced of any run: not this one's
+
+    resumed = runner("resumed", 64 * 10, resume_from_checkpoint=str(root))
+    assert resume_point(root, {"": resumed.sae}) == own
+    resumed.run()
+    a = load_file(tmp_path / "single" / "out" / "sae_weights.safetensors")
+    b = load_file(tmp_path / "resumed" / "out" / "sae_weights.safetensors")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+    sweep("sweep_resumed", resume_from_checkpoint=str(root))  # from the sweep's checkpoint, to the same weights
+    for member in ("jacobian_coefficient=0.0", "jacobian_coefficient=1.0"):
+        a = load_file(tmp_path / "sweep" / "out" / member / "sae_weights.safetensors")
+        b = load_file(tmp_path / "sweep_resumed" / "out" / member / "sae_weights.safetensors")
+        for name in a:
+            assert torch.equal(a[name], b[name]), (member, name)
+    like_sweep = {"jacobian_coefficient=0.0": resumed.sae, "jacobian_coefficient=1.0": resumed.sae}  # λ 0.5: another sweep
+    with pytest.raises(ValueError, match="jacobian_coefficient=0.0: jacobian_coefficient=0.0 \\(this run: 0.5\\)"):
+        resume_point(root, like_sweep)
+    sweep_checkpoint = next(c.parent for c in root.glob(f"*/*/{COMPLETE_MARKER}") if (c.parent / "jacobian_coefficient=0.0").is_dir())
+    with pytest.raises(ValueError, match="another run's checkpoint \\(a sweep's checkpoint \\(members jacobian_coefficient=0.0, jacobian_coefficient=1.0\\), this run is a single SAE\\)"):
+        resume_point(sweep_checkpoint, {"": resumed.sae})
+    other = runner("k8", 64 * 10, sae={"k": 8})
+    with pytest.raises(ValueError, match="none of its .* is of this run") as none:
+        resume_point(root, {"": other.sae})
+    for why in ("k=4 (this run: 8)", "k=2 (this run: 8)", "a sweep's checkpoint (members jacobian_coefficient=0.0"):
+        assert why in str(none.value), why
+    with pytest.raises(FileNotFoundError, match="holds none"):
+        resume_point(tmp_path / "single" / "out", {"": other.sae})
+
+
+def _samples(checkpoint):
+    return int(checkpoint.name)
+
+
 def test_nan_stops_naming_step_and_term_after_saving_last_good(tmp_path):
     cfg = tiny_runner_cfg(tmp_path)
     runner = JacobianSAETrainingRunner(cfg, override_dataset=tiny_token_dataset(), override_model=make_tiny_model("gated_silu", dtype=torch.float32))

@@ -27,17 +27,13 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and not os.path.exists(args.resume):
         raise FileNotFoundError(f"--resume {args.resume} does not exist (a checkpoint dir, or a run's checkpoint root).")
     from sae_lens_jsae.config import load_run_config
-    from sae_lens_jsae.training import (
-        JacobianSAETrainingRunner,
-        TrainingInterrupted,
-        latest_checkpoint,
-        train_variants,
-    )
+    from sae_lens_jsae.training import JacobianSAETrainingRunner, TrainingInterrupted, train_variants
 
     overrides = list(args.overrides)
     if args.resume:
-        checkpoint = latest_checkpoint(args.resume) or args.resume
-        overrides.append(f"runner.resume_from_checkpoint={checkpoint}")
+        # a checkpoint root holds every run that used it: the runner, which knows this run's SAEs,
+        # picks the latest checkpoint of this run's shape there (training.resume_point)
+        overrides.append(f"runner.resume_from_checkpoint={args.resume}")
     cfg, options = load_run_config(args.config, overrides)
     if options.keep_freed_memory is None:  # this process is the CLI's own: on unless the config says no
         options.keep_freed_memory = True
