@@ -193,6 +193,7 @@ def add_comparison(doc: Any, pairs: list[tuple[Path, dict[str, Any]]], transcode
     g = goal(ms)
     if g.transcoder is not None:
         _frontier_reading(ms, g.transcoder, doc)
+    _frontier_table(ms, doc)
     _table(ms, doc, rel)
     doc.h(3, f"Goal: {g.verdict}")
     doc.p(f"Some JSAE variant (λ > 0 or an opt-in loss term) needs ≤ {GOAL_EDGE_RATIO:g}× the edges for 80% coverage of the reference "
@@ -269,6 +270,25 @@ def _plot(ms: list[Model], out: Path, doc: Any) -> None:
     fig.suptitle("Sparse MLP computation: edges for 80% coverage vs faithfulness, one frontier per method (95% intervals)")
     publish(fig, doc, out / "comparison.png", "edges for 80% coverage vs replacement CE-loss score, intervention faithfulness and MLP-output EV",
              f"Points: each summary's `{EDGES_KEY}` and {', '.join(f'`{k}`' for k, _ in panels)} with their `intervals`.")
+
+
+FRONTIER_COLUMNS = (("edges for 80%", EDGES_KEY), ("replacement CE-loss score", CE_KEY),
+                    ("intervention a = 0.1", INTERVENTION_KEY), ("intervention a = 1", "intervention.a=1.full"),
+                    ("error share", "edges.error_share"), ("edges for 80%, IG", "edges_path.edges.edges_for_80"))
+
+
+def _frontier_table(ms: list[Model], doc: Any) -> None:
+    """One row per model, grouped by method in order of CE-loss score: the frontiers as numbers."""
+    rows = []
+    for meth in dict.fromkeys(m.method for m in ms):
+        line = sorted((m for m in ms if m.method == meth), key=lambda m: metric(m.summary, CE_KEY).value or 0)
+        for m in line:
+            cells = [_metric(m.summary, key) for _, key in FRONTIER_COLUMNS]
+            rows.append([meth, m.name.replace(meth, "").strip() or m.name, *(c.fmt(3) if c.ok else "" for c in cells)])
+    doc.h(3, "The frontiers, model by model")
+    doc.p("Each method's models in order of replacement CE-loss score, 95% intervals; intervention faithfulness with the full "
+          "graph; IG: the edge measure with integrated gradients (8 midpoints) instead of the tangent, where measured.")
+    doc.table(["method", "model", *(label for label, _ in FRONTIER_COLUMNS)], rows)
 
 
 def _err(iv: Interval) -> Any:
