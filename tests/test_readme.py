@@ -183,16 +183,17 @@ def test_interop_names_are_the_codes():
 
 
 # --- the comparison table: every number is the committed comparison run's, rounded as printed ----
-COMPARISON = ROOT / "docs" / "results" / "comparison-2m"
+COMPARISON = ROOT / "docs" / "results" / "faithfulness-0.2m"
+_EDGE = "mlp_reconstruction_coefficient_1_jacobian_coefficient_0_edge_sparsity_coefficient"
 COMPARISON_ROWS = {
     "λ = 0 pair": COMPARISON / "jacobian_coefficient_0_summary.json",
-    "paper loss, rule": COMPARISON / "jacobian_coefficient_0.8889_summary.json",
-    "MLP-consistency c = 1, 4×": COMPARISON / "mlp_reconstruction_coefficient_1_jacobian_coefficient_3.556_summary.json",
-    "edge penalty h = 2, c = 1": COMPARISON / "mlp_reconstruction_coefficient_1_jacobian_coefficient_0_edge_sparsity_coefficient_2_summary.json",
-    "TopK transcoder k = 32": COMPARISON / "transcoders" / "architecture_topk_transcoder_k_32_summary.json",
+    "edge penalty h = 2, c = 1": COMPARISON / f"{_EDGE}_2_summary.json",
+    "edge penalty h = 8, c = 1": COMPARISON / f"{_EDGE}_8_summary.json",
+    "h = 2 + consistency w = 1": COMPARISON / f"{_EDGE}_2_intervention_consistency_coefficient_1_summary.json",
+    "h = 2 + replacement r = 1": COMPARISON / f"{_EDGE}_2_replacement_coefficient_1_summary.json",
     "skip transcoder k = 32": COMPARISON / "transcoders" / "architecture_topk_skip_transcoder_k_32_summary.json",
 }
-COMPARISON_COLUMNS = ["edges.edges_for_80", "splice.replacement.ce_loss_score", "explained_variance.replacement"]
+COMPARISON_COLUMNS = ["edges.edges_for_80", "splice.replacement.ce_loss_score", "intervention.a=0.1.full"]
 
 
 def test_comparison_table_comes_from_the_committed_run():
@@ -207,6 +208,6 @@ def test_comparison_table_comes_from_the_committed_run():
 
 def test_comparison_verdict_is_the_committed_reports():
     """The README's goal verdict is the one the committed report computed, not a hand-typed one."""
-    said = re.findall(r"goal: (PASS|FAIL|INCONCLUSIVE)", subsection("### JSAE or transcoder?"))
+    said = re.findall(r"Goal \([^)]*\): (PASS|FAIL|INCONCLUSIVE)", subsection("### JSAE or transcoder?"))
     reported = re.findall(r"^### Goal: (PASS|FAIL|INCONCLUSIVE)", (COMPARISON / "report.md").read_text(), re.M)
     assert len(said) == 1 and reported == said, (said, reported)
