@@ -11,5 +11,5 @@ SETS=()
 if [ -n "${JSAE_DEMO_TOKENS:-}" ]; then SETS+=(--set "runner.training_tokens=$JSAE_DEMO_TOKENS"); fi
 TRAINED=(--sweep "jacobian_coefficient=0,null,3.556")
 RANDOMIZED=(--sweep "jacobian_coefficient=null")
-EVAL=(--n-tokens 32768 --n-splice-tokens 2048 --n-linearity-tokens 256 --seed 42)
+EVAL=(--n-tokens 32768 --n-splice-tokens 2048 --n-linearity-tokens 256 --n-edge-tokens 8192 --n-intervention-tokens 2048 --seed 42)
 run_frontier "${JSAE_DEMO_OUT:-outputs/demo}" configs/smollm2-135m-l3-demo.yaml SETS TRAINED RANDOMIZED EVAL
