@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from sae_lens_jsae.evals.intervals import METHOD
+
 CLUSTERED_METHOD = ("delta-method standard error clustered by speech (each eval speech's per-sequence sums summed), "
                     "95% = ±t(0.975, n−1)·SE, n = speeches (`n_sequences` in each interval counts them)")
 """How every interval of a summary with a `heldout` record is computed (written into it)."""
@@ -28,8 +30,6 @@ CLUSTERED_METHOD = ("delta-method standard error clustered by speech (each eval 
 
 def interval_method(heldout: Mapping[str, Any] | None) -> str:
     """The summary's `interval_method`: by speech when the held-out rows are recorded, else by sequence."""
-    from sae_lens_jsae.evals.intervals import METHOD
-
     return CLUSTERED_METHOD if heldout and heldout.get("speech") else METHOD
 
 

@@ -228,7 +228,6 @@ class InterventionAccumulator:
         )
 
 
-@torch.no_grad()
 def intervention_of_inputs(
     downstream: Any,
     inputs: Iterable[torch.Tensor],
@@ -239,21 +238,27 @@ def intervention_of_inputs(
     coverage: float = GRAPH_COVERAGE,
 ) -> InterventionResult:
     """Intervention faithfulness on batches of MLP inputs, each (n_seqs, ctx, d_in)."""
-    method = _check_models(downstream, upstream)
-    acc = InterventionAccumulator(method, strengths, top_m, coverage)
-    product = None
-    for x in inputs:
-        if x.ndim != 3:
-            raise ValueError(f"each batch of MLP inputs must be (n_seqs, ctx, d_in); got {tuple(x.shape)}")
-        if method == "transcoder" and product is None:
-            product = upstream.W_dec.to(downstream.W_enc.dtype) @ downstream.W_enc
-        sums = intervention_sums(downstream, x.reshape(-1, x.shape[-1]), upstream, strengths=strengths, top_m=top_m,
-                                 coverage=coverage, encoder_product=product)
-        acc.update(sums, x.shape[0])
-    return acc.result()
+    return _measure(downstream, upstream, ((x, None) for x in inputs), strengths, top_m, coverage)
 
 
 @torch.no_grad()
+def _measure(downstream: Any, upstream: Any, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
+             strengths: Sequence[float], top_m: int, coverage: float, mlp: Any = None) -> InterventionResult:
+    """Accumulate `intervention_sums` over (MLP inputs (n_seqs, ctx, d_in), their token ids or None) batches."""
+    method = _check_models(downstream, upstream)
+    acc = InterventionAccumulator(method, strengths, top_m, coverage)
+    product = None
+    for x, tokens in batches:
+        if x.ndim != 3:
+            raise ValueError(f"each batch of MLP inputs must be (n_seqs, ctx, d_in); got {tuple(x.shape)}")
+        if method == "transcoder" and product is None:  # one d_sae_up × d_sae_tc product per call
+            product = upstream.W_dec.to(downstream.W_enc.dtype) @ downstream.W_enc
+        sums = intervention_sums(downstream, x.reshape(-1, x.shape[-1]), upstream, strengths=strengths, top_m=top_m,
+                                 coverage=coverage, encoder_product=product, mlp=mlp)
+        acc.update(sums, x.shape[0], tokens)
+    return acc.result()
+
+
 def intervention_faithfulness(
     model: Any,
     downstream: Any,
@@ -278,12 +283,8 @@ def intervention_faithfulness(
         from sae_lens_jsae.mlp import FrozenMLP
 
         mlp = FrozenMLP.from_hooked_transformer(model, layer_of(reader)).to(device=downstream.W_enc.device, dtype=downstream.W_enc.dtype)
-    acc = InterventionAccumulator(method, strengths, top_m, coverage)
-    product = None
-    for batch in iter_token_batches(tokens, batch_size, max_tokens, desc="intervention faithfulness" if progress else None):
-        x = mlp_inputs_of(model, reader, batch)
-        if method == "transcoder" and product is None:
-            product = upstream.W_dec.to(downstream.W_enc.dtype) @ downstream.W_enc
-        sums = intervention_sums(downstream, x, upstream, strengths=strengths, top_m=top_m, coverage=coverage, encoder_product=product, mlp=mlp)
-        acc.update(sums, batch.shape[0], batch)
-    return acc.result()
+    batches = (
+        (mlp_inputs_of(model, reader, batch).reshape(*batch.shape, -1), batch)
+        for batch in iter_token_batches(tokens, batch_size, max_tokens, desc="intervention faithfulness" if progress else None)
+    )
+    return _measure(downstream, upstream, batches, strengths, top_m, coverage, mlp)
