@@ -216,7 +216,7 @@ def test_pairs_split_over_worker_processes_give_the_same_summaries(sweeps, tmp_p
     assert report.exists()
     split = {p.name: json.loads(p.read_text()) for p in (tmp_path / "split").glob("*_summary.json")}
     assert len(split) == 3
-    assert sorted(len(s["splice_pass"]["pairs"]) for s in split.values()) == [1, 2, 2]  # each worker's own pass
+    assert sorted(len(s["held_out_pass"]["pairs"]) for s in split.values()) == [1, 2, 2]  # each worker's own pass
     for name, s in split.items():
         one = json.loads((root / "out" / name).read_text())
         assert s["splice"]["per_sequence"]["tokens_digest"] == one["splice"]["per_sequence"]["tokens_digest"]

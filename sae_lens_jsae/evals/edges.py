@@ -43,8 +43,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, mlp_inputs_of
+from sae_lens_jsae.evals._batches import TokenSource
 from sae_lens_jsae.evals.intervals import METHOD, Estimate, ratio, register_summary_block, rounded
+from sae_lens_jsae.evals.onepass import HeldOutBatch, run_metrics
 from sae_lens_jsae.evals.sparsity import tokens_digest
 from sae_lens_jsae.jacobian import gathered_dots
 from sae_lens_jsae.util import is_pair
@@ -376,20 +377,6 @@ class EdgeAccumulator:
         )
 
 
-def edge_measure_of_inputs(
-    downstream: Any,
-    inputs: Iterable[torch.Tensor],
-    *,
-    upstream: Any = None,
-    coverages: Sequence[float] = COVERAGES,
-    path_steps: int = 0,
-) -> EdgeMeasureResult:
-    """The edge measure of `downstream` (a JSAE pair, or a transcoder with `upstream`) on batches
-    of MLP inputs, each (n_seqs, ctx, d_in) (sequences are the units of the intervals).
-    `path_steps`: a pair's linearisation (`pair_attributions`)."""
-    return _measure(downstream, upstream, ((x, None) for x in inputs), coverages, path_steps)
-
-
 def _check_models(downstream: Any, upstream: Any) -> str:
     """"pair" or "transcoder", after checking that the two fit together."""
     if is_pair(downstream):
@@ -402,27 +389,94 @@ def _check_models(downstream: Any, upstream: Any) -> str:
     return "transcoder"
 
 
+def graph_reader(downstream: Any, upstream: Any) -> Any:
+    """The SAE whose hook the graph's MLP inputs are read at: a pair itself, else the upstream
+    SAE (after checking that the transcoder reads the same hook)."""
+    if _check_models(downstream, upstream) == "pair":
+        return downstream
+    hook_in = getattr(getattr(getattr(downstream, "cfg", None), "metadata", None), "hook_name", None)
+    if hook_in and hook_in != input_hook(upstream):
+        raise ValueError(f"the transcoder reads {hook_in!r} but the upstream SAE reads {input_hook(upstream)!r}.")
+    return upstream
+
+
+def input_hook(reader: Any) -> str:
+    """The hook an SAE reads the MLP input at (`cfg.metadata.hook_name`; "mlp_input" for a bare
+    module without a SAELens config, whose inputs are handed over directly)."""
+    return getattr(getattr(getattr(reader, "cfg", None), "metadata", None), "hook_name", None) or "mlp_input"
+
+
+def batch_attributions(batch: Any, downstream: Any, upstream: Any = None, path_steps: int = 0,
+                       encoder_product: torch.Tensor | None = None) -> EdgeAttributions:
+    """`attributions` of a held-out batch (`evals.onepass.HeldOutBatch`), computed once per batch
+    and shared by every metric that asks (the edge measure and intervention faithfulness).
+    `encoder_product`: a transcoder's upstream W_dec @ W_enc, if already computed."""
+    reader = graph_reader(downstream, upstream)
+    x = batch.activation(input_hook(reader))
+    flat = x.reshape(-1, x.shape[-1]).to(device=getattr(reader, "device", x.device), dtype=getattr(reader, "dtype", x.dtype))
+
+    def compute() -> EdgeAttributions:
+        if upstream is None or upstream is downstream:
+            return pair_attributions(downstream, flat, path_steps)
+        return transcoder_attributions(upstream, downstream, flat, encoder_product)
+
+    return batch.shared(("attributions", id(downstream), id(upstream), path_steps), compute)
+
+
+def encoder_product(upstream: Any, transcoder: Any) -> torch.Tensor:
+    """The d_sae_up × d_sae_tc product upstream W_dec @ transcoder W_enc (once per metric)."""
+    return upstream.W_dec.to(transcoder.W_enc.dtype) @ transcoder.W_enc
+
+
+class EdgeMetric:
+    """`Metric` (evals.onepass): the edge measure of `downstream` (a pair, or a transcoder with
+    `upstream`) on the first `max_tokens` held-out tokens."""
+
+    needs_logits = False
+
+    def __init__(self, downstream: Any, upstream: Any = None, max_tokens: int | None = None,
+                 coverages: Sequence[float] = COVERAGES, path_steps: int = 0) -> None:
+        method = _check_models(downstream, upstream)
+        if path_steps < 0:
+            raise ValueError(f"path_steps={path_steps} must be >= 0 (0: the tangent at x).")
+        self.reader = graph_reader(downstream, upstream)
+        self.downstream, self.upstream, self.max_tokens = downstream, upstream, max_tokens
+        self.coverages, self.path_steps = coverages, path_steps if method == "pair" else 0
+        self.accumulator = EdgeAccumulator(method, coverages, path_steps if method == "pair" else None)
+        self.product = None if method == "pair" else encoder_product(upstream, downstream)
+
+    def hooks(self) -> set[str]:
+        return {input_hook(self.reader)}
+
+    def update(self, batch: Any) -> None:
+        att = batch_attributions(batch, self.downstream, self.upstream, self.path_steps, self.product)
+        self.accumulator.update(edge_counts(att, self.coverages), batch.tokens.shape[0], batch.tokens)
+
+    def result(self) -> EdgeMeasureResult:
+        return self.accumulator.result()
+
+
 @torch.no_grad()
-def _measure(
-    downstream: Any, upstream: Any, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]], coverages: Sequence[float], path_steps: int
+def edge_measure_of_inputs(
+    downstream: Any,
+    inputs: Iterable[torch.Tensor],
+    *,
+    upstream: Any = None,
+    coverages: Sequence[float] = COVERAGES,
+    path_steps: int = 0,
 ) -> EdgeMeasureResult:
-    method = _check_models(downstream, upstream)
-    if path_steps < 0:
-        raise ValueError(f"path_steps={path_steps} must be >= 0 (0: the tangent at x).")
-    acc = EdgeAccumulator(method, coverages, path_steps if method == "pair" else None)
-    product = None
-    for x, tokens in batches:
+    """The edge measure of `downstream` (a JSAE pair, or a transcoder with `upstream`) on batches
+    of MLP inputs, each (n_seqs, ctx, d_in) (sequences are the units of the intervals).
+    `path_steps`: a pair's linearisation (`pair_attributions`)."""
+    metric = EdgeMetric(downstream, upstream, None, coverages, path_steps)
+    hook = input_hook(metric.reader)
+    for x in inputs:
         if x.ndim != 3:
             raise ValueError(f"each batch of MLP inputs must be (n_seqs, ctx, d_in); got {tuple(x.shape)}")
-        flat = x.reshape(-1, x.shape[-1])
-        if method == "pair":
-            att = pair_attributions(downstream, flat, path_steps)
-        else:
-            if product is None:  # one d_sae_up × d_sae_tc product per call
-                product = upstream.W_dec.to(downstream.W_enc.dtype) @ downstream.W_enc
-            att = transcoder_attributions(upstream, downstream, flat, product)
-        acc.update(edge_counts(att, coverages), x.shape[0], tokens)
-    return acc.result()
+        metric.update(HeldOutBatch(torch.zeros(x.shape[:2], dtype=torch.long), 0, {hook: x}, None, None))
+    result = metric.result()
+    result.per_sequence["tokens_digest"] = None  # no token ids: nothing to pair on
+    return result
 
 
 @torch.no_grad()
@@ -445,14 +499,5 @@ def edge_measure(
     used, or a SAELens SAE at `blocks.L.ln2.hook_normalized`). The MLP inputs are read at the
     upstream SAE's hook. `path_steps` (pairs only): 0, the tangent at x; m, integrated gradients
     from the input SAE's b_dec with m midpoints (`pair_attributions`)."""
-    method = _check_models(downstream, upstream)
-    reader = downstream if method == "pair" else upstream
-    if method == "transcoder":
-        hook_in = getattr(getattr(getattr(downstream, "cfg", None), "metadata", None), "hook_name", None)
-        if hook_in and hook_in != reader.cfg.metadata.hook_name:
-            raise ValueError(f"the transcoder reads {hook_in!r} but the upstream SAE reads {reader.cfg.metadata.hook_name!r}.")
-    batches = (
-        (mlp_inputs_of(model, reader, batch).reshape(*batch.shape, -1), batch)
-        for batch in iter_token_batches(tokens, batch_size, max_tokens, desc="edge measure" if progress else None)
-    )
-    return _measure(downstream, upstream, batches, coverages, path_steps)
+    metric = EdgeMetric(downstream, upstream, max_tokens, coverages, path_steps)
+    return run_metrics(model, tokens, {"edges": metric}, batch_size=batch_size, desc="edge measure" if progress else None)["edges"]

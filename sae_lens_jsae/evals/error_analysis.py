@@ -22,13 +22,15 @@ differences like every other metric.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
-from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, mlp_inputs_of
+from sae_lens_jsae.evals._batches import TokenSource
 from sae_lens_jsae.evals.intervals import Estimate, ratio, register_summary_block
+from sae_lens_jsae.evals.onepass import run_metrics
 from sae_lens_jsae.evals.sparsity import tokens_digest
 
 
@@ -70,6 +72,63 @@ def error_estimates(block: dict[str, Any]) -> dict[str, Estimate]:
 register_summary_block("mlp_error", error_estimates)
 
 
+class MLPErrorMetric:
+    """`Metric` (evals.onepass): `MLPErrorAnalysis` of a JSAE pair's (or any SAE's with a
+    `require_mlp`) input SAE error on the first `max_tokens` held-out tokens."""
+
+    needs_logits = False
+
+    def __init__(self, sae: Any, max_tokens: int | None = None) -> None:
+        self.sae, self.max_tokens = sae, max_tokens
+        mlp = sae.require_mlp()
+        W = torch.cat([w.to(torch.float64) for w in mlp.input_weights()], dim=1)  # (d, R·d_mlp)
+        self.d = W.shape[0]
+        self.mean_read = float(W.pow(2).sum() / self.d)  # ‖W‖²_F / d = E‖v W‖² for a random unit v
+        U, S, _ = torch.linalg.svd(W, full_matrices=False)
+        self.q = int((S.pow(2).cumsum(0) / S.pow(2).sum() < 0.5).sum()) + 1
+        self.W, self.U_top = W.to(sae.device), U[:, : self.q].to(sae.device)
+        self.sums: dict[str, list[torch.Tensor]] = {"sqerr": [], "sqerr_read": [], "sqerr_top": []}
+        self.firing = torch.zeros(sae.cfg.d_sae, dtype=torch.float64, device=sae.device)
+        self.digest = hashlib.sha256()
+        self.n_tokens = 0
+
+    def hooks(self) -> set[str]:
+        return {self.sae.cfg.metadata.hook_name}
+
+    def update(self, batch: Any) -> None:
+        tokens_digest(self.digest, batch.tokens)
+        b, ctx = batch.tokens.shape
+        self.n_tokens += b * ctx
+        x = batch.activation(self.sae.cfg.metadata.hook_name)
+        x = x.reshape(-1, x.shape[-1]).to(device=self.sae.device, dtype=self.sae.dtype)
+        s_x = self.sae.encode(x)
+        self.firing += (s_x > 0).sum(0).to(torch.float64)
+        e = (x - self.sae.decode(s_x)).to(torch.float64).reshape(b, ctx, self.d)
+        self.sums["sqerr"].append(e.pow(2).sum((1, 2)).cpu())
+        self.sums["sqerr_read"].append((e @ self.W).pow(2).sum((1, 2)).cpu())
+        self.sums["sqerr_top"].append((e @ self.U_top).pow(2).sum((1, 2)).cpu())
+
+    def result(self) -> MLPErrorAnalysis:
+        if not self.sums["sqerr"]:
+            raise ValueError("No tokens to evaluate.")
+        per_seq = {k: torch.cat(v).tolist() for k, v in self.sums.items()}
+        dec = self.sae.W_dec.to(torch.float64)
+        dec_read = (dec @ self.W).pow(2).sum(1) / dec.pow(2).sum(1).clamp_min(1e-300)
+        weights = self.firing / self.firing.sum().clamp_min(1)
+        block = {"mean_read": self.mean_read, "per_sequence": per_seq}
+        est = error_estimates(block)
+        return MLPErrorAnalysis(
+            n_tokens=self.n_tokens,
+            error_sensitivity=est["mlp_error.error_sensitivity"].value,
+            error_share_in_top_directions=est["mlp_error.error_share_in_top_directions"].value,
+            isotropic_share_in_top_directions=self.q / self.d,
+            top_directions=self.q,
+            decoder_sensitivity=float((weights * dec_read).sum()) / self.mean_read,
+            mean_read=self.mean_read,
+            per_sequence={**per_seq, "tokens_digest": self.digest.hexdigest()},
+        )
+
+
 @torch.no_grad()
 def mlp_error_analysis(
     model,
@@ -81,45 +140,5 @@ def mlp_error_analysis(
     progress: bool = True,
 ) -> MLPErrorAnalysis:
     """`MLPErrorAnalysis` of JSAE `sae` on `model`'s MLP inputs for `tokens` ((n_seqs, ctx) or batches)."""
-    import hashlib
-
-    mlp = sae.require_mlp()
-    W = torch.cat([w.to(torch.float64) for w in mlp.input_weights()], dim=1)  # (d, R·d_mlp)
-    d = W.shape[0]
-    mean_read = float(W.pow(2).sum() / d)  # ‖W‖²_F / d = E‖v W‖² for a random unit v
-    U, S, _ = torch.linalg.svd(W, full_matrices=False)
-    q = int((S.pow(2).cumsum(0) / S.pow(2).sum() < 0.5).sum()) + 1
-    W, U_top = W.to(sae.device), U[:, :q].to(sae.device)
-    sums: dict[str, list[torch.Tensor]] = {"sqerr": [], "sqerr_read": [], "sqerr_top": []}
-    firing = torch.zeros(sae.cfg.d_sae, dtype=torch.float64, device=sae.device)
-    digest = hashlib.sha256()
-    n_tokens = 0
-    for batch in iter_token_batches(tokens, batch_size, max_tokens, desc="MLP error analysis" if progress else None):
-        tokens_digest(digest, batch)
-        b, ctx = batch.shape
-        n_tokens += b * ctx
-        x = mlp_inputs_of(model, sae, batch)
-        s_x = sae.encode(x)
-        firing += (s_x > 0).sum(0).to(torch.float64)
-        e = (x - sae.decode(s_x)).to(torch.float64).reshape(b, ctx, d)
-        sums["sqerr"].append(e.pow(2).sum((1, 2)).cpu())
-        sums["sqerr_read"].append((e @ W).pow(2).sum((1, 2)).cpu())
-        sums["sqerr_top"].append((e @ U_top).pow(2).sum((1, 2)).cpu())
-    if not sums["sqerr"]:
-        raise ValueError("No tokens to evaluate.")
-    per_seq = {k: torch.cat(v).tolist() for k, v in sums.items()}
-    dec = sae.W_dec.to(torch.float64)
-    dec_read = (dec @ W).pow(2).sum(1) / dec.pow(2).sum(1).clamp_min(1e-300)
-    weights = firing / firing.sum().clamp_min(1)
-    block = {"mean_read": mean_read, "per_sequence": per_seq}
-    est = error_estimates(block)
-    return MLPErrorAnalysis(
-        n_tokens=n_tokens,
-        error_sensitivity=est["mlp_error.error_sensitivity"].value,
-        error_share_in_top_directions=est["mlp_error.error_share_in_top_directions"].value,
-        isotropic_share_in_top_directions=q / d,
-        top_directions=q,
-        decoder_sensitivity=float((weights * dec_read).sum()) / mean_read,
-        mean_read=mean_read,
-        per_sequence={**per_seq, "tokens_digest": digest.hexdigest()},
-    )
+    return run_metrics(model, tokens, {"mlp_error": MLPErrorMetric(sae, max_tokens)}, batch_size=batch_size,
+                       desc="MLP error analysis" if progress else None)["mlp_error"]

@@ -38,10 +38,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, mlp_inputs_of
-from sae_lens_jsae.evals.edges import EdgeAttributions, _check_models, _decompose, pair_attributions, row_cover, transcoder_attributions
+from sae_lens_jsae.evals._batches import TokenSource
+from sae_lens_jsae.evals.edges import (
+    EdgeAttributions,
+    _check_models,
+    _decompose,
+    batch_attributions,
+    encoder_product,
+    graph_reader,
+    input_hook,
+    pair_attributions,
+    row_cover,
+    transcoder_attributions,
+)
 from sae_lens_jsae.evals.intervals import METHOD, Estimate, ratio, register_summary_block, rounded
+from sae_lens_jsae.evals.onepass import HeldOutBatch, run_metrics
 from sae_lens_jsae.evals.sparsity import tokens_digest
+from sae_lens_jsae.util import is_pair
 
 STRENGTHS: tuple[float, ...] = (0.1, 1.0)
 """a: each tested upstream latent is scaled by (1 − a); 1 removes it."""
@@ -228,6 +241,37 @@ class InterventionAccumulator:
         )
 
 
+class InterventionMetric:
+    """`Metric` (evals.onepass): intervention faithfulness of `downstream`'s graph (a pair, or a
+    transcoder with `upstream`) on the first `max_tokens` held-out tokens. The batch's edge
+    attributions are shared with the edge measure when both read it."""
+
+    needs_logits = False
+
+    def __init__(self, downstream: Any, upstream: Any = None, max_tokens: int | None = None, *,
+                 strengths: Sequence[float] = STRENGTHS, top_m: int = TOP_M, coverage: float = GRAPH_COVERAGE, mlp: Any = None) -> None:
+        method = _check_models(downstream, upstream)
+        self.reader = graph_reader(downstream, upstream)
+        self.downstream, self.upstream, self.max_tokens, self.mlp = downstream, upstream, max_tokens, mlp
+        self.strengths, self.top_m, self.coverage = strengths, top_m, coverage
+        self.product = None if method == "pair" else encoder_product(upstream, downstream)
+        self.accumulator = InterventionAccumulator(method, strengths, top_m, coverage)
+
+    def hooks(self) -> set[str]:
+        return {input_hook(self.reader)}
+
+    def update(self, batch: Any) -> None:
+        x = batch.activation(input_hook(self.reader))
+        att = batch_attributions(batch, self.downstream, self.upstream, 0, self.product)
+        sums = intervention_sums(self.downstream, x.reshape(-1, x.shape[-1]).to(getattr(self.reader, "device", x.device)), self.upstream,
+                                 strengths=self.strengths, top_m=self.top_m, coverage=self.coverage, attributions=att, mlp=self.mlp)
+        self.accumulator.update(sums, batch.tokens.shape[0], batch.tokens)
+
+    def result(self) -> InterventionResult:
+        return self.accumulator.result()
+
+
+@torch.no_grad()
 def intervention_of_inputs(
     downstream: Any,
     inputs: Iterable[torch.Tensor],
@@ -238,25 +282,26 @@ def intervention_of_inputs(
     coverage: float = GRAPH_COVERAGE,
 ) -> InterventionResult:
     """Intervention faithfulness on batches of MLP inputs, each (n_seqs, ctx, d_in)."""
-    return _measure(downstream, upstream, ((x, None) for x in inputs), strengths, top_m, coverage)
-
-
-@torch.no_grad()
-def _measure(downstream: Any, upstream: Any, batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
-             strengths: Sequence[float], top_m: int, coverage: float, mlp: Any = None) -> InterventionResult:
-    """Accumulate `intervention_sums` over (MLP inputs (n_seqs, ctx, d_in), their token ids or None) batches."""
-    method = _check_models(downstream, upstream)
-    acc = InterventionAccumulator(method, strengths, top_m, coverage)
-    product = None
-    for x, tokens in batches:
+    metric = InterventionMetric(downstream, upstream, None, strengths=strengths, top_m=top_m, coverage=coverage)
+    hook = input_hook(metric.reader)
+    for x in inputs:
         if x.ndim != 3:
             raise ValueError(f"each batch of MLP inputs must be (n_seqs, ctx, d_in); got {tuple(x.shape)}")
-        if method == "transcoder" and product is None:  # one d_sae_up × d_sae_tc product per call
-            product = upstream.W_dec.to(downstream.W_enc.dtype) @ downstream.W_enc
-        sums = intervention_sums(downstream, x.reshape(-1, x.shape[-1]), upstream, strengths=strengths, top_m=top_m,
-                                 coverage=coverage, encoder_product=product, mlp=mlp)
-        acc.update(sums, x.shape[0], tokens)
-    return acc.result()
+        metric.update(HeldOutBatch(torch.zeros(x.shape[:2], dtype=torch.long), 0, {hook: x}, None, None))
+    result = metric.result()
+    result.per_sequence["tokens_digest"] = None  # no token ids: nothing to pair on
+    return result
+
+
+def transcoder_mlp(model: Any, downstream: Any, upstream: Any) -> Any:
+    """The real MLP a transcoder's graph is tested against when neither it nor its upstream
+    carries one: the model's block (`FrozenMLP.from_hooked_transformer`); else None."""
+    if is_pair(downstream) or getattr(upstream, "mlp", None) is not None or getattr(downstream, "mlp", None) is not None:
+        return None
+    from sae_lens_jsae.evals._batches import layer_of
+    from sae_lens_jsae.mlp import FrozenMLP
+
+    return FrozenMLP.from_hooked_transformer(model, layer_of(upstream)).to(device=downstream.W_enc.device, dtype=downstream.W_enc.dtype)
 
 
 def intervention_faithfulness(
@@ -275,16 +320,8 @@ def intervention_faithfulness(
     """Intervention faithfulness of `downstream`'s graph on `model`'s MLP inputs for `tokens`
     ((n_seqs, ctx) or batches): a JSAE pair (its own input SAE upstream) or a transcoder with
     `upstream` (a pair, whose input SAE is used, or a SAELens SAE on the MLP input)."""
-    method = _check_models(downstream, upstream)
-    reader = downstream if method == "pair" else upstream
-    mlp = None
-    if method == "transcoder" and getattr(upstream, "mlp", None) is None and getattr(downstream, "mlp", None) is None:
-        from sae_lens_jsae.evals._batches import layer_of
-        from sae_lens_jsae.mlp import FrozenMLP
-
-        mlp = FrozenMLP.from_hooked_transformer(model, layer_of(reader)).to(device=downstream.W_enc.device, dtype=downstream.W_enc.dtype)
-    batches = (
-        (mlp_inputs_of(model, reader, batch).reshape(*batch.shape, -1), batch)
-        for batch in iter_token_batches(tokens, batch_size, max_tokens, desc="intervention faithfulness" if progress else None)
-    )
-    return _measure(downstream, upstream, batches, strengths, top_m, coverage, mlp)
+    _check_models(downstream, upstream)
+    metric = InterventionMetric(downstream, upstream, max_tokens, strengths=strengths, top_m=top_m, coverage=coverage,
+                                mlp=transcoder_mlp(model, downstream, upstream))
+    return run_metrics(model, tokens, {"intervention": metric}, batch_size=batch_size,
+                       desc="intervention faithfulness" if progress else None)["intervention"]

@@ -19,6 +19,7 @@ intervals treat sequences, not tokens, as the independent units (`linearity_esti
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -26,8 +27,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, mlp_inputs_of
+from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches
 from sae_lens_jsae.evals.intervals import Estimate, ratio, register_summary_block
+from sae_lens_jsae.evals.onepass import run_metrics
+from sae_lens_jsae.evals.sparsity import tokens_digest
 
 LINEAR, JUMPRELU, OTHER = 0, 1, 2
 CLASS_NAMES = ("linear", "jumprelu", "other")
@@ -223,7 +226,74 @@ def _token_matrix(tokens: TokenSource, batch_size: int) -> torch.Tensor:
     return torch.cat(batches) if batches else torch.zeros(0, 0, dtype=torch.long)
 
 
-@torch.no_grad()
+class LinearityMetric:
+    """`Metric` (evals.onepass): linearity fractions and the ablation check on `n_tokens` tokens
+    sampled from the held-out rows `tokens` ((n_seqs, ctx), the rows the pass reads, in order).
+
+    A two-stage sample (seeded) across the whole eval set: ⌈n_tokens / tokens_per_sequence⌉
+    sequences drawn uniformly from all of `tokens` (all of them if there are fewer, with more
+    tokens each), then positions drawn uniformly within each (sequence position 0, usually BOS,
+    is skipped when `skip_first_position`). Each sampled token records its sequence and position;
+    the sequences are the intervals' units. The pass feeds it rows up to the last sampled one."""
+
+    needs_logits = False
+
+    def __init__(self, sae: Any, tokens: torch.Tensor, n_tokens: int = 512, *, n_grid: int = 21, max_factor: float = 2.0,
+                 tol: float = 1e-2, ablation_tol: float = 0.1, around: Literal["reconstruction", "input"] = "reconstruction",
+                 skip_first_position: bool = True, seed: int = 0, tokens_per_sequence: int = 4, progress: bool = False) -> None:
+        if n_tokens < 1 or tokens_per_sequence < 1:
+            raise ValueError(f"n_tokens and tokens_per_sequence must be ≥ 1; got {n_tokens} and {tokens_per_sequence}")
+        toks = tokens[None] if tokens.ndim == 1 else tokens
+        first = 1 if skip_first_position and toks.ndim == 2 and toks.shape[1] > 1 else 0
+        if toks.ndim != 2 or toks.shape[0] == 0 or toks.shape[1] <= first:
+            raise ValueError(f"linearity needs (n_seqs, ctx) tokens with at least one position to sample; got shape {tuple(toks.shape)}")
+        self.sae, self.progress = sae, progress
+        self.settings = dict(n_grid=n_grid, max_factor=max_factor, tol=tol, ablation_tol=ablation_tol, around=around)
+        n_seqs, ctx = toks.shape
+        per_seq = ctx - first
+        gen = torch.Generator().manual_seed(seed)
+        n_rows = min(n_seqs, -(-n_tokens // tokens_per_sequence))
+        per_row = min(per_seq, -(-n_tokens // n_rows))
+        chosen = torch.randperm(n_seqs, generator=gen)[:n_rows]
+        within = torch.rand(n_rows, per_seq, generator=gen).argsort(1)[:, :per_row]  # distinct positions in each sequence
+        keep = torch.randperm(n_rows * per_row, generator=gen)[:n_tokens]  # trim to n_tokens
+        self.seq, self.pos = chosen.repeat_interleave(per_row)[keep], within.reshape(-1)[keep] + first
+        self.pick = self.seq * ctx + self.pos  # flat index into tokens (for the sample digest)
+        self.max_tokens = (int(self.seq.max()) + 1) * ctx
+        self.x: torch.Tensor | None = None
+        digest = hashlib.sha256()
+        tokens_digest(digest, toks)
+        tokens_digest(digest, self.pick)
+        self.sample_digest = digest.hexdigest()
+
+    def hooks(self) -> set[str]:
+        return {self.sae.cfg.metadata.hook_name}
+
+    def update(self, batch: Any) -> None:
+        b = batch.tokens.shape[0]
+        sel = ((self.seq >= batch.row_start) & (self.seq < batch.row_start + b)).nonzero().squeeze(1)
+        if sel.numel() == 0:
+            return
+        acts = batch.activation(self.sae.cfg.metadata.hook_name).to(device=self.sae.device, dtype=self.sae.dtype)
+        if self.x is None:
+            self.x = acts.new_empty(self.pick.numel(), acts.shape[-1])
+        self.x[sel.to(self.x.device)] = acts[(self.seq[sel] - batch.row_start).to(acts.device), self.pos[sel].to(acts.device)]
+
+    def result(self) -> LinearityResult:
+        if self.x is None:
+            raise ValueError("No tokens to evaluate.")
+        from tqdm.auto import tqdm
+
+        step = 64
+        parts = [linearity_of_inputs(self.sae, self.x[s : s + step], sequence=self.seq[s : s + step], **self.settings)  # type: ignore[arg-type]
+                 for s in tqdm(range(0, self.x.shape[0], step), desc="Linearity", disable=not self.progress, leave=False)]
+        result = merge_linearity(parts)
+        if result.per_token is not None:
+            result.per_token["position"] = self.pos.tolist()
+            result.per_token["sample_digest"] = self.sample_digest
+        return result
+
+
 def linearity(
     model,
     sae,
@@ -241,59 +311,12 @@ def linearity(
     progress: bool = True,
     tokens_per_sequence: int = 4,
 ) -> LinearityResult:
-    """Linearity fractions and the ablation check on `n_tokens` tokens sampled from `tokens`.
-
-    A two-stage sample (seeded) across the whole eval set: ⌈n_tokens / tokens_per_sequence⌉
-    sequences drawn uniformly from all of `tokens` (all of them if there are fewer, with more
-    tokens each), then positions drawn uniformly within each (sequence position 0, usually BOS,
-    is skipped when `skip_first_position`). Each sampled token records its sequence and position;
-    the sequences are the intervals' units. The model runs only on the sampled sequences.
-    """
-    if n_tokens < 1 or tokens_per_sequence < 1:
-        raise ValueError(f"n_tokens and tokens_per_sequence must be ≥ 1; got {n_tokens} and {tokens_per_sequence}")
+    """Linearity fractions and the ablation check on `n_tokens` tokens sampled from `tokens`
+    ((n_seqs, ctx) or batches): `LinearityMetric` in a pass of its own."""
     toks = _token_matrix(tokens, batch_size)
-    first = 1 if skip_first_position and toks.ndim == 2 and toks.shape[1] > 1 else 0
-    if toks.ndim != 2 or toks.shape[0] == 0 or toks.shape[1] <= first:
-        raise ValueError(f"linearity needs (n_seqs, ctx) tokens with at least one position to sample; got shape {tuple(toks.shape)}")
-    n_seqs, ctx = toks.shape
-    per_seq = ctx - first
-    gen = torch.Generator().manual_seed(seed)
-    n_rows = min(n_seqs, -(-n_tokens // tokens_per_sequence))
-    per_row = min(per_seq, -(-n_tokens // n_rows))
-    chosen = torch.randperm(n_seqs, generator=gen)[:n_rows]
-    within = torch.rand(n_rows, per_seq, generator=gen).argsort(1)[:, :per_row]  # distinct positions in each sequence
-    keep = torch.randperm(n_rows * per_row, generator=gen)[:n_tokens]  # trim to n_tokens
-    seq, pos = chosen.repeat_interleave(per_row)[keep], within.reshape(-1)[keep] + first
-    pick = seq * ctx + pos  # flat index into tokens (for the sample digest)
-    rows = torch.unique(seq)  # sorted
-    x: torch.Tensor | None = None
-    for s in range(0, rows.numel(), batch_size):
-        chunk = rows[s : s + batch_size]
-        acts = mlp_inputs_of(model, sae, toks[chunk]).reshape(chunk.numel(), ctx, -1)
-        sel = torch.isin(seq, chunk).nonzero().squeeze(1)
-        if x is None:
-            x = acts.new_empty(pick.numel(), acts.shape[-1])
-        x[sel.to(x.device)] = acts[torch.searchsorted(chunk, seq[sel]).to(acts.device), pos[sel].to(acts.device)]
-    assert x is not None
-    parts = []
-    from tqdm.auto import tqdm
-
-    step = 64
-    for s in tqdm(range(0, x.shape[0], step), desc="Linearity", disable=not progress, leave=False):
-        parts.append(linearity_of_inputs(sae, x[s : s + step], n_grid=n_grid, max_factor=max_factor, tol=tol, ablation_tol=ablation_tol,
-                                         around=around, sequence=seq[s : s + step]))
-    result = merge_linearity(parts)
-    if result.per_token is not None:
-        import hashlib
-
-        from sae_lens_jsae.evals.sparsity import tokens_digest
-
-        result.per_token["position"] = pos.tolist()
-        digest = hashlib.sha256()
-        tokens_digest(digest, toks)
-        tokens_digest(digest, pick)
-        result.per_token["sample_digest"] = digest.hexdigest()
-    return result
+    metric = LinearityMetric(sae, toks, n_tokens, n_grid=n_grid, max_factor=max_factor, tol=tol, ablation_tol=ablation_tol, around=around,
+                             skip_first_position=skip_first_position, seed=seed, tokens_per_sequence=tokens_per_sequence, progress=progress)
+    return run_metrics(model, toks, {"linearity": metric}, batch_size=batch_size, desc=None)["linearity"]
 
 
 def merge_linearity(parts: list[LinearityResult]) -> LinearityResult:

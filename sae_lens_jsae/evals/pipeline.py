@@ -7,25 +7,29 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches
 from sae_lens_jsae.evals._saebench_base import SAE_BENCH_MISSING
-from sae_lens_jsae.evals.error_analysis import mlp_error_analysis
+from sae_lens_jsae.evals.edges import EdgeMetric
+from sae_lens_jsae.evals.error_analysis import MLPErrorMetric
 from sae_lens_jsae.evals.heldout import interval_method
 from sae_lens_jsae.evals.intervals import summary_intervals
+from sae_lens_jsae.evals.intervention import InterventionMetric
+from sae_lens_jsae.evals.linearity import LinearityMetric
+from sae_lens_jsae.evals.onepass import Metric, run_metrics
 from sae_lens_jsae.evals.saebench import (
     JacobianLinearityEvalConfig,
     JacobianSparsityEvalConfig,
     collect_tokens,
     core_summary,
     run_core_eval,
-    run_eval,
-    run_linearity_eval,
+    write_eval_output,
 )
-from sae_lens_jsae.evals.splice import SpliceResult, splice_scores
+from sae_lens_jsae.evals.sparsity import JacobianSparsityMetric
+from sae_lens_jsae.evals.splice import SpliceMetric, SpliceResult
 from sae_lens_jsae.sae import layer_of_input_hook, saved_jacobian_coefficient
 
 SUMMARY_FORMAT = "sae_lens_jsae.eval/1"
@@ -79,6 +83,62 @@ def _load_extra_sae(spec: Any, device: str):
     return release, sae_id, SAE.from_pretrained(release, sae_id, device=device)
 
 
+class PairMetrics(NamedTuple):
+    """Every metric of one JSAE pair for one pass, with the SAEBench configs its two JSONs record."""
+
+    metrics: dict[str, Metric]
+    """`evals.onepass.Metric`s by summary name."""
+    sparsity_config: JacobianSparsityEvalConfig
+    """The Jacobian sparsity eval's settings (SAEBench's `eval_config`)."""
+    linearity_config: JacobianLinearityEvalConfig
+    """The linearity eval's settings (SAEBench's `eval_config`)."""
+
+
+def pair_metrics(
+    model,
+    sae,
+    toks: torch.Tensor,
+    *,
+    splice: bool = True,
+    n_tokens: int = 102_400,
+    n_splice_tokens: int = 32_768,
+    n_linearity_tokens: int = 512,
+    n_edge_tokens: int = 8192,
+    n_intervention_tokens: int = 8192,
+    n_edge_path_tokens: int = 0,
+    edge_path_steps: int = 8,
+    batch_size: int = 16,
+    linearity_kwargs: dict[str, Any] | None = None,
+    sparsity_kwargs: dict[str, Any] | None = None,
+    **_: Any,
+) -> PairMetrics:
+    """Every metric of one JSAE pair over the held-out rows `toks` (`evaluate_checkpoint`'s budgets;
+    other options are ignored): Jacobian sparsity on `n_tokens`, linearity on `n_linearity_tokens`
+    sampled from all rows, the splices (unless `splice=False`: computed for several pairs at once)
+    and the MLP error analysis on `n_splice_tokens`, the edge measure (tangent; integrated gradients
+    on `n_edge_path_tokens`) and intervention faithfulness; a budget of 0 drops that metric."""
+    name = str(sae.cfg.metadata.model_name or "")
+    sc = JacobianSparsityEvalConfig(model_name=name, context_size=toks.shape[1], n_tokens=n_tokens,
+                                    batch_size_prompts=batch_size, **(sparsity_kwargs or {}))
+    lc = JacobianLinearityEvalConfig(model_name=name, context_size=toks.shape[1], n_tokens=n_linearity_tokens,
+                                     batch_size_prompts=batch_size, **(linearity_kwargs or {}))
+    metrics: dict[str, Metric] = {
+        "jacobian_sparsity": JacobianSparsityMetric(sae, sc.n_tokens, thresholds=sc.thresholds, hist_bins=sc.hist_bins, hist_max=sc.hist_max),
+        "linearity": LinearityMetric(sae, toks, lc.n_tokens, n_grid=lc.n_grid, max_factor=lc.max_factor, tol=lc.tol,
+                                     ablation_tol=lc.ablation_tol, around=lc.around, seed=lc.random_seed),
+        "mlp_error": MLPErrorMetric(sae, n_splice_tokens),
+    }
+    if splice:
+        metrics["splice"] = SpliceMetric(model, {"jsae": sae}, max_tokens=n_splice_tokens)
+    if n_edge_tokens > 0:  # edges per downstream node (evals/edges.py): the measure shared with transcoders
+        metrics["edges"] = EdgeMetric(sae, max_tokens=n_edge_tokens)
+    if n_edge_path_tokens > 0:  # the tangent's edges against integrated gradients' (docs/metrics.md)
+        metrics["edges_path"] = EdgeMetric(sae, max_tokens=n_edge_path_tokens, path_steps=edge_path_steps)
+    if n_intervention_tokens > 0:
+        metrics["intervention"] = InterventionMetric(sae, max_tokens=n_intervention_tokens)
+    return PairMetrics(metrics, sc, lc)
+
+
 def evaluate_checkpoint(
     checkpoint: Any,
     model,
@@ -105,6 +165,8 @@ def evaluate_checkpoint(
     check_mlp: bool = True,
     progress: bool = True,
     splice: SpliceResult | None = None,
+    precomputed: dict[str, Any] | None = None,
+    precomputed_timings: dict[str, float] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Evaluate one JSAE (a checkpoint directory or a loaded JSAE) on `model` and `tokens`.
@@ -123,6 +185,9 @@ def evaluate_checkpoint(
     midpoints) on that many, beside the tangent's; `heldout`: where the tokens come from
     (`evals.heldout.HeldOut.record()`), whose speeches cluster every interval.
     `splice`: splice scores computed already (by `splice_scores_multi`, several pairs in one pass);
+    `precomputed`: this pair's results of a pass already run over `tokens` (`pair_metrics`'
+    metrics, e.g. a sweep's one pass over all its pairs; `splice` then given too), with their
+    `precomputed_timings`;
     `extra`: fields added to the summary (e.g. sweep labels).
     """
     out = Path(output_dir)
@@ -135,51 +200,25 @@ def evaluate_checkpoint(
     toks = collect_tokens(tokens, max(n_tokens, n_splice_tokens, n_core_reconstruction_tokens, n_core_sparsity_tokens, n_edge_tokens,
                                       n_intervention_tokens, n_edge_path_tokens))
     mlp_error = check_mlp_matches(model, sae, toks) if check_mlp else None
-    timings: dict[str, float] = {}
-    t0 = time.time()
-    sp_cfg = JacobianSparsityEvalConfig(
-        model_name=str(sae.cfg.metadata.model_name or ""), context_size=toks.shape[1], n_tokens=n_tokens,
-        batch_size_prompts=batch_size, **(sparsity_kwargs or {}),
-    )
-    run_eval(sp_cfg, [(label, sae)], str(model.cfg.device), str(out / "jacobian_sparsity"), force_rerun=True, model=model, tokens=toks)
-    timings["jacobian_sparsity_s"] = time.time() - t0
-    t0 = time.time()
-    lin_cfg = JacobianLinearityEvalConfig(
-        model_name=str(sae.cfg.metadata.model_name or ""), context_size=toks.shape[1], n_tokens=n_linearity_tokens,
-        batch_size_prompts=batch_size, **(linearity_kwargs or {}),
-    )
-    run_linearity_eval(lin_cfg, [(label, sae)], str(model.cfg.device), str(out / "jacobian_linearity"), force_rerun=True, model=model, tokens=toks)
-    timings["linearity_s"] = time.time() - t0
-    t0 = time.time()
-    if splice is None:
-        splice = splice_scores(model, sae, toks, batch_size=max(1, batch_size // 2), max_tokens=n_splice_tokens, progress=progress)
-        timings["splice_s"] = time.time() - t0
-    edges = None
-    if n_edge_tokens > 0:  # edges per downstream node (evals/edges.py): the measure shared with transcoders
-        from sae_lens_jsae.evals.edges import edge_measure
-
-        t0 = time.time()
-        edges = edge_measure(model, sae, toks, batch_size=batch_size, max_tokens=n_edge_tokens, progress=progress).to_dict()
-        timings["edges_s"] = time.time() - t0
-    edges_path = None
-    if n_edge_path_tokens > 0:  # the tangent's edges against integrated gradients' (docs/metrics.md)
-        from sae_lens_jsae.evals.edges import edge_measure
-
-        t0 = time.time()
-        edges_path = edge_measure(model, sae, toks, batch_size=batch_size, max_tokens=n_edge_path_tokens, progress=progress,
-                                  path_steps=edge_path_steps).to_dict()
-        timings["edges_path_s"] = time.time() - t0
-    intervention = None
-    if n_intervention_tokens > 0:
-        from sae_lens_jsae.evals.intervention import intervention_faithfulness
-
-        t0 = time.time()
-        intervention = intervention_faithfulness(model, sae, toks, batch_size=batch_size, max_tokens=n_intervention_tokens,
-                                                 progress=progress).to_dict()
-        timings["intervention_s"] = time.time() - t0
-    t0 = time.time()
-    error_analysis = mlp_error_analysis(model, sae, toks, batch_size=batch_size, max_tokens=n_splice_tokens, progress=progress)
-    timings["mlp_error_s"] = time.time() - t0
+    budgets = dict(n_tokens=n_tokens, n_splice_tokens=n_splice_tokens, n_linearity_tokens=n_linearity_tokens, n_edge_tokens=n_edge_tokens,
+                   n_intervention_tokens=n_intervention_tokens, n_edge_path_tokens=n_edge_path_tokens, edge_path_steps=edge_path_steps,
+                   batch_size=batch_size, linearity_kwargs=linearity_kwargs, sparsity_kwargs=sparsity_kwargs)
+    metrics, sp_cfg, lin_cfg = pair_metrics(model, sae, toks, splice=splice is None and precomputed is None, **budgets)
+    timings: dict[str, float] = dict(precomputed_timings or {})
+    if precomputed is None:
+        results = run_metrics(model, toks, metrics, batch_size=batch_size, desc=f"[{label}] held-out pass" if progress else None,
+                              timings=timings)
+    else:
+        results = dict(precomputed)
+    splice = splice if splice is not None else results["splice"]
+    if isinstance(splice, dict):
+        splice = splice["jsae"]
+    edges = results["edges"].to_dict() if "edges" in results else None
+    edges_path = results["edges_path"].to_dict() if "edges_path" in results else None
+    intervention = results["intervention"].to_dict() if "intervention" in results else None
+    error_analysis = results["mlp_error"]
+    sp_file = write_eval_output(sp_cfg, label, sae, results["jacobian_sparsity"], out / "jacobian_sparsity")
+    lin_file = write_eval_output(lin_cfg, label, sae, results["linearity"], out / "jacobian_linearity")
     core_files: dict[str, Any] = {}
     core_skipped = f"SAEBench's core eval skipped: {SAE_BENCH_MISSING}" if core and SAE_BENCH_MISSING else None
     if core_skipped:
@@ -193,8 +232,6 @@ def evaluate_checkpoint(
             )
             core_files[which] = {"file": str(path.relative_to(out)), **core_summary(path)}
         timings["core_s"] = time.time() - t0
-    sp_file = out / "jacobian_sparsity" / f"{label}_custom_sae_eval_results.json"
-    lin_file = out / "jacobian_linearity" / f"{label}_custom_sae_eval_results.json"
     sp_json = json.loads(sp_file.read_text())
     lin_json = json.loads(lin_file.read_text())
     summary = {

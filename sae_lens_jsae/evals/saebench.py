@@ -420,6 +420,39 @@ def _intervals(per: dict[str, Any] | None, kind: str, k: int = 0) -> dict[str, A
     return {"intervals": {key: e.interval().to_dict() for key, e in est.items()}, "interval_method": METHOD}
 
 
+def eval_output(config, release: str, sae_id: str, sae, result):
+    """The SAEBench output object (`JacobianSparsityEvalOutput` or `JacobianLinearityEvalOutput`,
+    by `config`'s type) of a computed result: the adapter from a metric's result to SAEBench's
+    JSON (the one-pass evaluation computes the results; this only formats them)."""
+    eval_id, lens_version, bench_version, _, _ = run_helpers()
+    common = dict(
+        eval_id=eval_id, datetime_epoch_millis=int(time.time() * 1000), sae_bench_commit_hash=bench_version,
+        sae_lens_id=sae_id, sae_lens_release_id=release, sae_lens_version=lens_version, sae_cfg_dict=sae.cfg.to_dict(),
+    )
+    r = result
+    if isinstance(config, JacobianSparsityEvalConfig):
+        return JacobianSparsityEvalOutput(
+            eval_config=config, eval_result_metrics=sparsity_metric_categories(r),
+            eval_result_details=[JacobianThresholdDetail(threshold=t, mean_count=c, mean_fraction=f, std_count=s)
+                                 for t, c, f, s in zip(r.thresholds, r.mean_count_above, r.mean_fraction_above, r.std_count_above)],
+            eval_result_unstructured={"histogram": asdict(r.histogram), "result": r.to_dict(), **_intervals(r.per_sequence, "sparsity", r.k)}, **common,
+        )
+    return JacobianLinearityEvalOutput(
+        eval_config=config, eval_result_metrics=linearity_metric_categories(r), eval_result_details=[],
+        eval_result_unstructured={"result": r.to_dict(), **_intervals(r.per_token, "linearity")}, **common,
+    )
+
+
+def write_eval_output(config, label: str, sae, result, output_path: str | os.PathLike[str]) -> Path:
+    """Write a computed Jacobian sparsity or linearity result as SAEBench's
+    `{label}_custom_sae_eval_results.json` under `output_path` (as `run_eval` names a custom SAE)."""
+    _, _, _, get_results_filepath, _ = run_helpers()
+    os.makedirs(output_path, exist_ok=True)
+    path = Path(get_results_filepath(str(output_path), label, "custom_sae"))
+    eval_output(config, label, "custom_sae", sae, result).to_json_file(str(path), indent=2)
+    return path
+
+
 def _run_eval(
     eval_type_id: str,
     config,
@@ -445,30 +478,17 @@ def _run_eval(
         sae = sae.to(device)
         the_model = model if model is not None else _load_model(config, sae, device)
         the_tokens = tokens if tokens is not None else _load_tokens(config, the_model, sae)
-        common = dict(
-            eval_id=eval_id, datetime_epoch_millis=int(time.time() * 1000), sae_bench_commit_hash=bench_version,
-            sae_lens_id=sae_id, sae_lens_release_id=release, sae_lens_version=lens_version, sae_cfg_dict=sae.cfg.to_dict(),
-        )
         if eval_type_id == EVAL_TYPE_ID_JACOBIAN_SPARSITY:
             r = jacobian_sparsity(
                 the_model, sae, the_tokens, thresholds=config.thresholds, hist_bins=config.hist_bins, hist_max=config.hist_max,
                 batch_size=config.batch_size_prompts, max_tokens=config.n_tokens,
-            )
-            out = JacobianSparsityEvalOutput(
-                eval_config=config, eval_result_metrics=sparsity_metric_categories(r),
-                eval_result_details=[JacobianThresholdDetail(threshold=t, mean_count=c, mean_fraction=f, std_count=s)
-                                     for t, c, f, s in zip(r.thresholds, r.mean_count_above, r.mean_fraction_above, r.std_count_above)],
-                eval_result_unstructured={"histogram": asdict(r.histogram), "result": r.to_dict(), **_intervals(r.per_sequence, "sparsity", r.k)}, **common,
             )
         else:
             r = linearity(
                 the_model, sae, the_tokens, n_tokens=config.n_tokens, n_grid=config.n_grid, max_factor=config.max_factor, tol=config.tol,
                 ablation_tol=config.ablation_tol, around=config.around, seed=config.random_seed, batch_size=config.batch_size_prompts,
             )
-            out = JacobianLinearityEvalOutput(
-                eval_config=config, eval_result_metrics=linearity_metric_categories(r), eval_result_details=[],
-                eval_result_unstructured={"result": r.to_dict(), **_intervals(r.per_token, "linearity")}, **common,
-            )
+        out = eval_output(config, release, sae_id, sae, r)
         out.to_json_file(path, indent=2)
         results[f"{release}_{sae_id}"] = asdict(out)
     return results

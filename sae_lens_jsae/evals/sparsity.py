@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, mlp_inputs_of
+from sae_lens_jsae.evals._batches import TokenSource
 from sae_lens_jsae.evals.intervals import Estimate, ratio, register_summary_block
+from sae_lens_jsae.evals.onepass import run_metrics
 
 THRESHOLDS: tuple[float, ...] = (0.005, 0.01, 0.015, 0.02)
 """The paper's |J| thresholds τ."""
@@ -240,7 +241,28 @@ def jacobian_sparsity_of_values(values: torch.Tensor, **kwargs: Any) -> Jacobian
     return acc.result()
 
 
-@torch.no_grad()
+class JacobianSparsityMetric:
+    """`Metric` (evals.onepass) of a JSAE's Jacobian sparsity: `JacobianSparsityAccumulator` over
+    the active Jacobians of the first `max_tokens` held-out tokens."""
+
+    needs_logits = False
+
+    def __init__(self, sae: Any, max_tokens: int | None = None, **accumulator: Any) -> None:
+        self.sae, self.max_tokens = sae, max_tokens
+        self.accumulator = JacobianSparsityAccumulator(**accumulator)
+
+    def hooks(self) -> set[str]:
+        return {self.sae.cfg.metadata.hook_name}
+
+    def update(self, batch: Any) -> None:
+        x = batch.activation(self.sae.cfg.metadata.hook_name)
+        x = x.reshape(-1, x.shape[-1]).to(device=self.sae.device, dtype=self.sae.dtype)
+        self.accumulator.update(self.sae.active_jacobian(x).values, tokens=batch.tokens)
+
+    def result(self) -> JacobianSparsityResult:
+        return self.accumulator.result()
+
+
 def jacobian_sparsity(
     model,
     sae,
@@ -260,11 +282,10 @@ def jacobian_sparsity(
     Streams `batch_size` sequences at a time (model run up to the JSAE's block only); at most
     `max_tokens` tokens (whole sequences; None: all).
     """
-    acc = JacobianSparsityAccumulator(thresholds=thresholds, top_m=top_m, hist_bins=hist_bins, hist_max=hist_max,
-                                      relative_thresholds=relative_thresholds)
-    for batch in iter_token_batches(tokens, batch_size, max_tokens, desc="Jacobian sparsity" if progress else None):
-        acc.update(sae.active_jacobian(mlp_inputs_of(model, sae, batch)).values, tokens=batch)
-    return acc.result()
+    metric = JacobianSparsityMetric(sae, max_tokens, thresholds=thresholds, top_m=top_m, hist_bins=hist_bins, hist_max=hist_max,
+                                    relative_thresholds=relative_thresholds)
+    return run_metrics(model, tokens, {"jacobian_sparsity": metric}, batch_size=batch_size,
+                       desc="Jacobian sparsity" if progress else None)["jacobian_sparsity"]
 
 
 def sparsity_estimates(ps: Mapping[str, Any], k: int) -> dict[str, Estimate]:

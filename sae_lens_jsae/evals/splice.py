@@ -42,8 +42,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sae_lens_jsae.evals._batches import TokenSource, iter_token_batches, layer_of
+from sae_lens_jsae.evals._batches import TokenSource, layer_of
 from sae_lens_jsae.evals.intervals import Estimate, ratio, register_summary_block, rounded
+from sae_lens_jsae.evals.onepass import run_metrics
 from sae_lens_jsae.evals.sparsity import tokens_digest
 
 SPLICES: tuple[str, ...] = ("input", "output", "replacement")
@@ -188,7 +189,122 @@ class _BlockRun:
             return block.apply_mlp(block.ln2(self.ln2_in))
 
 
-@torch.no_grad()
+class SpliceMetric:
+    """`Metric` (evals.onepass): `splice_scores` of several JSAEs and transcoders ({name: model})
+    on the first `max_tokens` held-out tokens, sharing each batch's clean run (the pass's) and the
+    zero-ablations (see the module docstring). `result()` is {name: SpliceResult}."""
+
+    needs_logits = True
+
+    def __init__(self, model: Any, saes: Mapping[str, Any], splices: Sequence[str] = SPLICES, max_tokens: int | None = None) -> None:
+        from sae_lens_jsae.transcoder import is_transcoder
+
+        _check_splices(splices)
+        if not saes:
+            raise ValueError("splice_scores_multi needs at least one JSAE.")
+        if getattr(model.cfg, "positional_embedding_type", None) == "shortformer":
+            raise ValueError("splice_scores_multi runs blocks L+1… from the residual; shortformer models are not supported.")
+        self.saes, self.splices, self.max_tokens = dict(saes), tuple(splices), max_tokens
+        self.layers = {name: layer_of(sae) for name, sae in saes.items()}
+        self.parallel = bool(getattr(model.cfg, "parallel_attn_mlp", False))
+        self.special = _special_token_ids(model)
+        self.cols: dict[str, dict[str, list[torch.Tensor]]] = {name: {} for name in saes}
+        self.fired = {name: torch.zeros(sae.cfg.d_sae, dtype=torch.bool) for name, sae in saes.items() if is_transcoder(sae)}
+        self.fired_pair = {name: torch.zeros(2, sae.cfg.d_sae, dtype=torch.bool) for name, sae in saes.items() if name not in self.fired}
+        self.moments: dict[int, dict[str, list[torch.Tensor]]] = {L: {} for L in set(self.layers.values())}  # per-seq Σx, Σ‖x‖², Σy, Σ‖y‖²
+        self.digest = hashlib.sha256()
+        self.n_tok = 0
+
+    def hooks(self) -> set[str]:
+        names: set[str] = set()
+        for L in set(self.layers.values()):
+            names |= {f"blocks.{L}.ln2.hook_normalized", f"blocks.{L}.hook_mlp_out"}
+            names |= {f"blocks.{L}.hook_resid_pre", f"blocks.{L}.hook_attn_out"} if self.parallel else {f"blocks.{L}.hook_resid_mid"}
+        return names
+
+    @staticmethod
+    def _add(store: dict[str, list[torch.Tensor]], key: str, v: torch.Tensor) -> None:
+        store.setdefault(key, []).append(v.detach().to("cpu", torch.float64))
+
+    def update(self, held: Any) -> None:
+        add, batch, model = self._add, held.tokens, held.model
+        tokens_digest(self.digest, batch)
+        self.n_tok += batch.numel()
+        losses = _Losses(model, batch, held.logits)
+        keep = ~torch.isin(batch, torch.tensor(self.special, device=batch.device)) if self.special else torch.ones_like(batch, dtype=torch.bool)
+        keep_f = keep.to(torch.float64)
+        common = {"n_pred": torch.full((batch.shape[0],), float(batch.shape[1] - 1)), "n_pos": torch.full((batch.shape[0],), float(batch.shape[1])),
+                  "n_ev": keep_f.sum(1), "ce_clean": losses.clean_ce}
+        runs = {L: _BlockRun(model, L, held.cache, self.parallel, losses) for L in set(self.layers.values())}
+        shared: dict[int, dict[str, torch.Tensor]] = {}
+        for L, run in runs.items():
+            ce_zi, kl_zi = run.rest(run.mlp_of(torch.zeros_like(run.x)))
+            ce_zo, kl_zo = run.rest(torch.zeros_like(run.y))
+            shared[L] = {"ce_zero_input": ce_zi, "kl_zero_input": kl_zi, "ce_zero_mlp_out": ce_zo, "kl_zero_mlp_out": kl_zo}
+            x64, y64 = run.x.to(torch.float64), run.y.to(torch.float64)
+            add(self.moments[L], "sum_x", (x64 * keep_f[..., None]).sum(1))
+            add(self.moments[L], "sq_x", (x64.pow(2).sum(-1) * keep_f).sum(1))
+            add(self.moments[L], "sum_y", (y64 * keep_f[..., None]).sum(1))
+            add(self.moments[L], "sq_y", (y64.pow(2).sum(-1) * keep_f).sum(1))
+        for name, sae in self.saes.items():
+            run = runs[self.layers[name]]
+            x, y = run.x, run.y
+            c = self.cols[name]
+            for key, v in {**common, **shared[self.layers[name]]}.items():
+                add(c, key, v)
+            sqerr = functools.partial(_sum_sq_error, weights=keep_f)
+            if name in self.fired:  # a transcoder: ŷ(x) replaces the MLP
+                acts = sae.encode(x.to(sae.dtype))
+                active = acts > 0
+                self.fired[name] |= active[keep].any(0).cpu()
+                add(c, "l0_sum", (active.sum(-1).to(torch.float64) * keep_f).sum(1))
+                replacement = sae.decode(acts) + (x.to(sae.dtype) @ sae.W_skip.T if hasattr(sae, "W_skip") else 0)
+                add(c, "sqerr_replacement", sqerr(y, replacement))
+                outputs = {"replacement": replacement.to(y.dtype)} if "replacement" in self.splices else {}
+            else:
+                acts_in = sae.encode(x.to(sae.dtype))
+                x_hat = sae.decode(acts_in)
+                y_hat = sae.decode_output(sae.encode_output(y.to(sae.dtype)))
+                f_x_hat = sae.require_mlp()(x_hat)
+                acts_out = sae.encode_output(f_x_hat)
+                replacement = sae.decode_output(acts_out)
+                self.fired_pair[name][0] |= (acts_in > 0)[keep].any(0).cpu()
+                self.fired_pair[name][1] |= (acts_out > 0)[keep].any(0).cpu()
+                add(c, "sqerr_input", sqerr(x, x_hat))
+                add(c, "sqerr_output", sqerr(y, y_hat))
+                add(c, "sqerr_mlp_of_recon", sqerr(y, f_x_hat))
+                add(c, "sqerr_replacement", sqerr(y, replacement))
+                outputs = {s: run.mlp_of(x_hat) if s == "input" else (y_hat if s == "output" else replacement).to(y.dtype) for s in self.splices}
+            for s, mlp_out in outputs.items():
+                ce, kl = run.rest(mlp_out)
+                add(c, f"ce_{s}", ce)
+                add(c, f"kl_{s}", kl)
+
+    def result(self) -> dict[str, SpliceResult]:
+        if self.n_tok == 0:
+            raise ValueError("No tokens to evaluate.")
+        var: dict[int, dict[str, torch.Tensor]] = {}
+        for L, m in self.moments.items():
+            var[L] = {}
+            for v in ("x", "y"):
+                S, Q = torch.cat(m[f"sum_{v}"]), torch.cat(m[f"sq_{v}"])
+                n_ev = torch.cat(self.cols[next(n for n in self.saes if self.layers[n] == L)]["n_ev"])
+                mu = S.sum(0) / n_ev.sum().clamp_min(1)
+                var[L]["var_input" if v == "x" else "var_output"] = Q - 2 * S @ mu + n_ev * mu.dot(mu)
+        results = {}
+        for name, sae in self.saes.items():
+            own = [s for s in self.splices if s == "replacement"] if name in self.fired else self.splices
+            out_hook = sae.cfg.metadata.hook_name_out if name in self.fired else sae.output_hook
+            results[name] = _result(self.n_tok, own, {k: torch.cat(v) for k, v in self.cols[name].items()} | var[self.layers[name]],
+                                    self.digest.hexdigest(), sae.cfg.metadata.hook_name, out_hook)
+            if name in self.fired:
+                results[name].dead_latents = int((~self.fired[name]).sum())
+            else:
+                dead_in, dead_out = (int(n) for n in (~self.fired_pair[name]).sum(1))
+                results[name].dead_latents, results[name].dead_latents_by_sae = dead_in + dead_out, {"input": dead_in, "output": dead_out}
+        return results
+
+
 def splice_scores_multi(
     model,
     saes: Mapping[str, Any],
@@ -200,109 +316,9 @@ def splice_scores_multi(
     progress: bool = True,
 ) -> dict[str, SpliceResult]:
     """`splice_scores` of several JSAEs and transcoders ({name: model}) in one pass over `tokens`,
-    sharing the clean and zero-ablated runs (see the module docstring). Returns {name: SpliceResult}."""
-    from sae_lens_jsae.transcoder import is_transcoder
-
-    _check_splices(splices)
-    if not saes:
-        raise ValueError("splice_scores_multi needs at least one JSAE.")
-    if getattr(model.cfg, "positional_embedding_type", None) == "shortformer":
-        raise ValueError("splice_scores_multi runs blocks L+1… from the residual; shortformer models are not supported.")
-    layers = {name: layer_of(sae) for name, sae in saes.items()}
-    parallel = bool(getattr(model.cfg, "parallel_attn_mlp", False))
-    names: set[str] = set()
-    for L in set(layers.values()):
-        names |= {f"blocks.{L}.ln2.hook_normalized", f"blocks.{L}.hook_mlp_out"}
-        names |= {f"blocks.{L}.hook_resid_pre", f"blocks.{L}.hook_attn_out"} if parallel else {f"blocks.{L}.hook_resid_mid"}
-    special = _special_token_ids(model)
-    cols: dict[str, dict[str, list[torch.Tensor]]] = {name: {} for name in saes}
-    fired = {name: torch.zeros(sae.cfg.d_sae, dtype=torch.bool) for name, sae in saes.items() if is_transcoder(sae)}
-    fired_pair = {name: torch.zeros(2, sae.cfg.d_sae, dtype=torch.bool) for name, sae in saes.items() if name not in fired}
-    moments: dict[int, dict[str, list[torch.Tensor]]] = {L: {} for L in set(layers.values())}  # per-seq Σx, Σ‖x‖², Σy, Σ‖y‖²
-    digest = hashlib.sha256()
-    n_tok = 0
-
-    def add(store: dict[str, list[torch.Tensor]], key: str, v: torch.Tensor) -> None:
-        store.setdefault(key, []).append(v.detach().to("cpu", torch.float64))
-
-    for batch in iter_token_batches(tokens, batch_size, max_tokens, desc="Splice CE/KL" if progress else None):
-        batch = batch.to(model.cfg.device)
-        tokens_digest(digest, batch)
-        n_tok += batch.numel()
-        logits, cache = model.run_with_cache(batch, return_type="logits", names_filter=sorted(names))
-        losses = _Losses(model, batch, logits)
-        del logits
-        keep = ~torch.isin(batch, torch.tensor(special, device=batch.device)) if special else torch.ones_like(batch, dtype=torch.bool)
-        keep_f = keep.to(torch.float64)
-        common = {"n_pred": torch.full((batch.shape[0],), float(batch.shape[1] - 1)), "n_pos": torch.full((batch.shape[0],), float(batch.shape[1])),
-                  "n_ev": keep_f.sum(1), "ce_clean": losses.clean_ce}
-        runs = {L: _BlockRun(model, L, cache, parallel, losses) for L in set(layers.values())}
-        shared: dict[int, dict[str, torch.Tensor]] = {}
-        for L, run in runs.items():
-            ce_zi, kl_zi = run.rest(run.mlp_of(torch.zeros_like(run.x)))
-            ce_zo, kl_zo = run.rest(torch.zeros_like(run.y))
-            shared[L] = {"ce_zero_input": ce_zi, "kl_zero_input": kl_zi, "ce_zero_mlp_out": ce_zo, "kl_zero_mlp_out": kl_zo}
-            x64, y64 = run.x.to(torch.float64), run.y.to(torch.float64)
-            add(moments[L], "sum_x", (x64 * keep_f[..., None]).sum(1))
-            add(moments[L], "sq_x", (x64.pow(2).sum(-1) * keep_f).sum(1))
-            add(moments[L], "sum_y", (y64 * keep_f[..., None]).sum(1))
-            add(moments[L], "sq_y", (y64.pow(2).sum(-1) * keep_f).sum(1))
-        for name, sae in saes.items():
-            run = runs[layers[name]]
-            x, y = run.x, run.y
-            c = cols[name]
-            for key, v in {**common, **shared[layers[name]]}.items():
-                add(c, key, v)
-            sqerr = functools.partial(_sum_sq_error, weights=keep_f)
-            if name in fired:  # a transcoder: ŷ(x) replaces the MLP
-                acts = sae.encode(x.to(sae.dtype))
-                active = acts > 0
-                fired[name] |= active[keep].any(0).cpu()
-                add(c, "l0_sum", (active.sum(-1).to(torch.float64) * keep_f).sum(1))
-                replacement = sae.decode(acts) + (x.to(sae.dtype) @ sae.W_skip.T if hasattr(sae, "W_skip") else 0)
-                add(c, "sqerr_replacement", sqerr(y, replacement))
-                outputs = {"replacement": replacement.to(y.dtype)} if "replacement" in splices else {}
-            else:
-                acts_in = sae.encode(x.to(sae.dtype))
-                x_hat = sae.decode(acts_in)
-                y_hat = sae.decode_output(sae.encode_output(y.to(sae.dtype)))
-                f_x_hat = sae.require_mlp()(x_hat)
-                acts_out = sae.encode_output(f_x_hat)
-                replacement = sae.decode_output(acts_out)
-                fired_pair[name][0] |= (acts_in > 0)[keep].any(0).cpu()
-                fired_pair[name][1] |= (acts_out > 0)[keep].any(0).cpu()
-                add(c, "sqerr_input", sqerr(x, x_hat))
-                add(c, "sqerr_output", sqerr(y, y_hat))
-                add(c, "sqerr_mlp_of_recon", sqerr(y, f_x_hat))
-                add(c, "sqerr_replacement", sqerr(y, replacement))
-                outputs = {s: run.mlp_of(x_hat) if s == "input" else (y_hat if s == "output" else replacement).to(y.dtype) for s in splices}
-            for s, mlp_out in outputs.items():
-                ce, kl = run.rest(mlp_out)
-                add(c, f"ce_{s}", ce)
-                add(c, f"kl_{s}", kl)
-        del cache, losses, runs
-    if n_tok == 0:
-        raise ValueError("No tokens to evaluate.")
-    var: dict[int, dict[str, torch.Tensor]] = {}
-    for L, m in moments.items():
-        var[L] = {}
-        for v in ("x", "y"):
-            S, Q = torch.cat(m[f"sum_{v}"]), torch.cat(m[f"sq_{v}"])
-            n_ev = torch.cat(cols[next(n for n in saes if layers[n] == L)]["n_ev"])
-            mu = S.sum(0) / n_ev.sum().clamp_min(1)
-            var[L]["var_input" if v == "x" else "var_output"] = Q - 2 * S @ mu + n_ev * mu.dot(mu)
-    results = {}
-    for name, sae in saes.items():
-        own = [s for s in splices if s == "replacement"] if name in fired else splices
-        out_hook = sae.cfg.metadata.hook_name_out if name in fired else sae.output_hook
-        results[name] = _result(n_tok, own, {k: torch.cat(v) for k, v in cols[name].items()} | var[layers[name]], digest.hexdigest(),
-                                sae.cfg.metadata.hook_name, out_hook)
-        if name in fired:
-            results[name].dead_latents = int((~fired[name]).sum())
-        else:
-            dead_in, dead_out = (int(n) for n in (~fired_pair[name]).sum(1))
-            results[name].dead_latents, results[name].dead_latents_by_sae = dead_in + dead_out, {"input": dead_in, "output": dead_out}
-    return results
+    sharing the clean and zero-ablated runs (`SpliceMetric`). Returns {name: SpliceResult}."""
+    metric = SpliceMetric(model, saes, splices, max_tokens)
+    return run_metrics(model, tokens, {"splice": metric}, batch_size=batch_size, desc="Splice CE/KL" if progress else None)["splice"]
 
 
 def _sum_sq_error(target: torch.Tensor, approx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -140,10 +139,12 @@ def evaluate_sweep(
 ) -> list[Path]:
     """Evaluate `pairs` (all on `model`: all trained or all randomized) on the same `tokens`.
 
-    Splices of all pairs in one pass, then `evaluate_checkpoint` per pair (Jacobian sparsity,
-    linearity, optional core) with the pair's labels in its summary. Returns the summary paths."""
-    from sae_lens_jsae.evals.pipeline import check_mlp_matches, evaluate_checkpoint, load_checkpoint
-    from sae_lens_jsae.evals.splice import splice_scores_multi
+    One pass over the tokens (`evals.onepass`) feeds every metric of every pair, the splices of all
+    pairs sharing each batch's clean and zero-ablated runs; then `evaluate_checkpoint` writes each
+    pair's summary (optional core eval) with its labels. Returns the summary paths."""
+    from sae_lens_jsae.evals.onepass import run_metrics
+    from sae_lens_jsae.evals.pipeline import check_mlp_matches, evaluate_checkpoint, load_checkpoint, pair_metrics
+    from sae_lens_jsae.evals.splice import SpliceMetric
 
     if len({p.randomized for p in pairs}) > 1:
         raise ValueError("evaluate_sweep: trained and randomized pairs need different models; evaluate them in two calls.")
@@ -153,16 +154,25 @@ def evaluate_sweep(
     if kwargs.get("check_mlp", True):  # before any work: a pair trained on another model (e.g. a wrong --seed)
         for sae in saes.values():
             check_mlp_matches(model, sae, tokens)
-    t0 = time.time()
-    splices = splice_scores_multi(model, saes, tokens, batch_size=max(1, batch_size // 2), max_tokens=n_splice_tokens, progress=progress)
-    shared_s = time.time() - t0
+    metrics: dict[str, Any] = {"splice": SpliceMetric(model, saes, max_tokens=n_splice_tokens)}
+    for label, sae in saes.items():
+        own = pair_metrics(model, sae, tokens, splice=False, n_splice_tokens=n_splice_tokens, batch_size=batch_size, **kwargs).metrics
+        metrics |= {f"{label}/{name}": m for name, m in own.items()}
+    timings: dict[str, float] = {}
+    results = run_metrics(model, tokens, metrics, batch_size=batch_size, timings=timings,
+                          desc=f"held-out pass ({len(saes)} pairs)" if progress else None)
+    shared = {"pairs": list(saes), "model_s": timings["model_s"], "splice_s": timings["splice_s"]}
     paths = []
     for p in pairs:
+        prefix = f"{p.file_label}/"
+        own_results = {k.removeprefix(prefix): v for k, v in results.items() if k.startswith(prefix)}
+        own_timings = {k.removeprefix(prefix): v for k, v in timings.items() if k.startswith(prefix)}
         extra = {"pair_name": p.name, "series": p.series, "series_label": p.series_label, "sweep_dir": str(p.path.parent),
-                 "splice_pass": {"pairs": list(saes), "seconds": shared_s}}
+                 "held_out_pass": shared}
         paths.append(evaluate_checkpoint(p.path, model, tokens, output_dir, label=p.file_label, randomized=p.randomized,
                                          jacobian_coefficient=p.jacobian_coefficient, n_splice_tokens=n_splice_tokens,
-                                         batch_size=batch_size, progress=progress, splice=splices[p.file_label], extra=extra, **kwargs))
+                                         batch_size=batch_size, progress=progress, splice=results["splice"][p.file_label],
+                                         precomputed=own_results, precomputed_timings=own_timings, extra=extra, **kwargs))
     return paths
 
 
@@ -246,31 +256,31 @@ def evaluate_transcoders(
     (`n_intervention_tokens`) the same way (`intervention`, `intervention_by_upstream`)."""
     from sae_lens import SAE
 
-    from sae_lens_jsae.evals.edges import edge_measure
+    from sae_lens_jsae.evals.edges import EdgeMetric
+    from sae_lens_jsae.evals.intervention import InterventionMetric, transcoder_mlp
+    from sae_lens_jsae.evals.onepass import run_metrics
     from sae_lens_jsae.evals.pipeline import write_transcoder_summary
-    from sae_lens_jsae.evals.splice import splice_scores_multi
+    from sae_lens_jsae.evals.splice import SpliceMetric
 
     saes = {re.sub(r"[^A-Za-z0-9._-]+", "_", p.name): SAE.load_from_disk(str(p), device=str(model.cfg.device)) for p in dirs}
     if len(saes) != len(dirs):
         raise ValueError(f"two transcoders share a folder name: {[str(p) for p in dirs]}")
-    splices = splice_scores_multi(model, saes, tokens, splices=("replacement",), batch_size=max(1, batch_size // 2),
-                                  max_tokens=n_splice_tokens, progress=progress)
+    # one pass: the splices of all transcoders, and each one's edges and intervention faithfulness in every upstream basis
+    metrics: dict[str, Any] = {"splice": SpliceMetric(model, saes, splices=("replacement",), max_tokens=n_splice_tokens)}
+    for label, sae in saes.items():
+        for up_label, pair in (upstreams or {}).items():
+            if n_edge_tokens > 0:
+                metrics[f"{label}/edges/{up_label}"] = EdgeMetric(sae, pair, max_tokens=n_edge_tokens)
+            if n_intervention_tokens > 0:
+                metrics[f"{label}/intervention/{up_label}"] = InterventionMetric(
+                    sae, pair, max_tokens=n_intervention_tokens, mlp=transcoder_mlp(model, sae, pair))
+    results = run_metrics(model, tokens, metrics, batch_size=batch_size, desc=f"held-out pass ({len(saes)} transcoders)" if progress else None)
     paths = []
     for (label, sae), path in zip(saes.items(), dirs):
-        by_upstream = {}
-        if n_edge_tokens > 0:
-            for up_label, pair in (upstreams or {}).items():
-                by_upstream[up_label] = edge_measure(model, sae, tokens, upstream=pair, batch_size=batch_size,
-                                                     max_tokens=n_edge_tokens, progress=progress).to_dict()
-        faithful = {}
-        if n_intervention_tokens > 0:
-            from sae_lens_jsae.evals.intervention import intervention_faithfulness
-
-            for up_label, pair in (upstreams or {}).items():
-                faithful[up_label] = intervention_faithfulness(model, sae, tokens, upstream=pair, batch_size=batch_size,
-                                                               max_tokens=n_intervention_tokens, progress=progress).to_dict()
+        by_upstream = {up: results[f"{label}/edges/{up}"].to_dict() for up in (upstreams or {}) if f"{label}/edges/{up}" in results}
+        faithful = {up: results[f"{label}/intervention/{up}"].to_dict() for up in (upstreams or {}) if f"{label}/intervention/{up}" in results}
         headline = next(iter(by_upstream.values()), None)
-        paths.append(write_transcoder_summary(sae, splices[label], output_dir, label=label, checkpoint=path, edges=headline,
+        paths.append(write_transcoder_summary(sae, results["splice"][label], output_dir, label=label, checkpoint=path, edges=headline,
                                               edges_by_upstream=by_upstream, intervention=next(iter(faithful.values()), None),
                                               intervention_by_upstream=faithful, heldout=heldout,
                                               extra={"pair_name": path.name, "series": _transcoder_series(path)}))
