@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import warnings
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -116,6 +117,41 @@ def resolve_output_hook(input_hook: str | None, explicit: str | None = None) -> 
 
 
 JACOBIAN_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+AUTO_DTYPE = "auto"
+"""`jacobian_dtype: auto`: bf16 products where the device multiplies bf16 natively, else the SAE's dtype."""
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether `device` multiplies bf16 matrices natively: a CUDA GPU with bf16, or a CPU with
+    AVX512-BF16 or AMX (oneDNN's check). Elsewhere (e.g. AVX2-only CPUs) torch emulates bf16
+    matmuls, ~76x slower than float32 at the penalty's sizes on a 2-core AVX2 VM (measured)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:  # a private op, the only public-facing probe torch has for the CPU's bf16 support
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def penalty_dtype(jacobian_dtype: str | None, device: torch.device | str) -> torch.dtype | None:
+    """The dtype of the penalty's products for a config's `jacobian_dtype` on `device` (None: the
+    SAE's own). "auto" resolves to bf16 only where `native_bf16`; an explicit bf16/fp16 on a device
+    without native support warns, since every step then runs many times slower than float32."""
+    if jacobian_dtype is None:
+        return None
+    if jacobian_dtype == AUTO_DTYPE:
+        return torch.bfloat16 if native_bf16(device) else None
+    dtype = JACOBIAN_DTYPES[jacobian_dtype]
+    if dtype in (torch.bfloat16, torch.float16) and torch.device(device).type == "cpu" and not native_bf16(device):
+        warnings.warn(
+            f"jacobian_dtype={jacobian_dtype} on a CPU without native {jacobian_dtype} matmuls (AVX2 only): the penalty's "
+            "products are emulated, many times slower than float32. Set jacobian_dtype: auto (or null).",
+            stacklevel=3,
+        )
+    return dtype
 
 
 @dataclass(kw_only=True)
@@ -140,7 +176,9 @@ class _PairFields:
     """dtype of the training penalty's products (weight products, per-token products). None: the
     SAE's dtype (bf16 under autocast). "bfloat16": bf16 products with float32 gradient sums, J to
     about 3 significant digits and several times faster matmuls on GPUs and on CPUs with
-    AVX512-BF16/AMX (docs/performance.md). Evaluations always use the SAE's dtype."""
+    AVX512-BF16/AMX (docs/performance.md), but emulated and ~76x slower on AVX2-only CPUs. "auto":
+    bf16 where the device has it natively (`native_bf16`), else the SAE's dtype. Evaluations
+    always use the SAE's dtype."""
 
     def _validate_pair(self) -> None:
         # Field types first: SAELens' own loaders build this config straight from a cfg.json
@@ -166,8 +204,8 @@ class _PairFields:
             )
         if getattr(self, "use_sparse_activations", False):
             raise ValueError("use_sparse_activations=True is not supported by Jacobian SAEs (they decode sparsely already).")
-        if self.jacobian_dtype is not None and self.jacobian_dtype not in JACOBIAN_DTYPES:
-            raise ValueError(f"jacobian_dtype={self.jacobian_dtype!r} must be None or one of {sorted(JACOBIAN_DTYPES)}.")
+        if self.jacobian_dtype is not None and self.jacobian_dtype not in {*JACOBIAN_DTYPES, AUTO_DTYPE}:
+            raise ValueError(f"jacobian_dtype={self.jacobian_dtype!r} must be None, {AUTO_DTYPE!r} or one of {sorted(JACOBIAN_DTYPES)}.")
         if getattr(self, "normalize_activations", "none") != "none":
             raise ValueError("normalize_activations must be 'none' for a Jacobian SAE (J is scale-dependent).")
 
@@ -537,7 +575,7 @@ class _JacobianPairMixin:
     def _jacobian_penalty(self, top_in: _TopK, top_out: _TopK, x: torch.Tensor, pre: Any = None) -> JacobianPenalty:
         """mean|J| for the training loss (and the detached J, for logging): one fused pass
         (`active_jacobian_l1`) with the products in `cfg.jacobian_dtype`."""
-        dtype = JACOBIAN_DTYPES[self.cfg.jacobian_dtype] if self.cfg.jacobian_dtype else None
+        dtype = penalty_dtype(self.cfg.jacobian_dtype, x.device)
         kwargs = self._jacobian_inputs(top_in, top_out, x, pre, dtype)
         return active_jacobian_l1(**kwargs, input_values=_token_rows(top_in.values), output_values=_token_rows(top_out.values))
 
@@ -545,7 +583,7 @@ class _JacobianPairMixin:
         """The scale-free per-node penalty (`attribution_row_ratio`), differentiable w.r.t. both
         SAEs; J (products in `cfg.jacobian_dtype`) from `active_jacobian_values`, a second pass
         over the tokens when λ > 0 too (the fused mean|J| pass keeps only a detached J)."""
-        dtype = JACOBIAN_DTYPES[self.cfg.jacobian_dtype] if self.cfg.jacobian_dtype else None
+        dtype = penalty_dtype(self.cfg.jacobian_dtype, x.device)
         kwargs = self._jacobian_inputs(top_in, top_out, x, pre, dtype)
         values = active_jacobian_values(**kwargs)
         return attribution_row_ratio(values, _token_rows(top_in.values), _token_rows(top_out.values))

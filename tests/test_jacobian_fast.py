@@ -236,6 +236,27 @@ def test_jacobian_dtype_is_validated():
         JacobianTrainingSAEConfig(d_in=8, d_sae=16, k=2, jacobian_dtype="int8")
 
 
+def test_auto_penalty_dtype_follows_the_hardware(monkeypatch):
+    """`jacobian_dtype: auto` picks bf16 only where the device multiplies it natively; an explicit
+    bf16 on a CPU without it warns (it would run ~76x slower than float32 on an AVX2 VM)."""
+    import warnings
+
+    from sae_lens_jsae import JacobianTrainingSAEConfig
+    from sae_lens_jsae import sae as sae_module
+
+    JacobianTrainingSAEConfig(d_in=8, d_sae=16, k=2, jacobian_dtype="auto")  # accepted
+    monkeypatch.setattr(sae_module, "native_bf16", lambda device: True)
+    assert sae_module.penalty_dtype("auto", "cpu") is torch.bfloat16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sae_module.penalty_dtype("bfloat16", "cpu") is torch.bfloat16
+    monkeypatch.setattr(sae_module, "native_bf16", lambda device: False)
+    assert sae_module.penalty_dtype("auto", "cpu") is None
+    assert sae_module.penalty_dtype(None, "cpu") is None and sae_module.penalty_dtype("float32", "cpu") is torch.float32
+    with pytest.warns(UserWarning, match="without native bfloat16"):
+        assert sae_module.penalty_dtype("bfloat16", "cpu") is torch.bfloat16
+
+
 def test_fused_l1_penalty_refuses_a_second_backward():
     As, B, cs, K1, K2, v_in, v_out = _random_jacobian_problem(1)
     penalty = active_jacobian_l1(As, B, cs, K1, K2, v_in, v_out)
