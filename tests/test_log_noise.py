@@ -82,3 +82,24 @@ def test_a_mixed_sweep_logs_no_false_warning_and_says_what_it_trained(tmp_path, 
 def test_describe_trained(architectures, words):
     saes = {str(i): SimpleNamespace(cfg=SimpleNamespace(architecture=lambda a=a: a)) for i, a in enumerate(architectures)}
     assert describe_trained(saes) == words
+
+
+def test_spawned_eval_workers_silence_the_kwargs_advice_for_models_this_package_loaded(monkeypatch):
+    """`jsae eval --processes N`: a spawned worker starts with default warning filters, so it opens
+    the scope itself; only when its model comes from `sources.load_hooked_model` (unprocessed)."""
+    import functools
+
+    from sae_lens_jsae import sources
+    from sae_lens_jsae.evals import sweep
+
+    def fake_evaluate_sweep(pairs, model, tokens, output_dir, **kwargs):
+        with warnings.catch_warnings(record=True) as shown:  # the filters in force, recorded
+            warnings.warn_explicit(KWARGS, UserWarning, "sae.py", 1, module="sae_lens.saes.sae")
+        return [str(w.message) for w in shown]
+
+    monkeypatch.setattr(sweep, "evaluate_sweep", fake_evaluate_sweep)
+    monkeypatch.setattr(sources, "load_hooked_model", lambda *a, **k: None)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the worker's own process setting; not this one's
+    ours = sweep._evaluate_sweep_worker([], functools.partial(sources.load_hooked_model, "gguf-smollm2"), None, "out", {})
+    theirs = sweep._evaluate_sweep_worker([], lambda: None, None, "out", {})
+    assert ours == [] and theirs == [KWARGS]

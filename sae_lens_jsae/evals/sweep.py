@@ -315,8 +315,17 @@ def edge_upstreams(pairs: Sequence[SweepPair], model) -> dict[str, Any]:
 
 
 def _evaluate_sweep_worker(pairs: list[SweepPair], model_factory: ModelFactory, tokens: torch.Tensor, output_dir: str, kwargs: dict[str, Any]) -> list[Path]:
-    torch.set_num_threads(1)
-    return evaluate_sweep(pairs, model_factory(), tokens, output_dir, **kwargs)
+    import functools
+
+    from sae_lens_jsae.log_noise import known_false_warnings
+    from sae_lens_jsae.sources import load_hooked_model
+
+    torch.set_num_threads(1)  # a spawned worker process of its own: its thread count is this process's only
+    # A spawned worker starts with Python's default warning filters: the parent's scope does not
+    # reach it. The model is this package's unprocessed load when the factory is load_hooked_model.
+    ours = isinstance(model_factory, functools.partial) and model_factory.func is load_hooked_model
+    with known_false_warnings(model_loaded_here=ours):
+        return evaluate_sweep(pairs, model_factory(), tokens, output_dir, **kwargs)
 
 
 def _evaluate_sweep_in_processes(pairs: Sequence[SweepPair], model_factory: ModelFactory, tokens: torch.Tensor,
