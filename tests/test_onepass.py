@@ -118,3 +118,14 @@ def test_bad_input_fails_before_the_model_runs(monkeypatch):
     with pytest.raises(ValueError, match="tokens_per_sequence"):
         LinearityMetric(sae, tokens, 0)
     assert calls == []
+
+
+def test_the_documented_custom_metric_runs(capsys):
+    """docs/evaluation.md's own-metric example, as written: a metric is any object with the interface."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "evaluation.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "class MeanNorm" in b]
+    exec(compile(block, "docs/evaluation.md", "exec"), {})
+    assert float(capsys.readouterr().out.strip().splitlines()[-1]) > 0
