@@ -174,7 +174,8 @@ def _rows(latents, error, bias, active=None) -> EdgeAttributions:
     active = torch.ones(T, n, dtype=torch.bool) if active is None else torch.tensor(active)
     pre = latents.sum(-1) + error + bias
     idx = torch.arange(k).expand(T, k)
-    return EdgeAttributions(latents, error, bias, pre, active, latents.abs().sum(1) > 0, idx, torch.arange(n).expand(T, n))
+    upstream = (latents.abs().sum(1) > 0).to(torch.float64)  # s_i = 1 where a latent feeds any node
+    return EdgeAttributions(latents, error, bias, pre, active, upstream, idx, torch.arange(n).expand(T, n))
 
 
 def test_edges_to_coverage_on_hand_built_rows():

@@ -69,12 +69,17 @@ class EdgeAttributions(NamedTuple):
     """(tokens, n_down): the downstream node's pre-activation h_j."""
     active: torch.Tensor
     """(tokens, n_down) bool: the node is active (picked and h_j > 0); other rows are ignored."""
-    upstream_active: torch.Tensor
-    """(tokens, k_up) bool: the upstream slot holds an active latent (s_i > 0)."""
+    upstream_values: torch.Tensor
+    """(tokens, k_up): the upstream latent's activation s_i in each slot (0 where inactive)."""
     upstream_indices: torch.Tensor
     """(tokens, k_up): the upstream SAE's latent in each slot."""
     downstream_indices: torch.Tensor
     """(tokens, n_down): the downstream model's latent in each slot."""
+
+    @property
+    def upstream_active(self) -> torch.Tensor:
+        """(tokens, k_up) bool: the upstream slot holds an active latent (s_i > 0)."""
+        return self.upstream_values > 0
 
     @property
     def linearisation_error(self) -> torch.Tensor:
@@ -131,7 +136,7 @@ def pair_attributions(pair: Any, x: torch.Tensor, path_steps: int = 0) -> EdgeAt
         bias=at_bias[top_out.indices],
         pre=pre,
         active=pre > 0,
-        upstream_active=up.values > 0,
+        upstream_values=up.values,
         upstream_indices=top_in.indices,
         downstream_indices=top_out.indices,
     )
@@ -162,7 +167,7 @@ def transcoder_attributions(upstream: Any, transcoder: Any, x: torch.Tensor, enc
     latents = M[up.indices[:, None, :], indices[:, :, None]] * up.values[:, None, :].to(W.dtype)
     bias = (upstream.b_dec.to(W.dtype) @ W + b)[indices]
     error = gathered_dots(up.error.to(W.dtype), W, indices)
-    return EdgeAttributions(latents, error, bias, pre, active, up.values > 0, up.indices, indices)
+    return EdgeAttributions(latents, error, bias, pre, active, up.values, up.indices, indices)
 
 
 def _check_transcoder(upstream: Any, transcoder: Any) -> None:

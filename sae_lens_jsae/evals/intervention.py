@@ -42,7 +42,6 @@ from sae_lens_jsae.evals._batches import TokenSource
 from sae_lens_jsae.evals.edges import (
     EdgeAttributions,
     _check_models,
-    _decompose,
     batch_attributions,
     encoder_product,
     graph_reader,
@@ -125,8 +124,7 @@ def intervention_sums(
         else:
             attributions = transcoder_attributions(upstream, downstream, x, encoder_product)
     att = attributions
-    up = _decompose(reader, x, att.upstream_indices)
-    directions = reader.W_dec[att.upstream_indices].to(dtype) * up.values.to(dtype)[..., None]  # sᵢdᵢ, (T, k_up, d)
+    directions = reader.W_dec[att.upstream_indices].to(dtype) * att.upstream_values.to(dtype)[..., None]  # sᵢdᵢ, (T, k_up, d)
     size = directions.norm(dim=-1).masked_fill(~att.upstream_active, -1.0)
     m = min(top_m, size.shape[-1])
     tested_size, slots = size.topk(m, dim=-1)
