@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -133,6 +134,26 @@ def test_jsae_eval_scores_transcoders_beside_the_pairs_on_the_same_tokens(tmp_pa
         assert d["n_parameters"] == sum(p.numel() for p in tc.parameters())
         assert {"explained_variance.replacement", "splice.replacement.ce_loss_score", "edges.edges_for_80"} <= set(d["intervals"])
     assert "explained_variance.replacement" in pair["intervals"]  # the pair's replacement scored the same way
+    # --processes 2: the transcoders' pass is a job of the worker pool, beside the pairs' (same numbers)
+    evaluate_sweeps_and_compare([tmp_path / "sweep"], model, tokens, tmp_path / "split", n_tokens=64, n_splice_tokens=128, n_linearity_tokens=4,
+                                batch_size=4, core=False, progress=False, heldout=heldout, processes=2,
+                                model_factory=partial(make_tiny_model, "gated_silu"))
+    for one in (tmp_path / "out" / "transcoders").glob("*_summary.json"):
+        a, b = json.loads(one.read_text()), json.loads((tmp_path / "split" / "transcoders" / one.name).read_text())
+        assert b["intervention_by_upstream"].keys() == a["intervention_by_upstream"].keys()
+        for key, iv in a["intervals"].items():
+            if iv["value"] is None:  # n/a, with its reason
+                assert b["intervals"][key] == iv, (one.name, key)
+            else:
+                assert b["intervals"][key]["value"] == pytest.approx(iv["value"], rel=1e-9, abs=1e-12), (one.name, key)
+
+
+def test_the_pool_balances_the_pairs_against_the_transcoders_pass():
+    """5 pairs + 3 transcoders on 2 workers: chunks of 2 and 3 pairs and the transcoders' pass
+    (9, 12, 6 model runs a batch: at most 15 on a worker), not one chunk of 5 (18)."""
+    from sae_lens_jsae.evals.sweep import _cost
+
+    assert (_cost(2, 0), _cost(3, 0), _cost(0, 3), _cost(5, 0)) == (9, 12, 6, 18)
 
 
 def _synthetic(edges_per_node: float, ce_score: float, *, kind: str = "pair", lam: float = 1.0, n: int = 40, seed: int = 0, faithfulness: float = 0.2) -> dict:

@@ -206,20 +206,21 @@ def evaluate_sweeps_and_compare(
     if rand and randomized_model is None:
         raise ValueError("randomized sweep pairs need the randomized model (randomized_model=…).")
     label_pairs([*main, *rand])  # one series labelling across both, so the same loss gets the same label
-    if processes > 1 and len(main) > 1:
+    if transcoder_dirs and not main and not rand:
+        raise ValueError("jsae eval: the report needs at least one JSAE pair (e.g. the λ = 0 pair) beside transcoders.")
+    transcoders: list[Path] = []
+    if processes > 1 and len(main) + bool(transcoder_dirs) > 1:
         if model_factory is None:
             raise ValueError("processes > 1 needs model_factory: a picklable callable that loads the model in each worker.")
-        summaries = _evaluate_sweep_in_processes(main, model_factory, tokens, output_dir, processes, **kwargs)
+        summaries, transcoders = _evaluate_sweep_in_processes(main, model_factory, tokens, output_dir, processes,
+                                                              transcoder_dirs=transcoder_dirs, **kwargs)
     else:
         summaries = evaluate_sweep(main, model, tokens, output_dir, **kwargs) if main else []
+        if transcoder_dirs:
+            transcoders = evaluate_transcoders(transcoder_dirs, model, tokens, Path(output_dir) / "transcoders",
+                                               upstreams=edge_upstreams(main, model), **kwargs)
     if rand:
         summaries += evaluate_sweep(rand, randomized_model, tokens, Path(output_dir) / "randomized", **kwargs)
-    if transcoder_dirs and not summaries:
-        raise ValueError("jsae eval: the report needs at least one JSAE pair (e.g. the λ = 0 pair) beside transcoders.")
-    transcoders = []
-    if transcoder_dirs:
-        transcoders = evaluate_transcoders(transcoder_dirs, model, tokens, Path(output_dir) / "transcoders",
-                                           upstreams=edge_upstreams(main, model), **kwargs)
     title = "Jacobian SAE evaluation: JSAEs beside transcoders" if transcoders else "Jacobian SAE evaluation: λ frontier"
     return compare([*summaries, *also], output_dir, title=title, transcoders=transcoders)
 
@@ -315,28 +316,66 @@ def edge_upstreams(pairs: Sequence[SweepPair], model) -> dict[str, Any]:
 
 
 def _evaluate_sweep_worker(pairs: list[SweepPair], model_factory: ModelFactory, tokens: torch.Tensor, output_dir: str, kwargs: dict[str, Any]) -> list[Path]:
-    import functools
-
     from sae_lens_jsae.log_noise import known_false_warnings
-    from sae_lens_jsae.sources import load_hooked_model
 
     torch.set_num_threads(1)  # a spawned worker process of its own: its thread count is this process's only
-    # A spawned worker starts with Python's default warning filters: the parent's scope does not
-    # reach it. The model is this package's unprocessed load when the factory is load_hooked_model.
-    ours = isinstance(model_factory, functools.partial) and model_factory.func is load_hooked_model
-    with known_false_warnings(model_loaded_here=ours):
+    with known_false_warnings(model_loaded_here=_ours(model_factory)):
         return evaluate_sweep(pairs, model_factory(), tokens, output_dir, **kwargs)
 
 
+def _ours(model_factory: ModelFactory) -> bool:
+    """Whether a worker's model is this package's unprocessed load (`sources.load_hooked_model`).
+    A spawned worker starts with Python's default warning filters (the parent's scope does not
+    reach it), so it opens `known_false_warnings` itself, with this."""
+    import functools
+
+    from sae_lens_jsae.sources import load_hooked_model
+
+    return isinstance(model_factory, functools.partial) and model_factory.func is load_hooked_model
+
+
+def _evaluate_transcoders_worker(dirs: list[Path], pairs: list[SweepPair], model_factory: ModelFactory, tokens: torch.Tensor,
+                                 output_dir: str, kwargs: dict[str, Any]) -> list[Path]:
+    from sae_lens_jsae.log_noise import known_false_warnings
+
+    torch.set_num_threads(1)  # a spawned worker process of its own
+    with known_false_warnings(model_loaded_here=_ours(model_factory)):
+        model = model_factory()
+        return evaluate_transcoders(dirs, model, tokens, Path(output_dir) / "transcoders", upstreams=edge_upstreams(pairs, model), **kwargs)
+
+
+def _cost(n_pairs: int, n_transcoders: int) -> int:
+    """Model runs per held-out batch of one pass: the clean run, two zero-ablations, three splices
+    per pair, one per transcoder (what a pass's time goes to)."""
+    return 3 + 3 * n_pairs + n_transcoders
+
+
 def _evaluate_sweep_in_processes(pairs: Sequence[SweepPair], model_factory: ModelFactory, tokens: torch.Tensor,
-                                 output_dir: str | os.PathLike[str], processes: int, **kwargs: Any) -> list[Path]:
-    """`evaluate_sweep` of contiguous chunks of `pairs` in `processes` spawned workers; summaries in pair order."""
+                                 output_dir: str | os.PathLike[str], processes: int, *, transcoder_dirs: Sequence[Path] = (),
+                                 **kwargs: Any) -> tuple[list[Path], list[Path]]:
+    """`evaluate_sweep` of contiguous chunks of `pairs` in `processes` spawned workers, and the
+    transcoders' pass (`evaluate_transcoders`) as one more job in the same pool, so it runs beside
+    the pairs; the pairs are split into as many chunks as leaves the jobs' costs (`_cost`) most even.
+    Returns (pair summaries in pair order, transcoder summaries)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    n = min(processes, len(pairs))
-    chunks = [list(pairs[i * len(pairs) // n:(i + 1) * len(pairs) // n]) for i in range(n)]
+    def chunked(n: int) -> list[list[SweepPair]]:
+        return [list(pairs[i * len(pairs) // n:(i + 1) * len(pairs) // n]) for i in range(n)] if n else []
+
+    def wall(chunks: list[list[SweepPair]]) -> float:  # longest-first onto `processes` workers
+        loads = [0.0] * processes
+        jobs = [_cost(len(c), 0) for c in chunks] + ([_cost(0, len(transcoder_dirs))] if transcoder_dirs else [])
+        for job in sorted(jobs, reverse=True):
+            loads[loads.index(min(loads))] += job
+        return max(loads)
+
+    options = [n for n in range(1 if pairs else 0, min(processes, len(pairs)) + 1)]
+    chunks = chunked(min(options, key=lambda n: (wall(chunked(n)), -n)))
     # spawn, not fork: a forked child of a process that already ran torch's thread pool can hang
-    with ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_evaluate_sweep_worker, chunk, model_factory, tokens, str(output_dir), kwargs) for chunk in chunks]
-        return [path for f in futures for path in f.result()]
+        tc_future = (pool.submit(_evaluate_transcoders_worker, list(transcoder_dirs), list(pairs), model_factory, tokens, str(output_dir), kwargs)
+                     if transcoder_dirs else None)
+        summaries = [path for f in futures for path in f.result()]
+        return summaries, (tc_future.result() if tc_future is not None else [])
