@@ -136,7 +136,7 @@ def matches(printed: str, value: float | None) -> bool:
 
 def cell_matches(cell: str, interval: dict) -> bool:
     """A printed "value [lo, hi]" (or "value") cell is the interval rounded as printed."""
-    m = re.fullmatch(r"([\d.]+)(?: \[([\d.]+), ([\d.]+)\])?", cell)
+    m = re.fullmatch(r"(-?[\d.]+)(?: \[(-?[\d.]+), (-?[\d.]+)\])?", cell.replace("−", "-"))
     if not m or not matches(m.group(1), interval["value"]):
         return False
     return not m.group(2) or (matches(m.group(2), interval["lo"]) and matches(m.group(3), interval["hi"]))
@@ -183,17 +183,20 @@ def test_interop_names_are_the_codes():
 
 
 # --- the comparison table: every number is the committed comparison run's, rounded as printed ----
-COMPARISON = ROOT / "docs" / "results" / "faithfulness-0.2m"
+COMPARISON = ROOT / "docs" / "results" / "faithfulness-0.5m"
 _EDGE = "mlp_reconstruction_coefficient_1_jacobian_coefficient_0_edge_sparsity_coefficient"
+_SKIP = COMPARISON / "transcoders" / "architecture_topk_skip_transcoder_k"
 COMPARISON_ROWS = {
     "λ = 0 pair": COMPARISON / "jacobian_coefficient_0_summary.json",
+    "edge penalty h = 0.5, c = 1": COMPARISON / f"{_EDGE}_0.5_summary.json",
     "edge penalty h = 2, c = 1": COMPARISON / f"{_EDGE}_2_summary.json",
     "edge penalty h = 8, c = 1": COMPARISON / f"{_EDGE}_8_summary.json",
     "h = 2 + consistency w = 1": COMPARISON / f"{_EDGE}_2_intervention_consistency_coefficient_1_summary.json",
-    "h = 2 + replacement r = 1": COMPARISON / f"{_EDGE}_2_replacement_coefficient_1_summary.json",
-    "skip transcoder k = 32": COMPARISON / "transcoders" / "architecture_topk_skip_transcoder_k_32_summary.json",
+    "skip transcoder k = 16": Path(f"{_SKIP}_16_summary.json"),
+    "skip transcoder k = 32": Path(f"{_SKIP}_32_summary.json"),
+    "skip transcoder k = 64": Path(f"{_SKIP}_64_summary.json"),
 }
-COMPARISON_COLUMNS = ["edges.edges_for_80", "splice.replacement.ce_loss_score", "intervention.a=0.1.full"]
+COMPARISON_COLUMNS = ["edges.edges_for_80", "splice.replacement.ce_loss_score", "intervention.a=0.1.full", "edges.error_share"]
 
 
 def test_comparison_table_comes_from_the_committed_run():
