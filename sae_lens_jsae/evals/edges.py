@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from sae_lens_jsae.evals._batches import TokenSource
 from sae_lens_jsae.evals.intervals import METHOD, Estimate, ratio, register_summary_block, rounded
-from sae_lens_jsae.evals.onepass import HeldOutBatch, run_metrics
+from sae_lens_jsae.evals.onepass import run_metrics, run_on_inputs
 from sae_lens_jsae.evals.sparsity import tokens_digest
 from sae_lens_jsae.jacobian import gathered_dots
 from sae_lens_jsae.util import is_pair
@@ -474,14 +474,7 @@ def edge_measure_of_inputs(
     of MLP inputs, each (n_seqs, ctx, d_in) (sequences are the units of the intervals).
     `path_steps`: a pair's linearisation (`pair_attributions`)."""
     metric = EdgeMetric(downstream, upstream, None, coverages, path_steps)
-    hook = input_hook(metric.reader)
-    for x in inputs:
-        if x.ndim != 3:
-            raise ValueError(f"each batch of MLP inputs must be (n_seqs, ctx, d_in); got {tuple(x.shape)}")
-        metric.update(HeldOutBatch(torch.zeros(x.shape[:2], dtype=torch.long), 0, {hook: x}, None, None))
-    result = metric.result()
-    result.per_sequence["tokens_digest"] = None  # no token ids: nothing to pair on
-    return result
+    return run_on_inputs(metric, input_hook(metric.reader), inputs)
 
 
 @torch.no_grad()

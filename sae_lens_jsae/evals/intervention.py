@@ -51,7 +51,7 @@ from sae_lens_jsae.evals.edges import (
     transcoder_attributions,
 )
 from sae_lens_jsae.evals.intervals import METHOD, Estimate, ratio, register_summary_block, rounded
-from sae_lens_jsae.evals.onepass import HeldOutBatch, run_metrics
+from sae_lens_jsae.evals.onepass import run_metrics, run_on_inputs
 from sae_lens_jsae.evals.sparsity import tokens_digest
 from sae_lens_jsae.util import is_pair
 
@@ -281,14 +281,7 @@ def intervention_of_inputs(
 ) -> InterventionResult:
     """Intervention faithfulness on batches of MLP inputs, each (n_seqs, ctx, d_in)."""
     metric = InterventionMetric(downstream, upstream, None, strengths=strengths, top_m=top_m, coverage=coverage)
-    hook = input_hook(metric.reader)
-    for x in inputs:
-        if x.ndim != 3:
-            raise ValueError(f"each batch of MLP inputs must be (n_seqs, ctx, d_in); got {tuple(x.shape)}")
-        metric.update(HeldOutBatch(torch.zeros(x.shape[:2], dtype=torch.long), 0, {hook: x}, None, None))
-    result = metric.result()
-    result.per_sequence["tokens_digest"] = None  # no token ids: nothing to pair on
-    return result
+    return run_on_inputs(metric, input_hook(metric.reader), inputs)
 
 
 def transcoder_mlp(model: Any, downstream: Any, upstream: Any) -> Any:

@@ -151,3 +151,15 @@ def run_metrics(
     if timings is not None:
         timings.update({f"{name}_s": s for name, s in spent.items()})
     return results
+
+
+def run_on_inputs(metric: Metric, hook: str, inputs: Any) -> Any:
+    """`metric.result()` over batches of activations handed over directly (each (n_seqs, ctx, d)
+    at `hook`), without a model or token ids (so no tokens digest to pair on)."""
+    for x in inputs:
+        if x.ndim != 3:
+            raise ValueError(f"each batch of MLP inputs must be (n_seqs, ctx, d_in); got {tuple(x.shape)}")
+        metric.update(HeldOutBatch(torch.zeros(x.shape[:2], dtype=torch.long), 0, {hook: x}, None, None))
+    result = metric.result()
+    result.per_sequence["tokens_digest"] = None
+    return result
