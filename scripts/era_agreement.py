@@ -1,10 +1,11 @@
-"""Do a model's held-out scores depend on the era of the speeches? For every model of a run (pairs
-and transcoders), the replacement CE-loss score and MLP-output explained variance on rows of the
-sotu eval split's first speeches (1790s–1820s) and on rows of its last ones (2000s), each with a
-95% interval clustered by speech, and their difference (independent samples, Welch). A model
-"agrees" when the difference's interval holds 0.
+"""Do a run's held-out scores depend on the era of the speeches? From the summaries `jsae eval`
+wrote (no model runs): every model's scores on its held-out rows of the eval split's first
+speeches (1790s-1860s) and on those of its last ones (1980s-2000s), each with a 95% interval
+clustered by speech, and their difference (`evals.heldout.era_agreement`); then every model
+against a reference model (the skip transcoder k = 32 by default) in each era
+(`era_agreement_of_difference`): does the comparison hold in both?
 
-    python scripts/era_agreement.py outputs/faithfulness-1m/models --out docs/results/faithfulness-1m/era_agreement.json
+    python scripts/era_agreement.py outputs/faithfulness-1m/eval --out docs/results/faithfulness-1m/era_agreement.json
 """
 
 from __future__ import annotations
@@ -13,78 +14,62 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-from sae_lens import SAE
+import sae_lens_jsae.evals  # noqa: F401  (registers every metric's summary block)
+from sae_lens_jsae.evals.heldout import ERA_METRICS, era_agreement, era_agreement_of_difference
 
-from sae_lens_jsae.evals.heldout import spread_rows
-from sae_lens_jsae.evals.intervals import summary_estimates, unpaired_difference
-from sae_lens_jsae.evals.pipeline import load_checkpoint
-from sae_lens_jsae.evals.splice import splice_scores_multi
-from sae_lens_jsae.evals.sweep import find_pairs, is_transcoder_dir
-from sae_lens_jsae.sources import load_hooked_model, sotu_row_speeches, sotu_token_dataset
-
-METRICS = ("splice.replacement.ce_loss_score", "explained_variance.replacement")
+SHORT = {"splice.replacement.ce_loss_score": "CE-loss score", "explained_variance.replacement": "MLP-output EV",
+         "intervention.a=0.1.full": "intervention a=0.1", "edges.edges_for_80": "edges for 80%"}
 
 
-def era_rows(speeches: list[str], n_speeches: int, n_rows: int, seed: int = 0) -> dict[str, list[int]]:
-    """Row indices of the first and of the last `n_speeches` speeches of the split (in split
-    order), `n_rows` of each spread round-robin over its speeches (`spread_rows`)."""
-    order = list(dict.fromkeys(speeches))
-    if len(order) < 2 * n_speeches:
-        raise ValueError(f"the split has {len(order)} speeches; first and last {n_speeches} would overlap")
-    out = {}
-    for era, names in (("first", set(order[:n_speeches])), ("last", set(order[-n_speeches:]))):
-        rows = [i for i, s in enumerate(speeches) if s in names]
-        out[era] = [rows[j] for j in spread_rows([speeches[i] for i in rows], n_rows, seed)]
-    return out
-
-
-def agreement(first: dict, last: dict, speeches_first: list[str], speeches_last: list[str]) -> dict[str, dict]:
-    """Per metric: each era's interval (clustered by speech) and the difference first − last."""
-    est_first = summary_estimates({"splice": first, "heldout": {"speech": speeches_first}})
-    est_last = summary_estimates({"splice": last, "heldout": {"speech": speeches_last}})
-    out = {}
-    for key in METRICS:
-        diff = unpaired_difference(est_first[key], est_last[key])
-        out[key] = {"first": est_first[key].interval().to_dict(), "last": est_last[key].interval().to_dict(),
-                    "difference": diff.to_dict(), "agree": bool(diff.ok and diff.lo <= 0 <= diff.hi)}
-    return out
+def _cell(r: dict) -> str:
+    f, l, d = r["first"], r["last"], r["difference"]
+    if d["value"] is None:
+        return "n/a"
+    mark = "" if r["agree"] else " **differ**"
+    return f"{f['value']:.3g} / {l['value']:.3g} (Δ {d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]){mark}"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", help="run folders of trained models (subfolders with cfg.json, as `jsae train --sweep` writes)")
+    p.add_argument("eval_dir", help="a `jsae eval` output folder (its *_summary.json files, transcoders/ included)")
     p.add_argument("--speeches", type=int, default=5, help="speeches per era (the split's first and last)")
-    p.add_argument("--rows", type=int, default=128, help="rows of 128 tokens per era")
-    p.add_argument("--out", required=True)
+    p.add_argument("--reference", default="skip_transcoder_k_32_summary", help="the model every other is compared with (file name part)")
+    p.add_argument("--out", required=True, help="JSON to write; a .md table goes beside it")
     args = p.parse_args(argv)
 
-    dirs = [d for run in args.runs for d in find_pairs(run)]
-    first_cfg = json.loads((dirs[0] / "cfg.json").read_text())
-    model = load_hooked_model("gguf-smollm2", first_cfg["metadata"]["model_name"], device="cpu")
-    ctx = int(first_cfg["metadata"].get("context_size") or 128)
-    ds = sotu_token_dataset(model.tokenizer, ctx, split="eval")
-    speeches = sotu_row_speeches(model.tokenizer, ctx, split="eval")
-    rows = era_rows(speeches, args.speeches, args.rows)
-    models = {d.name: (SAE.load_from_disk(str(d), device="cpu") if is_transcoder_dir(d) else load_checkpoint(d, model)) for d in dirs}
-    scores = {}
-    for era, idx in rows.items():
-        tokens = torch.tensor([ds[i]["input_ids"] for i in idx])
-        scores[era] = splice_scores_multi(model, models, tokens, splices=("replacement",), batch_size=8, progress=False)
-    result = {
-        "rows_per_era": args.rows,
-        "speeches": {era: sorted({speeches[i] for i in idx}) for era, idx in rows.items()},
-        "interval_method": "95% t intervals clustered by speech; difference: independent samples, Welch degrees of freedom",
-        "models": {name: agreement(scores["first"][name].to_dict(), scores["last"][name].to_dict(),
-                                   [speeches[i] for i in rows["first"]], [speeches[i] for i in rows["last"]]) for name in models},
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    for name, m in result["models"].items():
-        for key, r in m.items():
-            print(f"{name:70s} {key:36s} first {r['first']['value']:+.3f} last {r['last']['value']:+.3f} "
-                  f"diff {r['difference']['value']:+.3f} [{r['difference']['lo']:+.3f}, {r['difference']['hi']:+.3f}] "
-                  f"{'agree' if r['agree'] else 'DIFFER'}")
+    paths = sorted(Path(args.eval_dir).rglob("*_summary.json"))
+    summaries = {q.name.removesuffix("_summary.json"): json.loads(q.read_text()) for q in paths}
+    summaries = {k: s for k, s in summaries.items() if (s.get("heldout") or {}).get("speech")}
+    if not summaries:
+        raise SystemExit(f"{args.eval_dir}: no summaries with recorded held-out speeches")
+    ref_name = next((k for k in summaries if f"{k}_summary".endswith(args.reference)), None)
+    own = {name: era_agreement(s, args.speeches) for name, s in summaries.items()}
+    versus = {name: era_agreement_of_difference(s, summaries[ref_name], args.speeches)
+              for name, s in summaries.items() if ref_name and name != ref_name}
+    first = next(iter(own.values()))
+    result = {"first_speeches": first["first_speeches"], "last_speeches": first["last_speeches"], "reference": ref_name,
+              "interval_method": "95% t intervals clustered by speech; the eras' difference: independent samples, Welch degrees of freedom",
+              "models": {n: r["metrics"] for n, r in own.items()},
+              "versus_reference": {n: r["metrics"] for n, r in versus.items()}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+
+    keys = [k for k in ERA_METRICS if any(k in m for m in result["models"].values())]
+    lines = [f"# Era check: the eval split's first {args.speeches} speeches against its last {args.speeches}", "",
+             f"First: {', '.join(result['first_speeches'])}. Last: {', '.join(result['last_speeches'])}.",
+             "Each cell: first / last (the eras' difference, 95% interval clustered by speech); **differ**: the interval excludes 0.",
+             f"Command: `python scripts/era_agreement.py {args.eval_dir} --out {args.out}`.", "",
+             "## Each model", "", "| model | " + " | ".join(SHORT[k] for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += [f"| {n} | " + " | ".join(_cell(m[k]) if k in m else "–" for k in keys) + " |" for n, m in result["models"].items()]
+    if versus:
+        lines += ["", f"## Each model minus {ref_name}, in each era", "", "| model | " + " | ".join(SHORT[k] for k in keys) + " |",
+                  "|---" * (len(keys) + 1) + "|"]
+        lines += [f"| {n} | " + " | ".join(_cell(m[k]) if k in m else "–" for k in keys) + " |" for n, m in result["versus_reference"].items()]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    n_own = sum(r["agree"] for m in result["models"].values() for r in m.values())
+    n_all = sum(len(m) for m in result["models"].values())
+    print(f"wrote {out} and {out.with_suffix('.md')}: {n_own} of {n_all} model scores agree between the eras")
     return 0
 
 

@@ -148,12 +148,39 @@ def test_jsae_eval_scores_transcoders_beside_the_pairs_on_the_same_tokens(tmp_pa
                 assert b["intervals"][key]["value"] == pytest.approx(iv["value"], rel=1e-9, abs=1e-12), (one.name, key)
 
 
+def test_scoring_the_replacement_splice_alone_gives_the_same_replacement_scores(tmp_path):
+    """`jsae eval --splices replacement` (what a frontier reads): the pairs' replacement scores equal
+    those of the full evaluation on the same tokens; the input and output splices are not scored."""
+    from sae_lens_jsae import build_jacobian_sae
+    from sae_lens_jsae.evals.sweep import evaluate_sweeps_and_compare
+
+    model = make_tiny_model("gated_silu")
+    torch.manual_seed(1)
+    for lam in (0.0, 1.0):
+        build_jacobian_sae(model, 1, d_sae=32, k=4, jacobian_coefficient=lam).save_model(tmp_path / "sweep" / f"jacobian_coefficient={lam:g}")
+    tokens = torch.randint(1, model.cfg.d_vocab, (8, 16), generator=torch.Generator().manual_seed(0))
+    runs = {}
+    for name, splices in (("all", None), ("replacement", ["replacement"])):
+        evaluate_sweeps_and_compare([tmp_path / "sweep"], model, tokens, tmp_path / name, n_tokens=64, n_splice_tokens=128,
+                                    n_linearity_tokens=4, batch_size=4, core=False, progress=False, splices=splices)
+        runs[name] = {p.name: json.loads(p.read_text()) for p in (tmp_path / name).glob("*_summary.json")}
+    assert len(runs["all"]) == 2 and runs["all"].keys() == runs["replacement"].keys()
+    for file, full in runs["all"].items():
+        alone = runs["replacement"][file]
+        assert alone["splice"]["input"] is None and alone["splice"]["output"] is None and full["splice"]["input"] is not None
+        assert alone["splice"]["replacement"] == full["splice"]["replacement"]
+        assert not any(k.startswith(("splice.input", "splice.output")) for k in alone["intervals"])
+        for key in ("splice.replacement.ce_loss_score", "explained_variance.replacement", "intervention.a=0.1.full"):
+            assert alone["intervals"][key] == full["intervals"][key]
+
+
 def test_the_pool_balances_the_pairs_against_the_transcoders_pass():
     """5 pairs + 3 transcoders on 2 workers: chunks of 2 and 3 pairs and the transcoders' pass
-    (9, 12, 6 model runs a batch: at most 15 on a worker), not one chunk of 5 (18)."""
+    (9, 12, 5 model runs a batch: at most 14 on a worker), not one chunk of 5 (18)."""
     from sae_lens_jsae.evals.sweep import _cost
 
-    assert (_cost(2, 0), _cost(3, 0), _cost(0, 3), _cost(5, 0)) == (9, 12, 6, 18)
+    assert (_cost(2, 0), _cost(3, 0), _cost(0, 3), _cost(5, 0)) == (9, 12, 5, 18)
+    assert _cost(2, 0, ("replacement",)) == 4  # clean, zero-ablated output, one splice each
 
 
 def _synthetic(edges_per_node: float, ce_score: float, *, kind: str = "pair", lam: float = 1.0, n: int = 40, seed: int = 0, faithfulness: float = 0.2) -> dict:

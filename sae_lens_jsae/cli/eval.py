@@ -11,6 +11,8 @@ from typing import Any
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from sae_lens_jsae.evals.splice import SPLICES
+
     p.add_argument("checkpoint", nargs="+", help="JSAE checkpoint directory (cfg.json + sae_weights.safetensors), "
                    "or one or more sweep directories (subfolders = pairs, as `jsae train --sweep` writes)")
     p.add_argument("--baseline", help="λ=0 pair checkpoint to compare against (single-checkpoint mode)")
@@ -36,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tokens for intervention faithfulness (weaken the top-8 upstream latents, rerun the MLP; 0: skip)")
     p.add_argument("--n-edge-path-tokens", type=int, default=0,
                    help="pairs: the edge measure again with integrated gradients (8 midpoints) on this many tokens (0: skip)")
+    p.add_argument("--splices", nargs="+", choices=SPLICES, default=None,
+                   help="sweep mode: which splices to score (default: all three; `replacement` alone is what the "
+                        "frontier reads and a third of the pairs' model runs)")
     p.add_argument("--first-rows", action="store_true",
                    help="score the eval split's first rows (its earliest speeches, 1792-1824) instead of rows spread over every speech")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
@@ -63,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--processes must be ≥ 1, got {args.processes}.")
     if args.processes > 1 and not sweep_mode:
         raise ValueError("--processes is for sweeps (several pairs); a single checkpoint is evaluated in one process.")
+    if args.splices and not sweep_mode:
+        raise ValueError("--splices is for sweeps; a single checkpoint is scored on all three splices.")
     if sweep_mode and args.baseline:
         raise ValueError("--baseline is for one checkpoint; a sweep directory brings its own λ=0 pair (jacobian_coefficient=0).")
     from sae_lens_jsae.evals.sweep import is_transcoder_dir
@@ -97,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
               n_edge_tokens=args.n_edge_tokens, n_intervention_tokens=args.n_intervention_tokens, batch_size=args.batch_size,
               heldout=heldout, **({"n_edge_path_tokens": args.n_edge_path_tokens} if args.n_edge_path_tokens else {}))
     if sweep_mode:
+        kw["splices"] = args.splices
         rmodel = load_hooked_model(args.model_source, model_name, device=args.device, randomize=True, seed=args.seed) if args.randomized_sweep else None
         report = evaluate_sweeps_and_compare(args.checkpoint, model, tokens, args.output_dir, randomized_dirs=args.randomized_sweep,
                                              randomized_model=rmodel, randomized=args.randomized, also=args.also, core=args.core,

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from sae_lens_jsae.evals.intervals import METHOD
+from sae_lens_jsae.evals.intervals import METHOD, registered_blocks, summary_estimates, unpaired_difference
 
 CLUSTERED_METHOD = ("delta-method standard error clustered by speech (each eval speech's per-sequence sums summed), "
                     "95% = ±t(0.975, n−1)·SE, n = speeches (`n_sequences` in each interval counts them)")
@@ -85,3 +85,109 @@ def sotu_heldout(tokenizer: Any, context_size: int, n_tokens: int, seed: int = 0
     rows = spread_rows(speeches, -(-n_tokens // context_size), seed)
     tokens = torch.tensor([ds[i]["input_ids"] for i in rows])
     return HeldOut(tokens, rows, [speeches[i] for i in rows], seed)
+
+
+# --------------------------------------------------------------------------- one era against another
+ERA_METRICS = ("splice.replacement.ce_loss_score", "explained_variance.replacement", "intervention.a=0.1.full", "edges.edges_for_80")
+"""What `era_agreement` compares by default: the frontier's axes (docs/metrics.md)."""
+
+
+def era_speeches(heldout: Mapping[str, Any], n_speeches: int) -> tuple[list[str], list[str]]:
+    """The first and the last `n_speeches` speeches of the eval split among a summary's held-out
+    rows. The split is chronological, so a speech's place is its first row's index."""
+    first_row: dict[str, int] = {}
+    for row, speech in zip(heldout["rows"], heldout["speech"]):
+        first_row[speech] = min(row, first_row.get(speech, row))
+    order = sorted(first_row, key=first_row.__getitem__)
+    if n_speeches < 1 or len(order) < 2 * n_speeches:
+        raise ValueError(f"the held-out rows cover {len(order)} speeches; the first and last {n_speeches} would overlap")
+    return order[:n_speeches], order[-n_speeches:]
+
+
+def _keep_rows(data: Mapping[str, Any], keep: list[int], digest: str, tag: str) -> dict[str, Any]:
+    """A metric block's data limited to the held-out rows `keep` (sorted), renumbered 0.. in that
+    order: per-sequence columns (a prefix of the selection, so kept rows below its length) and,
+    for per-token data, the tokens of kept sequences."""
+    out = dict(data)
+    if digest in out:
+        out[digest] = f"{out[digest]}|{tag}"  # still paired with other models' same rows
+
+    def numeric(v: Any) -> bool:
+        return isinstance(v, list) and len(v) > 0 and all(isinstance(e, (int, float)) for e in v)
+
+    if "sequence" in data:  # per-token rows: keep those of kept sequences
+        position = {row: j for j, row in enumerate(keep)}
+        n = len(data["sequence"])
+        mask = [int(s) in position for s in data["sequence"]]
+        for key, v in data.items():
+            if isinstance(v, list) and len(v) == n:
+                out[key] = [e for e, m in zip(v, mask) if m]
+        out["sequence"] = [position[int(s)] for s in data["sequence"] if int(s) in position]
+        return out
+    # per-sequence columns are the longest numeric lists (as in `intervals.cluster_block`); shorter
+    # ones are parameters (coverages, strengths)
+    lengths = [len(v) for v in data.values() if numeric(v)] + [len(e) for v in data.values() if isinstance(v, list) for e in v if numeric(e)]
+    n = max(lengths, default=0)
+    rows = [i for i in keep if i < n]
+    for key, v in data.items():
+        if numeric(v) and len(v) == n:
+            out[key] = [v[i] for i in rows]
+        elif isinstance(v, list) and v and all(numeric(e) and len(e) == n for e in v):
+            out[key] = [[e[i] for i in rows] for e in v]
+    return out
+
+
+def era_summary(summary: Mapping[str, Any], speeches: Sequence[str], tag: str) -> dict[str, Any]:
+    """`summary` limited to its held-out rows of `speeches`: every registered metric block's data
+    and the `heldout` record, so `summary_estimates` of it clusters those rows by speech."""
+    heldout = summary["heldout"]
+    wanted = set(speeches)
+    keep = [i for i, s in enumerate(heldout["speech"]) if s in wanted]
+    out = dict(summary)
+    for name, spec in registered_blocks().items():
+        block = summary.get(name)
+        if isinstance(block, Mapping) and block.get(spec.data):
+            out[name] = {**block, spec.data: _keep_rows(block[spec.data], keep, spec.digest, tag)}
+    out["heldout"] = {**heldout, "rows": [heldout["rows"][i] for i in keep], "speech": [heldout["speech"][i] for i in keep],
+                      "n_speeches": len({heldout["speech"][i] for i in keep})}
+    return out
+
+
+def era_agreement(summary: Mapping[str, Any], n_speeches: int = 5, metrics: Sequence[str] = ERA_METRICS) -> dict[str, Any]:
+    """Does a model score the same on the eval split's first and last speeches? From one summary's
+    own per-sequence data (no model run): each metric on the rows of the first `n_speeches`
+    speeches and on those of the last, each with its interval clustered by speech, and their
+    difference (independent samples, Welch). A metric `agree`s when the difference's 95% interval
+    holds 0; metrics the summary lacks are left out."""
+    if not (summary.get("heldout") or {}).get("speech"):
+        raise ValueError("the summary records no held-out speeches (evaluated with --first-rows, or before they were recorded)")
+    first, last = era_speeches(summary["heldout"], n_speeches)
+    est_first = summary_estimates(era_summary(summary, first, "first"))
+    est_last = summary_estimates(era_summary(summary, last, "last"))
+    out: dict[str, Any] = {"first_speeches": first, "last_speeches": last, "metrics": {}}
+    for key in metrics:
+        if key in est_first and key in est_last:
+            diff = unpaired_difference(est_first[key], est_last[key])
+            out["metrics"][key] = {"first": est_first[key].interval().to_dict(), "last": est_last[key].interval().to_dict(),
+                                   "difference": diff.to_dict(), "agree": bool(diff.ok and diff.lo <= 0 <= diff.hi)}
+    return out
+
+
+def era_agreement_of_difference(a: Mapping[str, Any], b: Mapping[str, Any], n_speeches: int = 5,
+                                metrics: Sequence[str] = ERA_METRICS) -> dict[str, Any]:
+    """Does the comparison a − b (two models scored on the same held-out rows) hold in both eras?
+    Per metric: the paired difference a − b on the first `n_speeches` speeches and on the last,
+    each with its interval clustered by speech, and how much the two eras' differences differ."""
+    if a.get("heldout", {}).get("rows") != b.get("heldout", {}).get("rows"):
+        raise ValueError("the two summaries were scored on different held-out rows: their differences are not paired")
+    first, last = era_speeches(a["heldout"], n_speeches)
+    eras = {}
+    for tag, speeches in (("first", first), ("last", last)):
+        ea, eb = summary_estimates(era_summary(a, speeches, tag)), summary_estimates(era_summary(b, speeches, tag))
+        eras[tag] = {k: ea[k] - eb[k] for k in metrics if k in ea and k in eb}
+    out: dict[str, Any] = {"first_speeches": first, "last_speeches": last, "metrics": {}}
+    for key in eras["first"]:
+        diff = unpaired_difference(eras["first"][key], eras["last"][key])
+        out["metrics"][key] = {"first": eras["first"][key].interval().to_dict(), "last": eras["last"][key].interval().to_dict(),
+                               "difference": diff.to_dict(), "agree": bool(diff.ok and diff.lo <= 0 <= diff.hi)}
+    return out

@@ -14,7 +14,7 @@ clean model once (caching block L's residual before the MLP is added), then, for
 intervention, only blocks L+1… and the unembedding (`start_at_layer`), from residual + new MLP
 output. The two zero-ablations (ln2.hook_normalized → MLP(0); hook_mlp_out → 0) are shared by all
 pairs on a layer and by the output and replacement splices. So n pairs cost 1 + 2 + 3n partial
-passes instead of 7n full ones. Log-softmax and KL run in float32 (float64 for a float64 model):
+passes instead of 7n full ones (1 + 1 + n when only `replacement` is scored). Log-softmax and KL run in float32 (float64 for a float64 model):
 on SmolLM2 the float32 KL differs from float64 by ≪ its sampling error (docs/metrics.md).
 
 Explained variances (1 − Σ‖x − x̂‖² / Σ‖x − μ‖², μ the eval-set mean, special tokens excluded as in
@@ -238,9 +238,11 @@ class SpliceMetric:
         runs = {L: _BlockRun(model, L, held.cache, self.parallel, losses) for L in set(self.layers.values())}
         shared: dict[int, dict[str, torch.Tensor]] = {}
         for L, run in runs.items():
-            ce_zi, kl_zi = run.rest(run.mlp_of(torch.zeros_like(run.x)))
             ce_zo, kl_zo = run.rest(torch.zeros_like(run.y))
-            shared[L] = {"ce_zero_input": ce_zi, "kl_zero_input": kl_zi, "ce_zero_mlp_out": ce_zo, "kl_zero_mlp_out": kl_zo}
+            shared[L] = {"ce_zero_mlp_out": ce_zo, "kl_zero_mlp_out": kl_zo}
+            if "input" in self.splices:  # only the input splice is scored against MLP(0)
+                ce_zi, kl_zi = run.rest(run.mlp_of(torch.zeros_like(run.x)))
+                shared[L] |= {"ce_zero_input": ce_zi, "kl_zero_input": kl_zi}
             x64, y64 = run.x.to(torch.float64), run.y.to(torch.float64)
             add(self.moments[L], "sum_x", (x64 * keep_f[..., None]).sum(1))
             add(self.moments[L], "sq_x", (x64.pow(2).sum(-1) * keep_f).sum(1))

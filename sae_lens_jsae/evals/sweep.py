@@ -133,6 +133,7 @@ def evaluate_sweep(
     output_dir: str | os.PathLike[str],
     *,
     n_splice_tokens: int = 32_768,
+    splices: Sequence[str] | None = None,
     batch_size: int = 16,
     progress: bool = True,
     **kwargs: Any,
@@ -141,10 +142,12 @@ def evaluate_sweep(
 
     One pass over the tokens (`evals.onepass`) feeds every metric of every pair, the splices of all
     pairs sharing each batch's clean and zero-ablated runs; then `evaluate_checkpoint` writes each
-    pair's summary (optional core eval) with its labels. Returns the summary paths."""
+    pair's summary (optional core eval) with its labels. `splices`: which of `evals.splice.SPLICES`
+    (default all; a frontier needs only `replacement`, a third of the pairs' model runs). Returns
+    the summary paths."""
     from sae_lens_jsae.evals.onepass import run_metrics
     from sae_lens_jsae.evals.pipeline import check_mlp_matches, evaluate_checkpoint, load_checkpoint, pair_metrics
-    from sae_lens_jsae.evals.splice import SpliceMetric
+    from sae_lens_jsae.evals.splice import SPLICES, SpliceMetric
 
     if len({p.randomized for p in pairs}) > 1:
         raise ValueError("evaluate_sweep: trained and randomized pairs need different models; evaluate them in two calls.")
@@ -154,7 +157,7 @@ def evaluate_sweep(
     if kwargs.get("check_mlp", True):  # before any work: a pair trained on another model (e.g. a wrong --seed)
         for sae in saes.values():
             check_mlp_matches(model, sae, tokens)
-    metrics: dict[str, Any] = {"splice": SpliceMetric(model, saes, max_tokens=n_splice_tokens)}
+    metrics: dict[str, Any] = {"splice": SpliceMetric(model, saes, splices=splices or SPLICES, max_tokens=n_splice_tokens)}
     for label, sae in saes.items():
         own = pair_metrics(model, sae, tokens, splice=False, n_splice_tokens=n_splice_tokens, batch_size=batch_size, **kwargs).metrics
         metrics |= {f"{label}/{name}": m for name, m in own.items()}
@@ -344,10 +347,12 @@ def _evaluate_transcoders_worker(dirs: list[Path], pairs: list[SweepPair], model
         return evaluate_transcoders(dirs, model, tokens, Path(output_dir) / "transcoders", upstreams=edge_upstreams(pairs, model), **kwargs)
 
 
-def _cost(n_pairs: int, n_transcoders: int) -> int:
-    """Model runs per held-out batch of one pass: the clean run, two zero-ablations, three splices
-    per pair, one per transcoder (what a pass's time goes to)."""
-    return 3 + 3 * n_pairs + n_transcoders
+def _cost(n_pairs: int, n_transcoders: int, splices: Sequence[str] = ("input", "output", "replacement")) -> int:
+    """Model runs per held-out batch of one pass: the clean run, the zero-ablation of the MLP output
+    (and of its input when the input splice is scored), each pair's `splices`, one splice per
+    transcoder (what a pass's time goes to)."""
+    scored = splices if n_pairs else ("replacement",)
+    return 2 + ("input" in scored) + len(scored) * n_pairs + n_transcoders
 
 
 def _evaluate_sweep_in_processes(pairs: Sequence[SweepPair], model_factory: ModelFactory, tokens: torch.Tensor,
@@ -360,12 +365,14 @@ def _evaluate_sweep_in_processes(pairs: Sequence[SweepPair], model_factory: Mode
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    from sae_lens_jsae.evals.splice import SPLICES
+
     def chunked(n: int) -> list[list[SweepPair]]:
         return [list(pairs[i * len(pairs) // n:(i + 1) * len(pairs) // n]) for i in range(n)] if n else []
 
     def wall(chunks: list[list[SweepPair]]) -> float:  # longest-first onto `processes` workers
         loads = [0.0] * processes
-        jobs = [_cost(len(c), 0) for c in chunks] + ([_cost(0, len(transcoder_dirs))] if transcoder_dirs else [])
+        jobs = [_cost(len(c), 0, kwargs.get("splices") or SPLICES) for c in chunks] + ([_cost(0, len(transcoder_dirs))] if transcoder_dirs else [])
         for job in sorted(jobs, reverse=True):
             loads[loads.index(min(loads))] += job
         return max(loads)
