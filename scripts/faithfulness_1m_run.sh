@@ -14,6 +14,8 @@
 # bf16). 2 threads in the training process; the eval over 2 one-thread processes, scoring the
 # replacement splice only (what the frontiers read; the input/output splices would triple the
 # pairs' model runs). Then the era check (scripts/era_agreement.py) from the summaries.
+#   FR_MODELS  17 (default: the above) | 8 (the faithfulness-0.5m run: λ = 0, the edge penalty, h = 2 + w = 1 and
+#              the skip transcoders, with float32 penalty products and all three splices)
 #   FR_OUT     output directory (default: outputs/faithfulness-1m)
 #   FR_TOKENS  training tokens per model (default 1024000 = 250 steps of 4096)
 #   FR_EVAL    `jsae eval` arguments (default below)
@@ -26,23 +28,30 @@ CONFIG=configs/smollm2-135m-l3-reference.yaml
 TOKENS=${FR_TOKENS:-1024000}
 STEPS=$(( TOKENS / 4096 ))
 STAGE=${FR_STAGE:-all}
-read -r -a EVAL <<< "${FR_EVAL:---splices replacement --n-tokens 8192 --n-splice-tokens 32768 --n-linearity-tokens 128 --n-edge-tokens 32768 --n-intervention-tokens 8192 --n-edge-path-tokens 2048 --no-core --n-graphs 0 --seed 42}"
 REC="mlp_reconstruction_coefficient=1;jacobian_coefficient=0;edge_sparsity_coefficient=2"
+SWEEPS=(--sweep "jacobian_coefficient=0" --sweep "mlp_reconstruction_coefficient=1;jacobian_coefficient=0;edge_sparsity_coefficient=0.5,2,8"
+        --sweep "$REC;intervention_consistency_coefficient=1" --sweep "architecture=topk_skip_transcoder;k=16,32,64")
+BUDGETS="--n-tokens 8192 --n-splice-tokens 32768 --n-linearity-tokens 128 --n-edge-tokens 32768 --n-intervention-tokens 8192 --n-edge-path-tokens 2048 --no-core --n-graphs 0 --seed 42"
+case ${FR_MODELS:-17} in
+  17) SWEEPS=(--sweep "jacobian_coefficient=0,0.2222,0.8889,3.556" --sweep "mlp_reconstruction_coefficient=1;jacobian_coefficient=0.8889,3.556,14.22"
+              --sweep "mlp_reconstruction_coefficient=1;jacobian_coefficient=0;edge_sparsity_coefficient=0.5,2,8"
+              --sweep "$REC;intervention_consistency_coefficient=1"
+              --sweep "architecture=topk_transcoder;k=16,32,64" --sweep "architecture=topk_skip_transcoder;k=16,32,64")
+      SETS=(); BUDGETS="--splices replacement $BUDGETS" ;;
+  8) SETS=(--set sae.jacobian_dtype=null) ;;
+  *) echo "FR_MODELS must be 17 or 8" >&2; exit 2 ;;
+esac
+N_MODELS=${FR_MODELS:-17}
+read -r -a EVAL <<< "${FR_EVAL:-$BUDGETS}"
 mkdir -p "$OUT"
 if [ "$STAGE" != eval ]; then
   start=$(date +%s)
-  echo "== train 17 models on one activation stream, $TOKENS tokens each (log: $OUT/train.log)"
+  echo "== train $N_MODELS models on one activation stream, $TOKENS tokens each (log: $OUT/train.log)"
   OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 python -m sae_lens_jsae train "$CONFIG" \
-    --set "runner.training_tokens=$TOKENS" --set "runner.lr_decay_steps=$(( STEPS / 5 ))" \
-    --set "runner.output_path=$OUT/models" --set "runner.checkpoint_path=$OUT/models/checkpoints" \
-    --sweep "jacobian_coefficient=0,0.2222,0.8889,3.556" \
-    --sweep "mlp_reconstruction_coefficient=1;jacobian_coefficient=0.8889,3.556,14.22" \
-    --sweep "mlp_reconstruction_coefficient=1;jacobian_coefficient=0;edge_sparsity_coefficient=0.5,2,8" \
-    --sweep "$REC;intervention_consistency_coefficient=1" \
-    --sweep "architecture=topk_transcoder;k=16,32,64" \
-    --sweep "architecture=topk_skip_transcoder;k=16,32,64" \
+    --set "runner.training_tokens=$TOKENS" --set "runner.lr_decay_steps=$(( STEPS / 5 ))" "${SETS[@]}" \
+    --set "runner.output_path=$OUT/models" --set "runner.checkpoint_path=$OUT/models/checkpoints" "${SWEEPS[@]}" \
     > "$OUT/train.log" 2>&1 || { echo "training failed: see $OUT/train.log" >&2; exit 1; }
-  echo "training (17 models, one stream) finished in $(( $(date +%s) - start )) s" | tee "$OUT/train_wall_time.txt"
+  echo "training ($N_MODELS models, one stream) finished in $(( $(date +%s) - start )) s" | tee "$OUT/train_wall_time.txt"
 fi
 if [ "$STAGE" != train ]; then
   start=$(date +%s)
