@@ -129,3 +129,22 @@ def test_the_documented_custom_metric_runs(capsys):
     (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "class MeanNorm" in b]
     exec(compile(block, "docs/evaluation.md", "exec"), {})
     assert float(capsys.readouterr().out.strip().splitlines()[-1]) > 0
+
+
+def test_the_budget_defaults_live_in_one_place():
+    """`pair_metrics`, `evaluate_checkpoint` and the transcoders' pass take their token budgets'
+    defaults from `EvalBudgets` (a default changed in one signature alone fails here)."""
+    import inspect
+    from dataclasses import fields
+
+    from sae_lens_jsae.evals.pipeline import BUDGETS, EvalBudgets, evaluate_checkpoint, pair_metrics
+    from sae_lens_jsae.evals.sweep import evaluate_sweep, evaluate_transcoders
+
+    for fn in (pair_metrics, evaluate_checkpoint, evaluate_transcoders, evaluate_sweep):
+        params = inspect.signature(fn).parameters
+        for f in fields(EvalBudgets):
+            if f.name in params:
+                assert params[f.name].default == getattr(BUDGETS, f.name), (fn.__name__, f.name)
+    assert EvalBudgets.of({"n_edge_tokens": 99, "batch_size": 4}) == EvalBudgets(n_edge_tokens=99)  # other options ignored
+    assert EvalBudgets(n_tokens=10, n_splice_tokens=20, n_edge_tokens=0, n_intervention_tokens=30, n_core_reconstruction_tokens=5,
+                       n_core_sparsity_tokens=25).max_tokens() == 30

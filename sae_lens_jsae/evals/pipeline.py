@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -83,6 +84,44 @@ def _load_extra_sae(spec: Any, device: str):
     return release, sae_id, SAE.from_pretrained(release, sae_id, device=device)
 
 
+@dataclass(frozen=True)
+class EvalBudgets:
+    """Held-out tokens each metric reads (a prefix of the rows, whole sequences; 0 drops a metric):
+    the one place for the defaults of `pair_metrics`, `evaluate_checkpoint`, `evaluate_and_compare`
+    and the sweeps' passes (`jsae eval` sets its own on the command line)."""
+
+    n_tokens: int = 102_400
+    """Jacobian sparsity."""
+    n_splice_tokens: int = 32_768
+    """The CE/KL splices, explained variances and the MLP error analysis."""
+    n_linearity_tokens: int = 512
+    """Linearity (its tokens sampled from all the rows the others read)."""
+    n_edge_tokens: int = 8192
+    """The edge measure (tangent)."""
+    n_intervention_tokens: int = 8192
+    """Intervention faithfulness."""
+    n_edge_path_tokens: int = 0
+    """The edge measure again with integrated gradients."""
+    n_core_reconstruction_tokens: int = 4096
+    """SAEBench's core eval: CE/KL."""
+    n_core_sparsity_tokens: int = 32_768
+    """SAEBench's core eval: variance, L0, dead latents."""
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any]) -> EvalBudgets:
+        """The budgets among keyword `options` (other keys ignored), the defaults for the rest."""
+        return cls(**{f.name: options[f.name] for f in fields(cls) if f.name in options})
+
+    def max_tokens(self) -> int:
+        """Tokens to collect: the most any metric reads."""
+        return max(self.n_tokens, self.n_splice_tokens, self.n_edge_tokens, self.n_intervention_tokens, self.n_edge_path_tokens,
+                   self.n_core_reconstruction_tokens, self.n_core_sparsity_tokens)
+
+
+BUDGETS = EvalBudgets()
+"""The default budgets."""
+
+
 class PairMetrics(NamedTuple):
     """Every metric of one JSAE pair for one pass, with the SAEBench configs its two JSONs record."""
 
@@ -94,18 +133,30 @@ class PairMetrics(NamedTuple):
     """The linearity eval's settings (SAEBench's `eval_config`)."""
 
 
+def eval_configs(sae, context_size: int, *, n_tokens: int, n_linearity_tokens: int, batch_size: int,
+                 sparsity_kwargs: dict[str, Any] | None = None,
+                 linearity_kwargs: dict[str, Any] | None = None) -> tuple[JacobianSparsityEvalConfig, JacobianLinearityEvalConfig]:
+    """The Jacobian sparsity and linearity evals' settings (SAEBench's `eval_config` of their JSONs)."""
+    name = str(sae.cfg.metadata.model_name or "")
+    sc = JacobianSparsityEvalConfig(model_name=name, context_size=context_size, n_tokens=n_tokens,
+                                    batch_size_prompts=batch_size, **(sparsity_kwargs or {}))
+    lc = JacobianLinearityEvalConfig(model_name=name, context_size=context_size, n_tokens=n_linearity_tokens,
+                                     batch_size_prompts=batch_size, **(linearity_kwargs or {}))
+    return sc, lc
+
+
 def pair_metrics(
     model,
     sae,
     toks: torch.Tensor,
     *,
     splice: bool = True,
-    n_tokens: int = 102_400,
-    n_splice_tokens: int = 32_768,
-    n_linearity_tokens: int = 512,
-    n_edge_tokens: int = 8192,
-    n_intervention_tokens: int = 8192,
-    n_edge_path_tokens: int = 0,
+    n_tokens: int = BUDGETS.n_tokens,
+    n_splice_tokens: int = BUDGETS.n_splice_tokens,
+    n_linearity_tokens: int = BUDGETS.n_linearity_tokens,
+    n_edge_tokens: int = BUDGETS.n_edge_tokens,
+    n_intervention_tokens: int = BUDGETS.n_intervention_tokens,
+    n_edge_path_tokens: int = BUDGETS.n_edge_path_tokens,
     edge_path_steps: int = 8,
     batch_size: int = 16,
     linearity_kwargs: dict[str, Any] | None = None,
@@ -117,11 +168,8 @@ def pair_metrics(
     sampled from all rows, the splices (unless `splice=False`: computed for several pairs at once)
     and the MLP error analysis on `n_splice_tokens`, the edge measure (tangent; integrated gradients
     on `n_edge_path_tokens`) and intervention faithfulness; a budget of 0 drops that metric."""
-    name = str(sae.cfg.metadata.model_name or "")
-    sc = JacobianSparsityEvalConfig(model_name=name, context_size=toks.shape[1], n_tokens=n_tokens,
-                                    batch_size_prompts=batch_size, **(sparsity_kwargs or {}))
-    lc = JacobianLinearityEvalConfig(model_name=name, context_size=toks.shape[1], n_tokens=n_linearity_tokens,
-                                     batch_size_prompts=batch_size, **(linearity_kwargs or {}))
+    sc, lc = eval_configs(sae, toks.shape[1], n_tokens=n_tokens, n_linearity_tokens=n_linearity_tokens, batch_size=batch_size,
+                          sparsity_kwargs=sparsity_kwargs, linearity_kwargs=linearity_kwargs)
     metrics: dict[str, Metric] = {
         "jacobian_sparsity": JacobianSparsityMetric(sae, sc.n_tokens, thresholds=sc.thresholds, hist_bins=sc.hist_bins, hist_max=sc.hist_max),
         "linearity": LinearityMetric(sae, toks, lc.n_tokens, n_grid=lc.n_grid, max_factor=lc.max_factor, tol=lc.tol,
@@ -148,14 +196,14 @@ def evaluate_checkpoint(
     label: str = "jsae",
     randomized: bool = False,
     jacobian_coefficient: float | None = None,
-    n_tokens: int = 102_400,
-    n_splice_tokens: int = 32_768,
-    n_core_reconstruction_tokens: int = 4096,
-    n_core_sparsity_tokens: int = 32_768,
-    n_linearity_tokens: int = 512,
-    n_edge_tokens: int = 8192,
-    n_intervention_tokens: int = 8192,
-    n_edge_path_tokens: int = 0,
+    n_tokens: int = BUDGETS.n_tokens,
+    n_splice_tokens: int = BUDGETS.n_splice_tokens,
+    n_core_reconstruction_tokens: int = BUDGETS.n_core_reconstruction_tokens,
+    n_core_sparsity_tokens: int = BUDGETS.n_core_sparsity_tokens,
+    n_linearity_tokens: int = BUDGETS.n_linearity_tokens,
+    n_edge_tokens: int = BUDGETS.n_edge_tokens,
+    n_intervention_tokens: int = BUDGETS.n_intervention_tokens,
+    n_edge_path_tokens: int = BUDGETS.n_edge_path_tokens,
     edge_path_steps: int = 8,
     heldout: dict[str, Any] | None = None,
     batch_size: int = 16,
@@ -197,18 +245,20 @@ def evaluate_checkpoint(
         sae.attach_mlp_from_model(model)
     sae = sae.to(model.cfg.device)
     # materialise once: every metric sees the same tokens in the same order
-    toks = collect_tokens(tokens, max(n_tokens, n_splice_tokens, n_core_reconstruction_tokens, n_core_sparsity_tokens, n_edge_tokens,
-                                      n_intervention_tokens, n_edge_path_tokens))
+    budgets = EvalBudgets(n_tokens=n_tokens, n_splice_tokens=n_splice_tokens, n_linearity_tokens=n_linearity_tokens, n_edge_tokens=n_edge_tokens,
+                          n_intervention_tokens=n_intervention_tokens, n_edge_path_tokens=n_edge_path_tokens,
+                          n_core_reconstruction_tokens=n_core_reconstruction_tokens, n_core_sparsity_tokens=n_core_sparsity_tokens)
+    toks = collect_tokens(tokens, budgets.max_tokens())
     mlp_error = check_mlp_matches(model, sae, toks) if check_mlp else None
-    budgets = dict(n_tokens=n_tokens, n_splice_tokens=n_splice_tokens, n_linearity_tokens=n_linearity_tokens, n_edge_tokens=n_edge_tokens,
-                   n_intervention_tokens=n_intervention_tokens, n_edge_path_tokens=n_edge_path_tokens, edge_path_steps=edge_path_steps,
-                   batch_size=batch_size, linearity_kwargs=linearity_kwargs, sparsity_kwargs=sparsity_kwargs)
-    metrics, sp_cfg, lin_cfg = pair_metrics(model, sae, toks, splice=splice is None and precomputed is None, **budgets)
     timings: dict[str, float] = dict(precomputed_timings or {})
     if precomputed is None:
+        metrics, sp_cfg, lin_cfg = pair_metrics(model, sae, toks, splice=splice is None, edge_path_steps=edge_path_steps, batch_size=batch_size,
+                                                linearity_kwargs=linearity_kwargs, sparsity_kwargs=sparsity_kwargs, **asdict(budgets))
         results = run_metrics(model, toks, metrics, batch_size=batch_size, desc=f"[{label}] held-out pass" if progress else None,
                               timings=timings)
-    else:
+    else:  # the pass ran already: only the SAEBench settings its JSONs record
+        sp_cfg, lin_cfg = eval_configs(sae, toks.shape[1], n_tokens=n_tokens, n_linearity_tokens=n_linearity_tokens, batch_size=batch_size,
+                                       sparsity_kwargs=sparsity_kwargs, linearity_kwargs=linearity_kwargs)
         results = dict(precomputed)
     splice = splice if splice is not None else results["splice"]
     if isinstance(splice, dict):
@@ -379,8 +429,8 @@ def evaluate_and_compare(
                 f"--baseline {baseline} was trained with jacobian_coefficient={lam}, not 0. The baseline must be a "
                 "plain pair (λ=0); to compare two JSAEs, evaluate each and pass the other's summary with --also."
             )
-    toks = collect_tokens(tokens, max(kwargs.get("n_tokens", 102_400), kwargs.get("n_splice_tokens", 32_768), kwargs.get("n_core_sparsity_tokens", 32_768),
-                                      kwargs.get("n_edge_tokens", 8192), kwargs.get("n_intervention_tokens", 8192), kwargs.get("n_edge_path_tokens", 0)))
+    budgets = EvalBudgets.of(kwargs)
+    toks = collect_tokens(tokens, budgets.max_tokens())
     # both pairs' splices in one pass over the same tokens (shared clean and zero-ablated runs)
     from sae_lens_jsae.evals.splice import splice_scores_multi
 
@@ -390,7 +440,7 @@ def evaluate_and_compare(
         for sae in loaded.values():
             check_mlp_matches(model, sae, toks)
     splices = splice_scores_multi(model, loaded, toks, batch_size=max(1, kwargs.get("batch_size", 16) // 2),
-                                  max_tokens=kwargs.get("n_splice_tokens", 32_768), progress=kwargs.get("progress", True))
+                                  max_tokens=budgets.n_splice_tokens, progress=kwargs.get("progress", True))
     summaries = [evaluate_checkpoint(checkpoint, model, toks, output_dir, label="randomized_jsae" if randomized else "jsae", randomized=randomized,
                                      splice=splices["jsae"], **kwargs)]
     if baseline is not None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from sae_lens_jsae.evals.pipeline import BUDGETS
 from sae_lens_jsae.sae import saved_jacobian_coefficient
 
 ModelFactory = Callable[[], Any]
@@ -132,7 +133,7 @@ def evaluate_sweep(
     tokens: torch.Tensor,
     output_dir: str | os.PathLike[str],
     *,
-    n_splice_tokens: int = 32_768,
+    n_splice_tokens: int = BUDGETS.n_splice_tokens,
     splices: Sequence[str] | None = None,
     batch_size: int = 16,
     progress: bool = True,
@@ -241,9 +242,9 @@ def evaluate_transcoders(
     tokens: torch.Tensor,
     output_dir: str | os.PathLike[str],
     *,
-    n_splice_tokens: int = 32_768,
-    n_edge_tokens: int = 8192,
-    n_intervention_tokens: int = 8192,
+    n_splice_tokens: int = BUDGETS.n_splice_tokens,
+    n_edge_tokens: int = BUDGETS.n_edge_tokens,
+    n_intervention_tokens: int = BUDGETS.n_intervention_tokens,
     batch_size: int = 16,
     progress: bool = True,
     upstreams: dict[str, Any] | None = None,
