@@ -187,3 +187,11 @@ def test_a_missing_submodule_of_an_installed_extra_says_so(monkeypatch, capsys):
     assert message is not None and "'sae_lens_jsae.nope' is missing from the installed 'sae_lens_jsae'" in message
     message = missing_dependency_message(ModuleNotFoundError("No module named 'sae_lens_jsae'", name="sae_lens_jsae"))
     assert message is not None and "is not installed: pip install sae-lens-jsae" in message
+
+
+def test_eval_splice_choices_are_the_splices():
+    """`jsae eval --splices` spells the splices out (for a light --help): they must be the scored ones."""
+    from sae_lens_jsae.cli.eval import SPLICE_CHOICES
+    from sae_lens_jsae.evals.splice import SPLICES
+
+    assert SPLICE_CHOICES == tuple(SPLICES)

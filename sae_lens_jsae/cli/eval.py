@@ -10,9 +10,11 @@ import argparse
 from typing import Any
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from sae_lens_jsae.evals.splice import SPLICES
+SPLICE_CHOICES = ("input", "output", "replacement")
+"""`evals.splice.SPLICES`, spelled out so that `--help` imports no torch (tests/test_cli.py)."""
 
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="+", help="JSAE checkpoint directory (cfg.json + sae_weights.safetensors), "
                    "or one or more sweep directories (subfolders = pairs, as `jsae train --sweep` writes)")
     p.add_argument("--baseline", help="λ=0 pair checkpoint to compare against (single-checkpoint mode)")
@@ -38,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tokens for intervention faithfulness (weaken the top-8 upstream latents, rerun the MLP; 0: skip)")
     p.add_argument("--n-edge-path-tokens", type=int, default=0,
                    help="pairs: the edge measure again with integrated gradients (8 midpoints) on this many tokens (0: skip)")
-    p.add_argument("--splices", nargs="+", choices=SPLICES, default=None,
+    p.add_argument("--splices", nargs="+", choices=SPLICE_CHOICES, default=None,
                    help="sweep mode: which splices to score (default: all three; `replacement` alone is what the "
                         "frontier reads and a third of the pairs' model runs)")
     p.add_argument("--first-rows", action="store_true",
