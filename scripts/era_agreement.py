@@ -25,7 +25,7 @@ def _cell(r: dict) -> str:
     f, l, d = r["first"], r["last"], r["difference"]
     if d["value"] is None:
         return "n/a"
-    mark = "" if r["agree"] else " **differ**"
+    mark = "" if r["agree"] else (" **differ**" if r.get("agree_familywise", True) else " **differ†**")
     return f"{f['value']:.3g} / {l['value']:.3g} (Δ {d['value']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]){mark}"
 
 
@@ -43,12 +43,20 @@ def main(argv: list[str] | None = None) -> int:
     if not summaries:
         raise SystemExit(f"{args.eval_dir}: no summaries with recorded held-out speeches")
     ref_name = next((k for k in summaries if f"{k}_summary".endswith(args.reference)), None)
+    family = 1 - 0.05 / len(summaries)  # every model judged at once: ≤ 5% chance of any false disagreement
     own = {name: era_agreement(s, args.speeches) for name, s in summaries.items()}
     versus = {name: era_agreement_of_difference(s, summaries[ref_name], args.speeches)
               for name, s in summaries.items() if ref_name and name != ref_name}
+    for name, s in summaries.items():  # the same judged as one family of models (Bonferroni)
+        for key, r in era_agreement(s, args.speeches, level=family)["metrics"].items():
+            own[name]["metrics"][key]["agree_familywise"] = r["agree"]
+        if name in versus:
+            for key, r in era_agreement_of_difference(s, summaries[ref_name], args.speeches, level=family)["metrics"].items():
+                versus[name]["metrics"][key]["agree_familywise"] = r["agree"]
     first = next(iter(own.values()))
     result = {"first_speeches": first["first_speeches"], "last_speeches": first["last_speeches"], "reference": ref_name,
               "interval_method": "95% t intervals clustered by speech; the eras' difference: independent samples, Welch degrees of freedom",
+              "familywise_level": family,
               "models": {n: r["metrics"] for n, r in own.items()},
               "versus_reference": {n: r["metrics"] for n, r in versus.items()}}
     out = Path(args.out)
@@ -58,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     keys = [k for k in ERA_METRICS if any(k in m for m in result["models"].values())]
     lines = [f"# Era check: the eval split's first {args.speeches} speeches against its last {args.speeches}", "",
              f"First: {', '.join(result['first_speeches'])}. Last: {', '.join(result['last_speeches'])}.",
-             "Each cell: first / last (the eras' difference, 95% interval clustered by speech); **differ**: the interval excludes 0.",
+             "Each cell: first / last (the eras' difference, 95% interval clustered by speech); **differ**: the interval excludes 0;",
+             f"**differ†**: also at {family:.4f} (every model judged at once, Bonferroni: ≤ 5% chance of any false disagreement).",
              f"Command: `python scripts/era_agreement.py {args.eval_dir} --out {args.out}`.", "",
              "## Each model", "", "| model | " + " | ".join(SHORT[k] for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
     lines += [f"| {n} | " + " | ".join(_cell(m[k]) if k in m else "–" for k in keys) + " |" for n, m in result["models"].items()]
@@ -68,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"| {n} | " + " | ".join(_cell(m[k]) if k in m else "–" for k in keys) + " |" for n, m in result["versus_reference"].items()]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     n_own = sum(r["agree"] for m in result["models"].values() for r in m.values())
+    n_family = sum(r["agree_familywise"] for m in result["models"].values() for r in m.values())
     n_all = sum(len(m) for m in result["models"].values())
-    print(f"wrote {out} and {out.with_suffix('.md')}: {n_own} of {n_all} model scores agree between the eras")
+    print(f"wrote {out} and {out.with_suffix('.md')}: {n_own} of {n_all} model scores agree between the eras at 95% "
+          f"({n_family} judged as a family of {len(summaries)} models)")
     return 0
 
 

@@ -153,31 +153,34 @@ def era_summary(summary: Mapping[str, Any], speeches: Sequence[str], tag: str) -
     return out
 
 
-def era_agreement(summary: Mapping[str, Any], n_speeches: int = 5, metrics: Sequence[str] = ERA_METRICS) -> dict[str, Any]:
+def era_agreement(summary: Mapping[str, Any], n_speeches: int = 5, metrics: Sequence[str] = ERA_METRICS,
+                  level: float = 0.95) -> dict[str, Any]:
     """Does a model score the same on the eval split's first and last speeches? From one summary's
     own per-sequence data (no model run): each metric on the rows of the first `n_speeches`
-    speeches and on those of the last, each with its interval clustered by speech, and their
-    difference (independent samples, Welch). A metric `agree`s when the difference's 95% interval
-    holds 0; metrics the summary lacks are left out."""
+    speeches and on those of the last, each with its 95% interval clustered by speech, and their
+    difference (independent samples, Welch). A metric `agree`s when the difference's `level`
+    interval holds 0 (judging N models at once: 1 − 0.05/N keeps the chance of a false
+    disagreement among them ≤ 5%); metrics the summary lacks are left out."""
     if not (summary.get("heldout") or {}).get("speech"):
         raise ValueError("the summary records no held-out speeches (evaluated with --first-rows, or before they were recorded)")
     first, last = era_speeches(summary["heldout"], n_speeches)
     est_first = summary_estimates(era_summary(summary, first, "first"))
     est_last = summary_estimates(era_summary(summary, last, "last"))
-    out: dict[str, Any] = {"first_speeches": first, "last_speeches": last, "metrics": {}}
+    out: dict[str, Any] = {"first_speeches": first, "last_speeches": last, "level": level, "metrics": {}}
     for key in metrics:
         if key in est_first and key in est_last:
-            diff = unpaired_difference(est_first[key], est_last[key])
+            diff = unpaired_difference(est_first[key], est_last[key], level)
             out["metrics"][key] = {"first": est_first[key].interval().to_dict(), "last": est_last[key].interval().to_dict(),
                                    "difference": diff.to_dict(), "agree": bool(diff.ok and diff.lo <= 0 <= diff.hi)}
     return out
 
 
 def era_agreement_of_difference(a: Mapping[str, Any], b: Mapping[str, Any], n_speeches: int = 5,
-                                metrics: Sequence[str] = ERA_METRICS) -> dict[str, Any]:
+                                metrics: Sequence[str] = ERA_METRICS, level: float = 0.95) -> dict[str, Any]:
     """Does the comparison a − b (two models scored on the same held-out rows) hold in both eras?
     Per metric: the paired difference a − b on the first `n_speeches` speeches and on the last,
-    each with its interval clustered by speech, and how much the two eras' differences differ."""
+    each with its 95% interval clustered by speech, and how much the two eras' differences differ
+    (`agree`: its `level` interval holds 0, as in `era_agreement`)."""
     if a.get("heldout", {}).get("rows") != b.get("heldout", {}).get("rows"):
         raise ValueError("the two summaries were scored on different held-out rows: their differences are not paired")
     first, last = era_speeches(a["heldout"], n_speeches)
@@ -185,9 +188,9 @@ def era_agreement_of_difference(a: Mapping[str, Any], b: Mapping[str, Any], n_sp
     for tag, speeches in (("first", first), ("last", last)):
         ea, eb = summary_estimates(era_summary(a, speeches, tag)), summary_estimates(era_summary(b, speeches, tag))
         eras[tag] = {k: ea[k] - eb[k] for k in metrics if k in ea and k in eb}
-    out: dict[str, Any] = {"first_speeches": first, "last_speeches": last, "metrics": {}}
+    out: dict[str, Any] = {"first_speeches": first, "last_speeches": last, "level": level, "metrics": {}}
     for key in eras["first"]:
-        diff = unpaired_difference(eras["first"][key], eras["last"][key])
+        diff = unpaired_difference(eras["first"][key], eras["last"][key], level)
         out["metrics"][key] = {"first": eras["first"][key].interval().to_dict(), "last": eras["last"][key].interval().to_dict(),
                                "difference": diff.to_dict(), "agree": bool(diff.ok and diff.lo <= 0 <= diff.hi)}
     return out

@@ -38,13 +38,14 @@ MAX_RELATIVE_DENOMINATOR_HALF_WIDTH = 0.5
 
 
 @lru_cache(maxsize=4096)
-def t95(dof: float) -> float:
-    """Two-sided 95% multiplier: Student's t quantile t₀.₉₇₅ with `dof` degrees of freedom (∞ below 1 dof)."""
+def t95(dof: float, level: float = 0.95) -> float:
+    """Two-sided multiplier of a `level` interval (95% by default): Student's t quantile
+    t₍₁₊level₎/₂ with `dof` degrees of freedom (∞ below 1 dof)."""
     if not dof >= 1:
         return math.inf
     from scipy.stats import t  # imported here: the CLI's --help must stay light
 
-    return float(t.ppf(0.975, dof))
+    return float(t.ppf((1 + level) / 2, dof))
 
 
 def welch_dof(*parts: tuple[float, int]) -> float:
@@ -183,13 +184,13 @@ def unresolved_reason(b: np.ndarray, name: str, per: Sequence[float] | np.ndarra
     return None
 
 
-def unpaired_difference(a: Estimate, b: Estimate) -> Interval:
+def unpaired_difference(a: Estimate, b: Estimate, level: float = 0.95) -> Interval:
     """a − b for estimates on different sequences (independent): SE = √(SE_a² + SE_b²), t quantile
-    at the Welch–Satterthwaite degrees of freedom."""
+    at the Welch–Satterthwaite degrees of freedom; a `level` interval (95% by default)."""
     if a.na_reason or b.na_reason:
         return Interval(None, None, None, min(a.n, b.n), a.na_reason or b.na_reason)
     v = a.value - b.value
-    half = t95(welch_dof((a.se, a.n), (b.se, b.n))) * float(np.hypot(a.se, b.se))
+    half = t95(welch_dof((a.se, a.n), (b.se, b.n)), level) * float(np.hypot(a.se, b.se))
     return Interval(v, v - half, v + half, min(a.n, b.n))
 
 
