@@ -183,18 +183,18 @@ def test_interop_names_are_the_codes():
 
 
 # --- the comparison table: every number is the committed comparison run's, rounded as printed ----
-COMPARISON = ROOT / "docs" / "results" / "faithfulness-0.5m"
-_EDGE = "mlp_reconstruction_coefficient_1_jacobian_coefficient_0_edge_sparsity_coefficient"
-_SKIP = COMPARISON / "transcoders" / "architecture_topk_skip_transcoder_k"
-COMPARISON_ROWS = {
-    "λ = 0 pair": COMPARISON / "jacobian_coefficient_0_summary.json",
-    "edge penalty h = 0.5, c = 1": COMPARISON / f"{_EDGE}_0.5_summary.json",
-    "edge penalty h = 2, c = 1": COMPARISON / f"{_EDGE}_2_summary.json",
-    "edge penalty h = 8, c = 1": COMPARISON / f"{_EDGE}_8_summary.json",
-    "h = 2 + consistency w = 1": COMPARISON / f"{_EDGE}_2_intervention_consistency_coefficient_1_summary.json",
-    "skip transcoder k = 16": Path(f"{_SKIP}_16_summary.json"),
-    "skip transcoder k = 32": Path(f"{_SKIP}_32_summary.json"),
-    "skip transcoder k = 64": Path(f"{_SKIP}_64_summary.json"),
+COMPARISON = ROOT / "docs" / "results" / "faithfulness-1m"
+_EDGE = COMPARISON / "mlp_reconstruction_coefficient_1_jacobian_coefficient_0_edge_sparsity_coefficient"
+_MLP = COMPARISON / "mlp_reconstruction_coefficient_1_jacobian_coefficient"
+_TC = COMPARISON / "transcoders" / "architecture_topk"
+COMPARISON_ROWS = {  # a row per method, a model per strength (cells "a / b / c")
+    "λ = 0 pair": [COMPARISON / "jacobian_coefficient_0_summary.json"],
+    "paper's loss": [COMPARISON / f"jacobian_coefficient_{v}_summary.json" for v in ("0.2222", "0.8889", "3.556")],
+    "MLP consistency c = 1": [Path(f"{_MLP}_{v}_summary.json") for v in ("0.8889", "3.556", "14.22")],
+    "edge penalty (c = 1)": [Path(f"{_EDGE}_{v}_summary.json") for v in ("0.5", "2", "8")],
+    "h = 2 + consistency": [Path(f"{_EDGE}_2_intervention_consistency_coefficient_1_summary.json")],
+    "TopK transcoder": [Path(f"{_TC}_transcoder_k_{k}_summary.json") for k in (16, 32, 64)],
+    "skip transcoder": [Path(f"{_TC}_skip_transcoder_k_{k}_summary.json") for k in (16, 32, 64)],
 }
 COMPARISON_COLUMNS = ["edges.edges_for_80", "splice.replacement.ce_loss_score", "intervention.a=0.1.full", "edges.error_share"]
 
@@ -204,9 +204,13 @@ def test_comparison_table_comes_from_the_committed_run():
     body = rows[2:]
     assert [r[0] for r in body] == list(COMPARISON_ROWS)
     for row in body:
-        summary = json.loads(COMPARISON_ROWS[row[0]].read_text())
-        for key, cell in zip(COMPARISON_COLUMNS, row[1:]):
-            assert cell_matches(cell, summary["intervals"][key]), (row[0], key, cell, summary["intervals"][key])
+        summaries = [json.loads(path.read_text()) for path in COMPARISON_ROWS[row[0]]]
+        assert len(row[1].split(" / ")) == len(summaries) or row[1] == "–", row  # one strength per model
+        for key, cell in zip(COMPARISON_COLUMNS, row[2:]):
+            values = cell.split(" / ")
+            assert len(values) == len(summaries), (row[0], key, cell)
+            for value, summary in zip(values, summaries):
+                assert cell_matches(value, summary["intervals"][key]), (row[0], key, value, summary["intervals"][key])
 
 
 def test_comparison_verdict_is_the_committed_reports():
