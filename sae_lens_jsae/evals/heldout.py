@@ -21,7 +21,14 @@ from typing import Any
 
 import torch
 
-from sae_lens_jsae.evals.intervals import METHOD, registered_blocks, summary_estimates, unpaired_difference
+from sae_lens_jsae.evals.intervals import (
+    METHOD,
+    map_per_sequence,
+    per_sequence_length,
+    registered_blocks,
+    summary_estimates,
+    unpaired_difference,
+)
 
 CLUSTERED_METHOD = ("delta-method standard error clustered by speech (each eval speech's per-sequence sums summed), "
                     "95% = ±t(0.975, n−1)·SE, n = speeches (`n_sequences` in each interval counts them)")
@@ -111,10 +118,6 @@ def _keep_rows(data: Mapping[str, Any], keep: list[int], digest: str, tag: str) 
     out = dict(data)
     if digest in out:
         out[digest] = f"{out[digest]}|{tag}"  # still paired with other models' same rows
-
-    def numeric(v: Any) -> bool:
-        return isinstance(v, list) and len(v) > 0 and all(isinstance(e, (int, float)) for e in v)
-
     if "sequence" in data:  # per-token rows: keep those of kept sequences
         position = {row: j for j, row in enumerate(keep)}
         n = len(data["sequence"])
@@ -124,17 +127,8 @@ def _keep_rows(data: Mapping[str, Any], keep: list[int], digest: str, tag: str) 
                 out[key] = [e for e, m in zip(v, mask) if m]
         out["sequence"] = [position[int(s)] for s in data["sequence"] if int(s) in position]
         return out
-    # per-sequence columns are the longest numeric lists (as in `intervals.cluster_block`); shorter
-    # ones are parameters (coverages, strengths)
-    lengths = [len(v) for v in data.values() if numeric(v)] + [len(e) for v in data.values() if isinstance(v, list) for e in v if numeric(e)]
-    n = max(lengths, default=0)
-    rows = [i for i in keep if i < n]
-    for key, v in data.items():
-        if numeric(v) and len(v) == n:
-            out[key] = [v[i] for i in rows]
-        elif isinstance(v, list) and v and all(numeric(e) and len(e) == n for e in v):
-            out[key] = [[e[i] for i in rows] for e in v]
-    return out
+    rows = [i for i in keep if i < per_sequence_length(data)]
+    return map_per_sequence(out, lambda v: [v[i] for i in rows])
 
 
 def era_summary(summary: Mapping[str, Any], speeches: Sequence[str], tag: str) -> dict[str, Any]:

@@ -234,6 +234,31 @@ def registered_blocks() -> dict[str, SummaryBlock]:
     return dict(_BLOCKS)
 
 
+def _numeric(v: Any) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(isinstance(e, (int, float)) for e in v)
+
+
+def per_sequence_length(data: Mapping[str, Any]) -> int:
+    """How many sequences a metric block's per-sequence data covers: the length of its longest
+    numeric list (nested lists, e.g. one per coverage, too); shorter lists are parameters
+    (coverages, strengths). 0 when it has none."""
+    lengths = [len(v) for v in data.values() if _numeric(v)] + [len(e) for v in data.values() if isinstance(v, list) for e in v if _numeric(e)]
+    return max(lengths, default=0)
+
+
+def map_per_sequence(data: Mapping[str, Any], fn: Callable[[list[float]], list[Any]]) -> dict[str, Any]:
+    """`data` with `fn` applied to each per-sequence column: every numeric list of
+    `per_sequence_length(data)` entries, and every list of such lists; the rest unchanged."""
+    n = per_sequence_length(data)
+    out = dict(data)
+    for key, v in data.items():
+        if _numeric(v) and len(v) == n:
+            out[key] = fn(v)
+        elif isinstance(v, list) and v and all(_numeric(e) and len(e) == n for e in v):
+            out[key] = [fn(e) for e in v]
+    return out
+
+
 def cluster_block(data: Mapping[str, Any], clusters: Sequence[str]) -> dict[str, Any]:
     """A metric block's per-sequence data with each per-sequence column summed per cluster.
 
@@ -241,31 +266,15 @@ def cluster_block(data: Mapping[str, Any], clusters: Sequence[str]) -> dict[str,
     it); a column is per-sequence when it is a list as long as the block's longest numeric list
     (nested lists, e.g. one per coverage, too). Per-token data with a `sequence` column has it
     replaced by the cluster, so the metric's own grouping groups by cluster."""
-    out = dict(data)
     if "sequence" in data:  # per-token rows (the linearity sample)
-        out["sequence"] = [clusters[int(i)] for i in data["sequence"]]
-        return out
-
-    def numeric(v: Any) -> bool:
-        return isinstance(v, list) and len(v) > 0 and all(isinstance(e, (int, float)) for e in v)
-
-    lengths = [len(v) for v in data.values() if numeric(v)] + [len(e) for v in data.values() if isinstance(v, list) for e in v if numeric(e)]
-    if not lengths:
-        return out
-    n = max(lengths)
+        return {**data, "sequence": [clusters[int(i)] for i in data["sequence"]]}
+    n = per_sequence_length(data)
+    if n == 0:
+        return dict(data)
     if n > len(clusters):
         raise ValueError(f"a block with {n} sequences but only {len(clusters)} recorded held-out rows")
     _, unit = np.unique(np.asarray(clusters[:n]), return_inverse=True)
-
-    def per_cluster(v: list[float]) -> list[float]:
-        return np.bincount(unit, weights=np.asarray(v, dtype=np.float64)).tolist()
-
-    for key, v in data.items():
-        if numeric(v) and len(v) == n:
-            out[key] = per_cluster(v)
-        elif isinstance(v, list) and v and all(numeric(e) and len(e) == n for e in v):
-            out[key] = [per_cluster(e) for e in v]
-    return out
+    return map_per_sequence(data, lambda v: np.bincount(unit, weights=np.asarray(v, dtype=np.float64)).tolist())
 
 
 def _estimates_by_block(summary: Mapping[str, Any]) -> dict[str, tuple[str, Estimate]]:
