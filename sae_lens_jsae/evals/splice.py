@@ -14,8 +14,9 @@ clean model once (caching block L's residual before the MLP is added), then, for
 intervention, only blocks L+1… and the unembedding (`start_at_layer`), from residual + new MLP
 output. The two zero-ablations (ln2.hook_normalized → MLP(0); hook_mlp_out → 0) are shared by all
 pairs on a layer and by the output and replacement splices. So n pairs cost 1 + 2 + 3n partial
-passes instead of 7n full ones (1 + 1 + n when only `replacement` is scored). Log-softmax and KL run in float32 (float64 for a float64 model):
-on SmolLM2 the float32 KL differs from float64 by ≪ its sampling error (docs/metrics.md).
+passes instead of 7n full ones (1 + 1 + n when only `replacement` is scored). Log-softmax and KL
+run in float32 (float64 for a float64 model): on SmolLM2 the float32 KL differs from float64 by
+≪ its sampling error (docs/metrics.md).
 
 Explained variances (1 − Σ‖x − x̂‖² / Σ‖x − μ‖², μ the eval-set mean, special tokens excluded as in
 SAEBench's core eval) of the input SAE, the output SAE, of the MLP through the input SAE's

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from sae_lens_jsae.evals.pipeline import BUDGETS
+from sae_lens_jsae.evals.splice import SPLICES
 from sae_lens_jsae.sae import saved_jacobian_coefficient
 
 ModelFactory = Callable[[], Any]
@@ -148,7 +149,7 @@ def evaluate_sweep(
     the summary paths."""
     from sae_lens_jsae.evals.onepass import run_metrics
     from sae_lens_jsae.evals.pipeline import check_mlp_matches, evaluate_checkpoint, load_checkpoint, pair_metrics
-    from sae_lens_jsae.evals.splice import SPLICES, SpliceMetric
+    from sae_lens_jsae.evals.splice import SpliceMetric
 
     if len({p.randomized for p in pairs}) > 1:
         raise ValueError("evaluate_sweep: trained and randomized pairs need different models; evaluate them in two calls.")
@@ -348,7 +349,7 @@ def _evaluate_transcoders_worker(dirs: list[Path], pairs: list[SweepPair], model
         return evaluate_transcoders(dirs, model, tokens, Path(output_dir) / "transcoders", upstreams=edge_upstreams(pairs, model), **kwargs)
 
 
-def _cost(n_pairs: int, n_transcoders: int, splices: Sequence[str] = ("input", "output", "replacement")) -> int:
+def _cost(n_pairs: int, n_transcoders: int, splices: Sequence[str] = SPLICES) -> int:
     """Model runs per held-out batch of one pass: the clean run, the zero-ablation of the MLP output
     (and of its input when the input splice is scored), each pair's `splices`, one splice per
     transcoder (what a pass's time goes to)."""
@@ -365,8 +366,6 @@ def _evaluate_sweep_in_processes(pairs: Sequence[SweepPair], model_factory: Mode
     Returns (pair summaries in pair order, transcoder summaries)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
-
-    from sae_lens_jsae.evals.splice import SPLICES
 
     def chunked(n: int) -> list[list[SweepPair]]:
         return [list(pairs[i * len(pairs) // n:(i + 1) * len(pairs) // n]) for i in range(n)] if n else []
