@@ -147,6 +147,21 @@ def era_summary(summary: Mapping[str, Any], speeches: Sequence[str], tag: str) -
     return out
 
 
+def _eras(first: Mapping[str, Any], last: Mapping[str, Any], speeches: tuple[list[str], list[str]], level: float) -> dict[str, Any]:
+    """The era check's result from each era's estimates (the keys both have)."""
+    out: dict[str, Any] = {"first_speeches": speeches[0], "last_speeches": speeches[1], "level": level, "metrics": {}}
+    for key in (k for k in first if k in last):
+        diff = unpaired_difference(first[key], last[key], level)
+        out["metrics"][key] = {"first": first[key].interval().to_dict(), "last": last[key].interval().to_dict(),
+                               "difference": diff.to_dict(), "agree": bool(diff.ok and diff.lo <= 0 <= diff.hi)}
+    return out
+
+
+def _check_speeches(summary: Mapping[str, Any]) -> None:
+    if not (summary.get("heldout") or {}).get("speech"):
+        raise ValueError("the summary records no held-out speeches (evaluated with --first-rows, or before they were recorded)")
+
+
 def era_agreement(summary: Mapping[str, Any], n_speeches: int = 5, metrics: Sequence[str] = ERA_METRICS,
                   level: float = 0.95) -> dict[str, Any]:
     """Does a model score the same on the eval split's first and last speeches? From one summary's
@@ -155,18 +170,10 @@ def era_agreement(summary: Mapping[str, Any], n_speeches: int = 5, metrics: Sequ
     difference (independent samples, Welch). A metric `agree`s when the difference's `level`
     interval holds 0 (judging N models at once: 1 − 0.05/N keeps the chance of a false
     disagreement among them ≤ 5%); metrics the summary lacks are left out."""
-    if not (summary.get("heldout") or {}).get("speech"):
-        raise ValueError("the summary records no held-out speeches (evaluated with --first-rows, or before they were recorded)")
-    first, last = era_speeches(summary["heldout"], n_speeches)
-    est_first = summary_estimates(era_summary(summary, first, "first"))
-    est_last = summary_estimates(era_summary(summary, last, "last"))
-    out: dict[str, Any] = {"first_speeches": first, "last_speeches": last, "level": level, "metrics": {}}
-    for key in metrics:
-        if key in est_first and key in est_last:
-            diff = unpaired_difference(est_first[key], est_last[key], level)
-            out["metrics"][key] = {"first": est_first[key].interval().to_dict(), "last": est_last[key].interval().to_dict(),
-                                   "difference": diff.to_dict(), "agree": bool(diff.ok and diff.lo <= 0 <= diff.hi)}
-    return out
+    _check_speeches(summary)
+    speeches = era_speeches(summary["heldout"], n_speeches)
+    est = [summary_estimates(era_summary(summary, names, tag)) for names, tag in zip(speeches, ("first", "last"))]
+    return _eras(*({k: e[k] for k in metrics if k in e} for e in est), speeches, level)
 
 
 def era_agreement_of_difference(a: Mapping[str, Any], b: Mapping[str, Any], n_speeches: int = 5,
@@ -175,16 +182,12 @@ def era_agreement_of_difference(a: Mapping[str, Any], b: Mapping[str, Any], n_sp
     Per metric: the paired difference a − b on the first `n_speeches` speeches and on the last,
     each with its 95% interval clustered by speech, and how much the two eras' differences differ
     (`agree`: its `level` interval holds 0, as in `era_agreement`)."""
-    if a.get("heldout", {}).get("rows") != b.get("heldout", {}).get("rows"):
+    _check_speeches(a)
+    if a["heldout"].get("rows") != (b.get("heldout") or {}).get("rows"):
         raise ValueError("the two summaries were scored on different held-out rows: their differences are not paired")
-    first, last = era_speeches(a["heldout"], n_speeches)
-    eras = {}
-    for tag, speeches in (("first", first), ("last", last)):
-        ea, eb = summary_estimates(era_summary(a, speeches, tag)), summary_estimates(era_summary(b, speeches, tag))
-        eras[tag] = {k: ea[k] - eb[k] for k in metrics if k in ea and k in eb}
-    out: dict[str, Any] = {"first_speeches": first, "last_speeches": last, "level": level, "metrics": {}}
-    for key in eras["first"]:
-        diff = unpaired_difference(eras["first"][key], eras["last"][key], level)
-        out["metrics"][key] = {"first": eras["first"][key].interval().to_dict(), "last": eras["last"][key].interval().to_dict(),
-                               "difference": diff.to_dict(), "agree": bool(diff.ok and diff.lo <= 0 <= diff.hi)}
-    return out
+    speeches = era_speeches(a["heldout"], n_speeches)
+    eras = []
+    for names, tag in zip(speeches, ("first", "last")):
+        ea, eb = summary_estimates(era_summary(a, names, tag)), summary_estimates(era_summary(b, names, tag))
+        eras.append({k: ea[k] - eb[k] for k in metrics if k in ea and k in eb})
+    return _eras(*eras, speeches, level)
