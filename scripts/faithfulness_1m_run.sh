@@ -29,8 +29,6 @@ TOKENS=${FR_TOKENS:-1024000}
 STEPS=$(( TOKENS / 4096 ))
 STAGE=${FR_STAGE:-all}
 REC="mlp_reconstruction_coefficient=1;jacobian_coefficient=0;edge_sparsity_coefficient=2"
-SWEEPS=(--sweep "jacobian_coefficient=0" --sweep "mlp_reconstruction_coefficient=1;jacobian_coefficient=0;edge_sparsity_coefficient=0.5,2,8"
-        --sweep "$REC;intervention_consistency_coefficient=1" --sweep "architecture=topk_skip_transcoder;k=16,32,64")
 BUDGETS="--n-tokens 8192 --n-splice-tokens 32768 --n-linearity-tokens 128 --n-edge-tokens 32768 --n-intervention-tokens 8192 --n-edge-path-tokens 2048 --no-core --n-graphs 0 --seed 42"
 case ${FR_MODELS:-17} in
   17) SWEEPS=(--sweep "jacobian_coefficient=0,0.2222,0.8889,3.556" --sweep "mlp_reconstruction_coefficient=1;jacobian_coefficient=0.8889,3.556,14.22"
@@ -38,7 +36,9 @@ case ${FR_MODELS:-17} in
               --sweep "$REC;intervention_consistency_coefficient=1"
               --sweep "architecture=topk_transcoder;k=16,32,64" --sweep "architecture=topk_skip_transcoder;k=16,32,64")
       SETS=(); BUDGETS="--splices replacement $BUDGETS" ;;
-  8) SETS=(--set sae.jacobian_dtype=null) ;;
+  8) SWEEPS=(--sweep "jacobian_coefficient=0" --sweep "mlp_reconstruction_coefficient=1;jacobian_coefficient=0;edge_sparsity_coefficient=0.5,2,8"
+             --sweep "$REC;intervention_consistency_coefficient=1" --sweep "architecture=topk_skip_transcoder;k=16,32,64")
+     SETS=(--set sae.jacobian_dtype=null) ;;
   *) echo "FR_MODELS must be 17 or 8" >&2; exit 2 ;;
 esac
 N_MODELS=${FR_MODELS:-17}
